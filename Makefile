@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TCP_NODELAY := 1
+
+.PHONY: demo test lint typecheck system venv bench train evaluate clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system:
+	./scripts/system-deps.sh
+
+demo: $(STAMP)
+	NODULEFLOW_SKIP_BROWSER=1 ./scripts/system-deps.sh
+	$(BIN)/noduleflow demo
+
+test: $(STAMP) system
+	$(BIN)/ruff check services tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP) system
+	$(BIN)/python tests/perf/bench_ingest.py
+	$(BIN)/python tests/perf/bench_analyze.py
+	$(BIN)/python tests/perf/bench_worker.py
+	$(BIN)/python tests/perf/bench_api.py
+
+train: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[train]'
+	$(BIN)/noduleflow train
+
+evaluate: $(STAMP)
+	$(BIN)/noduleflow evaluate
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""The ``noduleflow`` command line (DESIGN.md, "Command line"). Thin: parse, then delegate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.core.logs import setup_logging
+from services.core.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    setup_logging(settings.log_level)
+    return settings
+
+
+@app.command()
+def serve() -> None:
+    """Receiver + worker + reporter in one process, on embedded defaults."""
+    from services.serve import run
+
+    run(_settings())
+
+
+@app.command()
+def receiver() -> None:
+    """The DICOM receiver (C-ECHO, C-STORE), study tracker and outbox relay."""
+    from services.receiver.main import run
+
+    run(_settings())
+
+
+@app.command()
+def worker() -> None:
+    """The inference worker: consumes study.ready, publishes study.result."""
+    from services.worker.main import run
+
+    run(_settings())
+
+
+@app.command()
+def reporter() -> None:
+    """The reporter: SR/SEG/FHIR out, REST API, worklist."""
+    from services.reporter.main import run
+
+    run(_settings())
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path | None, typer.Argument(help="DICOM folder to send")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 600.0,
+) -> None:
+    """Start serve, send a (generated) CT study, wait, print findings and where results went."""
+    from services.demo import run
+
+    raise typer.Exit(run(_settings(), directory, timeout=timeout))
+
+
+@app.command()
+def phantom(
+    outdir: Path,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    nodules: Annotated[int | None, typer.Option(help="number of nodules (random if unset)")] = None,
+    slices: Annotated[int | None, typer.Option(help="number of slices (random if unset)")] = None,
+) -> None:
+    """Write a synthetic chest CT series plus truth.json and the ground-truth mask."""
+    from services.modeling.phantom import write_phantom
+
+    result = write_phantom(outdir, seed=seed, nodules=nodules, slices=slices)
+    typer.echo(f"wrote {result.n_slices} slices and {len(result.nodules)} nodules to {outdir}")
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to send")],
+    host: str = "127.0.0.1",
+    port: int = 11112,
+    aet: str = "NODULEFLOW_SCU",
+    called_aet: str = "NODULEFLOW",
+    associations: Annotated[int, typer.Option(help="parallel associations")] = 1,
+) -> None:
+    """C-STORE SCU with a progress bar."""
+    from services.core.scu import send_paths
+
+    report = send_paths(
+        paths,
+        host=host,
+        port=port,
+        aet=aet,
+        called_aet=called_aet,
+        associations=associations,
+        progress=True,
+    )
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def analyze(
+    directory: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Run the model on a folder of DICOM files, no services; print findings."""
+    from services.analysis.command import analyze_folder
+
+    raise typer.Exit(analyze_folder(directory, settings=_settings(), as_json=as_json))
+
+
+@app.command()
+def jobs(
+    study: Annotated[str | None, typer.Option(help="StudyInstanceUID")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    limit: int = 50,
+) -> None:
+    """Jobs with state, reason, per-stage timings and finding count."""
+    from services.core.jobs_view import job_rows, render_jobs
+
+    rows = job_rows(_settings(), study_uid=study, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        render_jobs(rows)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="model folder to write")] = Path("models/nodule-seg"),
+    minutes: Annotated[float, typer.Option(help="training time budget")] = 60.0,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
+    """Train the nodule segmentation model on synthetic chest CT and export it to ONNX."""
+    from services.modeling.train import main
+
+    main(out=out, minutes=minutes, seed=seed, device=device)
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Option(help="model folder")] = Path("models/nodule-seg"),
+    scans: Annotated[int, typer.Option(help="held-out phantoms")] = 30,
+    seed: Annotated[int, typer.Option(help="first held-out seed")] = 100000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """FROC/CPM, Dice and diameter error on held-out phantoms, by stratum."""
+    from services.modeling.evaluate import main
+
+    main(model_dir=model_dir, scans=scans, seed=seed, as_json=as_json)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations."""
+    from services.core.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    typer.echo("database is up to date")
+
+
+if __name__ == "__main__":
+    app()

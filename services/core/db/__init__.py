@@ -1,0 +1,30 @@
+"""Database: SQLAlchemy 2 models, sessions and Alembic migrations."""
+
+from services.core.db.models import (
+    AuditEvent,
+    Base,
+    Delivery,
+    Finding,
+    Instance,
+    Job,
+    JobState,
+    OutboxMessage,
+    Series,
+    Study,
+)
+from services.core.db.session import Database, upgrade
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "Database",
+    "Delivery",
+    "Finding",
+    "Instance",
+    "Job",
+    "JobState",
+    "OutboxMessage",
+    "Series",
+    "Study",
+    "upgrade",
+]

@@ -1,0 +1,233 @@
+"""Relational model: the source of truth for studies, jobs, findings and deliveries."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class JobState(enum.StrEnum):
+    """Job life cycle of DESIGN.md: receiving → queued → inferring → reporting → done."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    INFERRING = "inferring"
+    REPORTING = "reporting"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.SKIPPED)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when new instances arrived since the last job was created; cleared on completion.
+    pending_since: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # Associations currently carrying this study, and when the last of them was released.
+    open_associations: Mapped[int] = mapped_column(Integer, default=0)
+    last_released_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Bumped whenever a stored instance is replaced by different content.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.version")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    path: Mapped[str] = mapped_column(String(255))  # relative to STORAGE_DIR
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One analysis of one study; a later job (higher version) supersedes earlier ones."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("study_id", "version", name="uq_jobs_study_version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # {"read": s, "assemble": s, "crop": s, "inference": s, "postprocess": s, ...}
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Series chosen, instance count, provider, model name/version, etc.
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    findings_count: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Instances present when the job was created (sop uid count) for supersede logic.
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+    findings: Mapped[list[Finding]] = relationship(
+        back_populates="job", order_by="Finding.index", cascade="all, delete-orphan"
+    )
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", cascade="all")
+
+
+class Finding(Base):
+    """One nodule found by one job; geometry in patient LPS millimetres."""
+
+    __tablename__ = "findings"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_findings_job_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # 1-based, ordered by suspicion
+    center_x: Mapped[float] = mapped_column(Float)
+    center_y: Mapped[float] = mapped_column(Float)
+    center_z: Mapped[float] = mapped_column(Float)
+    diameter_mm: Mapped[float] = mapped_column(Float)
+    long_axis_mm: Mapped[float] = mapped_column(Float)
+    short_axis_mm: Mapped[float] = mapped_column(Float)
+    volume_mm3: Mapped[float] = mapped_column(Float)
+    mean_hu: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)
+    lung_rads: Mapped[str] = mapped_column(String(4))
+    # Mask: voxel bounding box in the chosen series' volume (z0, y0, x0, z1, y1, x1),
+    # and the packed boolean mask inside it (numpy.packbits, zlib-compressed).
+    mask_bbox: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    mask: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    # SOP Instance UIDs of the source slices the nodule spans (ordered by position).
+    source_sop_uids: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    job: Mapped[Job] = relationship(back_populates="findings")
+
+    @property
+    def center_mm(self) -> list[float]:
+        return [self.center_x, self.center_y, self.center_z]
+
+
+class OutboxMessage(Base):
+    """A message committed with the state change that caused it; a relay publishes it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64))
+    routing_key: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Delivery(Base):
+    """One outgoing artefact (SR, SEG, key image, FHIR report) and its delivery state."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "target", name="uq_delivery"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # sr | seg | key-image | fhir
+    target: Mapped[str] = mapped_column(String(255))  # AET@host:port, outbox dir or FHIR URL
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_status: Mapped[str] = mapped_column(String(64), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    job: Mapped[Job] = relationship(back_populates="deliveries")
+
+
+class AuditEvent(Base):
+    """Security and access audit trail (DICOM PS3.15 A.5 event codes)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(16))  # e.g. "110104" (DICOM Instances Transferred)
+    outcome: Mapped[str] = mapped_column(String(8), default="0")  # 0 ok, 4 minor, 8 serious
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(8), default="R")  # C R U D E
+    object_type: Mapped[str] = mapped_column(String(32), default="")
+    object_id: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")

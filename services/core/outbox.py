@@ -1,0 +1,78 @@
+"""Transactional outbox: a message is committed with its state change, then relayed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.core.broker import Broker, PublishError
+from services.core.db import Database, OutboxMessage
+from services.core.messages import StudyReady, StudyResult
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(session: Session, routing_key: str, message: StudyReady | StudyResult) -> None:
+    """Add ``message`` to the outbox inside the caller's transaction."""
+    session.add(
+        OutboxMessage(message_id=message.job_id, routing_key=routing_key, body=message.to_json())
+    )
+
+
+class Relay:
+    """Publishes unpublished outbox rows in order, with confirms; safe to run in several
+    processes (PostgreSQL rows are claimed with SKIP LOCKED). A message may be published
+    twice if a process dies between confirm and commit; consumers are idempotent by job id."""
+
+    def __init__(self, db: Database, broker: Broker, *, batch: int = 100) -> None:
+        self.db = db
+        self.broker = broker
+        self.batch = batch
+        self.wake = threading.Event()
+
+    def relay_once(self) -> int:
+        """Publish what is pending; returns how many were published."""
+        published = 0
+        with self.db.session() as session:
+            query = (
+                select(OutboxMessage)
+                .where(OutboxMessage.published_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .limit(self.batch)
+            )
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            for row in session.scalars(query):
+                try:
+                    self.broker.publish(row.routing_key, row.body, row.message_id)
+                except PublishError as exc:
+                    row.attempts += 1
+                    row.last_error = str(exc)[:500]
+                    log.warning("event=outbox_publish_failed id=%s error=%s", row.id, exc)
+                    break
+                row.published_at = datetime.now(UTC)
+                published += 1
+        return published
+
+    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
+        backoff = interval
+        while not stop.is_set():
+            try:
+                self.relay_once()
+                backoff = interval
+            except Exception:
+                log.exception("event=outbox_relay_error")
+                backoff = min(backoff * 2, 15.0)
+            self.wake.wait(backoff)
+            self.wake.clear()
+
+    def pending(self) -> int:
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(OutboxMessage.id).where(OutboxMessage.published_at.is_(None))
+            )
+            return len(list(rows))

@@ -1,0 +1,98 @@
+"""One settings class for every service (environment prefix ``NODULEFLOW_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "token", "xxx"}
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; built once at start-up and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="NODULEFLOW_", extra="ignore")
+
+    database_url: str = "sqlite:///var/noduleflow.db"
+    broker_url: str = ""
+    broker_prefix: str = "noduleflow"
+    storage_dir: Path = Path("var/storage")
+    outbox_dir: Path = Path("var/outbox")
+
+    ae_title: str = "NODULEFLOW"
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    receiver_processes: int = 1
+    max_associations: int = 16
+    max_pdu_size: int = 131072
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    min_free_disk_mb: int = 512
+
+    study_idle_seconds: float = 10.0
+    release_grace_seconds: float = 2.0
+
+    pacs: str = ""
+    delivery_max_attempts: int = 8
+    delivery_backoff_seconds: float = 2.0
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    jwt_public_key: Path | None = None
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    fhir_push_url: str = ""
+    public_base_url: str = ""
+
+    model_dir: Path = Path("models/nodule-seg")
+    providers: str = "auto"
+    job_max_attempts: int = 3
+
+    log_level: str = "INFO"
+
+    @field_validator("allowed_aets", "api_tokens", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _no_placeholder_tokens(cls, value: list[str]) -> list[str]:
+        for token in value:
+            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
+                raise ValueError("API token is a placeholder or shorter than 16 characters")
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not 0 < len(value) <= 16 or "\\" in value:
+            raise ValueError("AE title must be 1-16 characters without backslash")
+        return value
+
+    @property
+    def pacs_address(self) -> tuple[str, str, int] | None:
+        """``(aet, host, port)`` parsed from ``AET@host:port``, or None for the file outbox."""
+        if not self.pacs:
+            return None
+        aet, _, hostport = self.pacs.partition("@")
+        host, _, port = hostport.rpartition(":")
+        if not aet or not host or not port.isdigit():
+            raise ValueError(f"PACS must look like AET@host:port, got {self.pacs!r}")
+        return aet, host, int(port)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.api_host}:{self.api_port}"
