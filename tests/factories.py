@@ -33,7 +33,7 @@ def ct_slice(
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = study_uid + ".1"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.1.1"
     ds.Modality = "CT"
     ds.PatientID = patient_id
     ds.PatientName = "Test^Patient"
