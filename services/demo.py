@@ -1,0 +1,179 @@
+"""``noduleflow demo``: the whole product on one machine, end to end, in a few minutes.
+
+Starts ``serve`` on embedded defaults, sends a generated (or the given) CT study over DICOM
+with a progress bar, waits for the job to finish, prints the findings and where the SR, SEG,
+key images and FHIR report went.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from services.core.db import Database, Delivery, Finding, Job, JobState, Study
+from services.core.settings import Settings
+
+DEMO_DIR = Path("var/demo")
+console = Console()
+
+
+def _free_port(host: str, preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, preferred))
+            return preferred
+        except OSError:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """Embedded defaults in a fresh ``var/demo`` folder, on free ports."""
+    defaults = Settings.model_construct()
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir(parents=True)
+    update: dict[str, Any] = {
+        "dicom_port": _free_port(settings.dicom_host, settings.dicom_port),
+        "api_port": _free_port(settings.api_host, settings.api_port),
+        "study_idle_seconds": min(settings.study_idle_seconds, 10.0),
+    }
+    if settings.database_url == defaults.database_url:
+        update["database_url"] = f"sqlite:///{DEMO_DIR / 'noduleflow.db'}"
+    if settings.storage_dir == defaults.storage_dir:
+        update["storage_dir"] = DEMO_DIR / "storage"
+    return settings.model_copy(update=update)
+
+
+def _phantom(outdir: Path) -> Path:
+    from services.modeling.phantom import write_phantom
+
+    with console.status("generating a synthetic chest CT (phantom)…"):
+        result = write_phantom(outdir, seed=2026, nodules=3, slices=240, thickness=1.25)
+    console.print(f"phantom: {result.n_slices} slices, {len(result.nodules)} nodules → {outdir}")
+    return outdir
+
+
+def _wait_for_job(db: Database, study_uid: str, timeout: float) -> Job | None:
+    deadline = time.monotonic() + timeout
+    last_state = ""
+    with console.status("waiting for the analysis…") as status:
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job = session.scalars(
+                    select(Job)
+                    .join(Study)
+                    .where(Study.study_instance_uid == study_uid)
+                    .order_by(Job.version.desc())
+                ).first()
+                if job is not None:
+                    if job.state != last_state:
+                        last_state = job.state
+                        status.update(f"job {job.id[:8]}: {job.state}…")
+                    deliveries = job.deliveries
+                    settled = all(d.state != "pending" for d in deliveries)
+                    if JobState(job.state).final and settled:
+                        return job
+            time.sleep(0.5)
+    return None
+
+
+def _study_uid_of(directory: Path) -> str:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except (InvalidDicomError, OSError, ValueError):
+            continue  # not DICOM: keep looking
+        if "StudyInstanceUID" in ds:
+            return str(ds.StudyInstanceUID)
+    raise SystemExit(f"no DICOM study found in {directory}")
+
+
+def _print_findings(db: Database, job: Job, truth: Path | None) -> None:
+    with db.session() as session:
+        findings = list(session.scalars(select(Finding).where(Finding.job_id == job.id)))
+        deliveries = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
+    table = Table(title=f"findings (job {job.id[:8]}, {job.state})")
+    for column in (
+        "#",
+        "centre LPS (mm)",
+        "diameter",
+        "long × short",
+        "volume",
+        "kind",
+        "Lung-RADS",
+        "confidence",
+    ):
+        table.add_column(column)
+    for f in sorted(findings, key=lambda f: f.index):
+        table.add_row(
+            str(f.index),
+            f"{f.center_x:.1f}, {f.center_y:.1f}, {f.center_z:.1f}",
+            f"{f.diameter_mm:.1f} mm",
+            f"{f.long_axis_mm:.1f} × {f.short_axis_mm:.1f} mm",
+            f"{f.volume_mm3:.0f} mm³",
+            f.kind,
+            f.lung_rads,
+            f"{f.confidence:.2f}",
+        )
+    console.print(table)
+    if job.reason:
+        console.print(f"reason: {job.reason}")
+    if truth is not None and truth.exists():
+        nodules = json.loads(truth.read_text())["nodules"]
+        console.print("truth (from the phantom):")
+        for n in nodules:
+            c = n["center_mm"]
+            where = f"{c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}"
+            console.print(f"  {n['kind']:>12} {n['diameter_mm']:5.1f} mm at {where}")
+    console.print("results went to:")
+    for d in sorted(deliveries, key=lambda d: (d.kind, d.id)):
+        where = d.path or d.target
+        console.print(f"  {d.kind:>10}: {d.state:<8} {where} {d.last_error[:80]}")
+
+
+def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -> int:
+    from services.core.scu import send_paths
+    from services.serve import running
+
+    settings = demo_settings(settings)
+    source = directory or _phantom(DEMO_DIR / "phantom")
+    study_uid = _study_uid_of(source)
+    with running(settings) as node:
+        console.print(
+            f"noduleflow is listening: DICOM {settings.ae_title}@{settings.dicom_host}:"
+            f"{settings.dicom_port}, API {settings.base_url}"
+        )
+        report = send_paths(
+            [source],
+            host=settings.dicom_host,
+            port=settings.dicom_port,
+            aet="DEMO_SCU",
+            called_aet=settings.ae_title,
+            associations=1,
+            progress=True,
+        )
+        console.print(report.summary())
+        if not report.ok:
+            return 1
+        job = _wait_for_job(node.db, study_uid, timeout)
+        if job is None:
+            console.print(f"[red]no result within {timeout:.0f} s[/red]")
+            return 1
+        _print_findings(node.db, job, source / "truth.json")
+        base = settings.base_url
+        console.print(f"FHIR report: {base}/fhir/DiagnosticReport/{job.id}")
+        console.print(f"study page:  {base}/studies/{study_uid}")
+        console.print(f"worklist:    {base}/worklist")
+        console.print(f"findings:    {base}/api/studies/{study_uid}/findings")
+        return 0 if job.state == JobState.DONE else 1
