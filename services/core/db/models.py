@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> datetime:
@@ -28,6 +29,15 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def patient_key(patient_id: str) -> str:
+    """Opaque, stable FHIR ``Patient.id`` for a DICOM Patient ID (keeps MRNs out of URLs)."""
+    return hashlib.sha256(f"noduleflow:patient:{patient_id}".encode()).hexdigest()[:32]
+
+
+def _patient_key_default(context: Any) -> str:
+    return patient_key(context.get_current_parameters().get("patient_id") or "")
 
 
 class Base(DeclarativeBase):
@@ -56,11 +66,15 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64), default="")
+    # Search key for FHIR Patient references; kept in step with patient_id (see below).
+    patient_key: Mapped[str] = mapped_column(
+        String(32), default=_patient_key_default, index=True
+    )
     patient_name: Mapped[str] = mapped_column(String(324), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
-    accession_number: Mapped[str] = mapped_column(String(64), default="")
-    study_date: Mapped[str] = mapped_column(String(8), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
     study_time: Mapped[str] = mapped_column(String(16), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
@@ -76,6 +90,11 @@ class Study(Base):
 
     series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.version")
+
+    @validates("patient_id")
+    def _keep_patient_key(self, _key: str, value: str) -> str:
+        self.patient_key = patient_key(value or "")
+        return value
 
 
 class Series(Base):
@@ -115,7 +134,11 @@ class Job(Base):
     """One analysis of one study; a later job (higher version) supersedes earlier ones."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("study_id", "version", name="uq_jobs_study_version"),)
+    __table_args__ = (
+        UniqueConstraint("study_id", "version", name="uq_jobs_study_version"),
+        # FHIR DiagnosticReport search: done jobs by issue time.
+        Index("ix_jobs_state_finished", "state", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
