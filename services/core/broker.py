@@ -201,6 +201,14 @@ class RabbitBroker:
             conn.close()
 
     def _publish_channel(self) -> BlockingChannel:
+        if self._conn is not None and self._channel is not None and self._channel.is_open:
+            try:
+                # An idle BlockingConnection only services heartbeats when asked to; without
+                # this the broker drops it after two missed intervals and the next publish
+                # fails. A dead connection shows up here instead and is replaced below.
+                self._conn.process_data_events(time_limit=0)
+            except (pika.exceptions.AMQPError, OSError):
+                self._drop()
         if self._channel is None or not self._channel.is_open:
             self._drop()
             self._conn = self._connect()
@@ -225,16 +233,21 @@ class RabbitBroker:
             message_id=message_id,
         )
         with self._lock:
-            try:
-                channel = self._publish_channel()
-                channel.basic_publish(
-                    self.topology.exchange, routing_key, body.encode(), props, mandatory=True
-                )
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                raise PublishError(f"broker refused message {message_id}: {exc}") from exc
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self._drop()
-                raise PublishError(f"broker unavailable: {exc.__class__.__name__}") from exc
+            for attempt in (1, 2):  # once more on a fresh connection if the old one died
+                try:
+                    channel = self._publish_channel()
+                    channel.basic_publish(
+                        self.topology.exchange, routing_key, body.encode(), props, mandatory=True
+                    )
+                    return
+                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                    raise PublishError(f"broker refused message {message_id}: {exc}") from exc
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._drop()
+                    if attempt == 2 or not isinstance(
+                        exc, pika.exceptions.AMQPConnectionError | pika.exceptions.AMQPChannelError
+                    ):
+                        raise PublishError(f"broker unavailable: {exc.__class__.__name__}") from exc
 
     def queue_depth(self, queue_name: str) -> int:
         with self._lock:
@@ -243,11 +256,18 @@ class RabbitBroker:
             return int(result.method.message_count)
 
     def consume(self, queue_name: str, handler: Handler, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set, reconnecting with backoff; see ``_Consumer``."""
+        """Consume until ``stop`` is set, reconnecting with backoff; see ``_Consumer``.
+
+        After a lost connection the handler of the message in flight keeps running (its
+        verdict can no longer be settled; the broker redelivers the message). No new
+        connection is opened until it returns, so one process never runs two jobs at once,
+        and this method returns only when no handler is running.
+        """
         backoff = 0.5
         while not stop.is_set():
+            consumer = _Consumer(self, self.topology.queue_for(queue_name), handler, stop)
             try:
-                _Consumer(self, self.topology.queue_for(queue_name), handler, stop).run()
+                consumer.run()
                 backoff = 0.5
             except (pika.exceptions.AMQPError, OSError) as exc:
                 log.warning(
@@ -256,8 +276,11 @@ class RabbitBroker:
                     exc.__class__.__name__,
                     backoff,
                 )
+                consumer.wait_idle()  # before backing off and reconnecting
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+            finally:
+                consumer.wait_idle()  # also on a clean stop: return only when idle
 
     def close(self) -> None:
         with self._lock:
@@ -276,6 +299,12 @@ class _Consumer:
         self.handler = handler
         self.stop = stop
         self.busy = threading.Event()
+        self.worker: threading.Thread | None = None
+
+    def wait_idle(self) -> None:
+        """Block until the handler thread (if any) has returned."""
+        if self.worker is not None:
+            self.worker.join()
 
     def run(self) -> None:
         conn = self.broker._connect()
@@ -314,13 +343,13 @@ class _Consumer:
             headers=headers,
         )
         self.busy.set()
-        worker = threading.Thread(
+        self.worker = threading.Thread(
             target=self._work,
             args=(conn, channel, method.delivery_tag, delivered),
             name="noduleflow-handler",
             daemon=True,
         )
-        worker.start()
+        self.worker.start()
 
     def _work(
         self,

@@ -28,14 +28,17 @@ class Relay:
     processes (PostgreSQL rows are claimed with SKIP LOCKED). A message may be published
     twice if a process dies between confirm and commit; consumers are idempotent by job id."""
 
-    def __init__(self, db: Database, broker: Broker, *, batch: int = 100) -> None:
+    def __init__(
+        self, db: Database, broker: Broker, *, batch: int = 100, routing_key: str | None = None
+    ) -> None:
         self.db = db
         self.broker = broker
         self.batch = batch
+        self.routing_key = routing_key  # relay only this kind of message when set
         self.wake = threading.Event()
 
-    def relay_once(self) -> int:
-        """Publish what is pending; returns how many were published."""
+    def relay_once(self, *, message_id: str | None = None) -> int:
+        """Publish what is pending (only ``message_id`` when given); returns how many."""
         published = 0
         with self.db.session() as session:
             query = (
@@ -44,6 +47,10 @@ class Relay:
                 .order_by(OutboxMessage.id)
                 .limit(self.batch)
             )
+            if self.routing_key is not None:
+                query = query.where(OutboxMessage.routing_key == self.routing_key)
+            if message_id is not None:
+                query = query.where(OutboxMessage.message_id == message_id)
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             for row in session.scalars(query):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
@@ -204,7 +205,17 @@ class OutboxMessage(Base):
     """A message committed with the state change that caused it; a relay publishes it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "published_at", "id"),
+        # One StudyResult per job, whatever redeliveries or concurrent attempts do.
+        Index(
+            "uq_outbox_study_result",
+            "message_id",
+            unique=True,
+            sqlite_where=text("routing_key = 'study.result'"),
+            postgresql_where=text("routing_key = 'study.result'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[str] = mapped_column(String(64))

@@ -1,4 +1,4 @@
-"""worker schema changes (empty until that service needs one)
+"""worker: at most one StudyResult outbox row per job
 
 Revision ID: 0003
 Revises: 0002
@@ -13,9 +13,20 @@ branch_labels = None
 depends_on = None
 
 
+_WHERE = "routing_key = 'study.result'"
+
+
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.create_index(
+            "uq_outbox_study_result",
+            ["message_id"],
+            unique=True,
+            sqlite_where=sa.text(_WHERE),
+            postgresql_where=sa.text(_WHERE),
+        )
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_index("uq_outbox_study_result")
