@@ -15,6 +15,10 @@ from services.core.messages import StudyReady, StudyResult
 
 log = logging.getLogger(__name__)
 
+# SQLite has no SKIP LOCKED: relays of one process (``serve`` runs several) take turns, so
+# a row is never published by two of them at once.
+_SQLITE_RELAY_LOCK = threading.Lock()
+
 
 def enqueue(session: Session, routing_key: str, message: StudyReady | StudyResult) -> None:
     """Add ``message`` to the outbox inside the caller's transaction."""
@@ -39,6 +43,12 @@ class Relay:
 
     def relay_once(self, *, message_id: str | None = None) -> int:
         """Publish what is pending (only ``message_id`` when given); returns how many."""
+        if self.db.is_sqlite:
+            with _SQLITE_RELAY_LOCK:
+                return self._relay_once(message_id)
+        return self._relay_once(message_id)
+
+    def _relay_once(self, message_id: str | None) -> int:
         published = 0
         with self.db.session() as session:
             query = (

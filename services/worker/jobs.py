@@ -32,7 +32,7 @@ from services.worker.policy import (
 
 log = logging.getLogger(__name__)
 
-Analyze = Callable[..., Any]  # (paths, engine, *, progress) -> AnalysisResult
+Analyze = Callable[..., Any]  # (paths, engine, *, progress(stage, fraction)) -> result
 
 
 def default_analyze(paths: Sequence[Path], engine: Any, *, progress: Any = None) -> Any:
@@ -229,25 +229,39 @@ class JobHandler:
         return Verdict.ACK
 
 
+# Share of the whole job each pipeline stage covers, as (start, width) of ``jobs.progress``.
+_STAGES = {"read": (0.0, 0.3), "inference": (0.3, 0.65), "postprocess": (0.95, 0.05)}
+
+
+def overall_progress(stage: str, fraction: float) -> float:
+    """The job's progress in [0, 1] from a pipeline ``(stage, fraction)`` report."""
+    start, width = _STAGES.get(stage, (0.0, 0.0))
+    return round(start + width * min(max(float(fraction), 0.0), 1.0), 4)
+
+
 class _Progress:
-    """Progress callback for the pipeline: throttled writes of ``jobs.progress``."""
+    """``progress(stage, fraction)`` for the pipeline: throttled writes of ``jobs.progress``.
+
+    Raises ``ClaimLost`` inside the pipeline when another attempt has taken the job over,
+    which stops work whose result could not be committed anyway.
+    """
 
     def __init__(self, handler: JobHandler, claim: store.Claim) -> None:
         self.handler = handler
         self.claim = claim
         self.last = 0.0
-        self.first = True
+        self.inferring = False
 
-    def __call__(self, fraction: float, *_: Any, **__: Any) -> None:
-        if self.first:
-            self.first = False
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage == "inference" and not self.inferring:
+            self.inferring = True
             self.handler.faults.hit("mid_infer")
         now = time.monotonic()
-        if now - self.last < self.handler.progress_interval and fraction < 1.0:
+        if now - self.last < self.handler.progress_interval:
             return
         self.last = now
         try:
-            owned = store.progress(self.handler.db, self.claim, float(fraction))
+            owned = store.progress(self.handler.db, self.claim, overall_progress(stage, fraction))
         except Exception:
             log.debug("event=progress_write_failed job=%s", self.claim.job_id, exc_info=True)
             return

@@ -80,9 +80,8 @@ def finding_row(finding: FindingLike, index: int) -> Finding:
 
 
 def finding_rows(findings: Sequence[FindingLike]) -> list[Finding]:
-    """Rows ordered by suspicion: confidence, then size (stable for equal values)."""
-    ranked = sorted(findings, key=lambda f: (-float(f.confidence), -float(f.diameter_mm)))
-    return [finding_row(finding, index) for index, finding in enumerate(ranked, start=1)]
+    """Rows in the pipeline's order, which is the order of suspicion (index 1 = most)."""
+    return [finding_row(finding, index) for index, finding in enumerate(findings, start=1)]
 
 
 def job_details(result: ResultLike, *, worker: str, attempt: int) -> dict[str, Any]:

@@ -170,7 +170,7 @@ class FakeAnalyze:
     def __call__(self, paths: Sequence[Path], engine: Any, *, progress: Any = None) -> FakeResult:
         self.calls += 1
         if progress is not None:
-            progress(0.5)
+            progress("inference", 0.5)
         if self.error is not None:
             raise self.error
         return self.result

@@ -294,14 +294,15 @@ def test_progress_is_visible_while_inferring(
 
     class Watching(FakeAnalyze):
         def __call__(self, paths, engine, *, progress=None):  # type: ignore[no-untyped-def]
-            progress(0.25)
+            progress("read", 1.0)
+            progress("inference", 0.5)
             job = job_of(db, seeded.job_id)
             seen.append((job.state, job.progress))
             return FakeResult([FakeFinding()])
 
     handler = make_handler(db, storage, inprocess_broker, Watching())
     assert handler(seeded.delivered()) is Verdict.ACK
-    assert seen == [("inferring", 0.25)]
+    assert seen == [("inferring", 0.625)]
 
 
 def test_transient_fault_injection_at_commit(
@@ -331,3 +332,44 @@ def test_storage_fault_injection(
     assert handler(seeded.delivered()) is Verdict.RETRY
     assert "storage unavailable" in job_of(db, seeded.job_id).reason
     assert isinstance(StorageUnavailable("x"), OSError)
+
+
+def test_mid_inference_fault_fires_at_the_first_inference_report(
+    db: Database, storage: LocalStorage, seeded: SeededJob, inprocess_broker: InProcessBroker
+) -> None:
+    handler = make_handler(
+        db, storage, inprocess_broker, FakeAnalyze(), faults="mid_infer:raise=memory:times=1"
+    )
+    assert handler(seeded.delivered()) is Verdict.RETRY
+    assert handler(seeded.delivered(count=1)) is Verdict.ACK
+    assert job_of(db, seeded.job_id).state == "reporting"
+
+
+def test_pipeline_errors_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.analysis import pipeline
+    from services.analysis.errors import AnalysisError
+    from services.worker.jobs import default_analyze
+
+    def refuse(paths, engine, *, progress=None):  # type: ignore[no-untyped-def]
+        raise AnalysisError("not-ct", "series modality is MR")
+
+    monkeypatch.setattr(pipeline, "analyze_files", refuse)
+    with pytest.raises(StudyUnusable) as caught:
+        default_analyze([], object())
+    assert caught.value.skip
+    assert caught.value.reason == "not-ct: series modality is MR"
+
+
+def test_overall_progress_is_monotonic_over_stages() -> None:
+    from services.worker.jobs import overall_progress
+
+    points = [
+        ("read", 0.0),
+        ("read", 1.0),
+        ("inference", 0.1),
+        ("inference", 1.0),
+        ("postprocess", 1.0),
+    ]
+    values = [overall_progress(stage, f) for stage, f in points]
+    assert values == sorted(values)
+    assert values[0] == 0.0 and values[-1] == 1.0
