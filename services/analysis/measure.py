@@ -1,0 +1,97 @@
+"""Nodule measurements on voxel masks (pure).
+
+Long and short axis follow Lung-RADS practice on one axial image: the long axis is the
+largest in-plane (Feret) diameter, the short axis the largest extent perpendicular to it.
+Extents run between pixel centres plus half a pixel (see :func:`axes_2d`), so a rasterised
+disc of diameter D measures about D.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Axes:
+    """In-plane long and short axis (mm) of one axial slice ``k`` of a mask."""
+
+    long_mm: float
+    short_mm: float
+    k: int
+
+    @property
+    def mean_mm(self) -> float:
+        return round((self.long_mm + self.short_mm) / 2 + 1e-9, 1)
+
+
+def _hull(points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Convex hull (Andrew's monotone chain) of 2-D points; returns hull vertices."""
+    pts = np.unique(points, axis=0)
+    if len(pts) <= 2:
+        return pts
+
+    def half(seq: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+        out: list[NDArray[np.float64]] = []
+        for p in seq:
+            while len(out) >= 2:
+                a, b = out[-2], out[-1]
+                if (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]) > 0:
+                    break
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = half(pts), half(pts[::-1])
+    return np.asarray(lower[:-1] + upper[:-1])
+
+
+def axes_2d(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[float, float]:
+    """(long, short) axis in mm of a 2-D mask with pixel spacing (row step, column step).
+
+    Extents are taken between pixel centres and widened by half a pixel in the measured
+    direction: a rasterised shape's edge pixels have their centres inside the true outline,
+    about half a pixel in on average (checked on random ellipses: mean diameter within
+    0.4 mm, each axis within about one pixel).
+    """
+    if not mask2d.any():
+        return 0.0, 0.0
+    step = np.asarray(spacing, dtype=np.float64)
+    edge = mask2d & ~ndimage.binary_erosion(mask2d)  # only edge pixels can be extreme
+    hull = _hull(np.c_[np.nonzero(edge)].astype(np.float64) * step)
+    if len(hull) == 1:
+        return float(step.mean()), float(step.mean())
+    diff = hull[:, None, :] - hull[None, :, :]
+    dist = np.hypot(diff[..., 0], diff[..., 1])
+    a, b = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    feret = float(dist[a, b])
+    direction = (hull[b] - hull[a]) / feret
+    normal = np.array([-direction[1], direction[0]])
+    proj = hull @ normal
+    long_mm = feret + 0.5 * float(np.abs(direction) @ step)
+    short_mm = float(proj.max() - proj.min()) + 0.5 * float(np.abs(normal) @ step)
+    return long_mm, short_mm
+
+
+def largest_slice(mask: NDArray[np.bool_]) -> int:
+    """Index k of the axial slice with the largest area (the middle one among ties)."""
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    best = np.flatnonzero(areas == areas.max())
+    return int(best[len(best) // 2])
+
+
+def axial_axes(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> Axes:
+    """Long/short axis on the axial slice of largest extent of a 3-D ``(k, j, i)`` mask."""
+    k = largest_slice(mask)
+    long_mm, short_mm = axes_2d(mask[k], (spacing[1], spacing[2]))
+    return Axes(round(long_mm, 1), round(short_mm, 1), k)
+
+
+def equivalent_diameter(voxels: int, spacing: tuple[float, float, float]) -> float:
+    """Diameter (mm) of the sphere with the volume of ``voxels`` voxels."""
+    volume = voxels * spacing[0] * spacing[1] * spacing[2]
+    return (6.0 * volume / math.pi) ** (1.0 / 3.0)

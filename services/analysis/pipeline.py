@@ -1,0 +1,181 @@
+"""The analysis pipeline: DICOM files → chosen series → HU volume → lungs → model → findings.
+
+Pure apart from reading the given files: no database, broker or network. The worker and
+``noduleflow analyze`` call :func:`analyze_files`; model evaluation calls
+:func:`analyze_volume` on volumes it built itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.analysis.dicom_io import read_headers
+from services.analysis.errors import AnalysisError
+from services.analysis.findings import FindingResult
+from services.analysis.geometry import Volume
+from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
+from services.analysis.postprocess import DEFAULT_THRESHOLD, findings_from_probability
+from services.analysis.series import choose_series
+from services.analysis.volume import assemble
+
+__all__ = [
+    "AnalysisError",
+    "AnalysisResult",
+    "FindingResult",
+    "ProbabilityModel",
+    "analyze_files",
+    "analyze_volume",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+class ProbabilityModel(Protocol):
+    """What the pipeline needs from a model (``services.analysis.engine.Engine`` is one)."""
+
+    def probability(
+        self,
+        hu: NDArray[np.floating],
+        spacing: tuple[float, float, float],
+        *,
+        progress: Callable[[float], None] | None = None,
+    ) -> NDArray[np.float32]: ...
+
+
+@dataclass
+class AnalysisResult:
+    """Findings of one study and how they were obtained.
+
+    ``geometry`` is the assembled series with its real HU array (the reporter's SEG and key
+    images need pixels and geometry; callers that keep results around should drop it).
+    """
+
+    findings: list[FindingResult]
+    series_uid: str
+    geometry: Volume
+    sop_uids: tuple[str, ...]
+    timings: dict[str, float]
+    model: dict[str, str]
+    provider: str
+    series_reason: str
+    ignored_files: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_info(engine: object) -> tuple[dict[str, str], str]:
+    """(``{"name", "version"}``, provider) of an engine, with neutral values for fakes."""
+    manifest = getattr(engine, "manifest", None)
+    name = getattr(manifest, "name", None) or "unknown"
+    version = getattr(manifest, "version", None) or "unknown"
+    provider = str(getattr(engine, "provider", "") or "unknown")
+    return {"name": str(name), "version": str(version)}, provider
+
+
+def _threshold(engine: object) -> float:
+    value = getattr(getattr(engine, "manifest", None), "threshold", None)
+    try:
+        threshold = float(value) if value is not None else DEFAULT_THRESHOLD
+    except (TypeError, ValueError):
+        threshold = DEFAULT_THRESHOLD
+    return threshold if 0.0 < threshold < 1.0 else DEFAULT_THRESHOLD
+
+
+def analyze_volume(
+    volume: Volume,
+    engine: ProbabilityModel,
+    *,
+    timings: dict[str, float] | None = None,
+    progress: Progress | None = None,
+) -> list[FindingResult]:
+    """Findings of an HU volume: lung crop, model probability, components, measurements.
+
+    ``timings`` (if given) receives ``crop``, ``inference`` and ``postprocess`` seconds.
+    Raises ``AnalysisError("no-usable-series")`` when the volume holds no aerated lung.
+    """
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    lungs = lung_mask(volume.hu, volume.spacing)
+    box = lungs.crop(CROP_MARGIN_MM, volume.spacing)
+    crop = np.ascontiguousarray(volume.hu[box])
+    offset = (box[0].start, box[1].start, box[2].start)
+    t1 = time.perf_counter()
+    timings["crop"] = t1 - t0
+    step = None if progress is None else (lambda f: progress("inference", f))
+    prob = engine.probability(crop, volume.spacing, progress=step)
+    del crop
+    t2 = time.perf_counter()
+    timings["inference"] = t2 - t1
+    if prob.shape != tuple(b.stop - b.start for b in box):
+        raise RuntimeError(f"model returned shape {prob.shape} for a crop of {box}")
+    findings = findings_from_probability(
+        prob, volume, offset=offset, threshold=_threshold(engine), inside=lungs.contains
+    )
+    timings["postprocess"] = time.perf_counter() - t2
+    log.info(
+        "event=volume_analyzed shape=%s crop=%s lung_ml=%.0f findings=%d "
+        "crop_s=%.2f inference_s=%.2f postprocess_s=%.2f",
+        volume.shape,
+        tuple(b.stop - b.start for b in box),
+        lungs.volume_ml,
+        len(findings),
+        timings["crop"],
+        timings["inference"],
+        timings["postprocess"],
+    )
+    return findings
+
+
+def analyze_files(
+    paths: Sequence[Path],
+    engine: ProbabilityModel,
+    *,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Analyse the files of one study: choose a series, assemble it and find nodules.
+
+    Raises ``AnalysisError`` for input a person must act on (not CT, no usable series,
+    corrupt pixel data, …); ``progress(stage, fraction)`` is called now and then.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    header_step = None if progress is None else (lambda f: progress("read", 0.2 * f))
+    headers, unreadable = read_headers([Path(p) for p in paths], progress=header_step)
+    timings["read"] = time.perf_counter() - t0
+    if not headers:
+        raise AnalysisError(
+            "not-dicom", f"none of the {len(paths)} files is a readable DICOM image"
+        )
+    plan = choose_series(headers)
+    log.info(
+        "event=series_chosen series=%s slices=%d reason=%r",
+        plan.series_instance_uid,
+        len(plan.slices),
+        plan.reason,
+    )
+    read_step = None if progress is None else (lambda f: progress("read", 0.2 + 0.8 * f))
+    volume = assemble(plan, timings=timings, progress=read_step)
+    findings = analyze_volume(volume, engine, timings=timings, progress=progress)
+    model, provider = model_info(engine)
+    if progress is not None:
+        progress("postprocess", 1.0)
+    return AnalysisResult(
+        findings=findings,
+        series_uid=plan.series_instance_uid,
+        geometry=volume,
+        sop_uids=volume.sop_uids,
+        timings=timings,
+        model=model,
+        provider=provider,
+        series_reason=plan.reason,
+        ignored_files=unreadable,
+    )

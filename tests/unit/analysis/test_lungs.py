@@ -1,0 +1,57 @@
+"""Lung mask and crop on a synthetic chest."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from services.analysis.errors import AnalysisError
+from services.analysis.lungs import lung_mask
+from tests.unit.analysis.chest import LUNG_HU, chest
+
+SPACING = (1.25, 1.5, 1.5)
+
+
+def test_mask_holds_the_lungs_and_not_the_table_or_outside_air() -> None:
+    hu = chest(spacing=SPACING)
+    lungs = lung_mask(hu, SPACING)
+    lung_voxels = np.argwhere(hu == LUNG_HU)
+    sample = lung_voxels[:: max(1, len(lung_voxels) // 300)]
+    assert all(lungs.contains(v) for v in sample)
+    assert not lungs.contains((32, 2, 2))  # outside air in a corner
+    table_air = (32, int(128 * 0.45 + 70 / 1.5) + 4, 64)
+    assert hu[table_air] == -1000 and not lungs.contains(table_air)
+    true_ml = len(lung_voxels) * np.prod(SPACING) / 1000
+    assert lungs.volume_ml == pytest.approx(true_ml, rel=0.25)
+
+
+def test_crop_contains_lungs_with_margin() -> None:
+    hu = chest(spacing=SPACING)
+    box = lung_mask(hu, SPACING).crop(12.0, SPACING)
+    k, j, i = np.nonzero(hu == LUNG_HU)
+    for axis, idx in enumerate((k, j, i)):
+        assert box[axis].start <= max(0, idx.min() - 12.0 / SPACING[axis])
+        assert box[axis].stop >= min(hu.shape[axis], idx.max() + 1 + 12.0 / SPACING[axis])
+    # The table below the body is outside the crop.
+    assert box[1].stop < hu.shape[1] - 1
+
+
+def test_no_lung_is_an_error() -> None:
+    hu = chest(spacing=SPACING)
+    hu[hu == LUNG_HU] = 40.0  # a body without aerated lung (e.g. abdomen)
+    with pytest.raises(AnalysisError) as info:
+        lung_mask(hu, SPACING)
+    assert info.value.code == "no-usable-series"
+
+
+def test_fast_on_a_full_size_volume() -> None:
+    spacing = (1.0, 0.7, 0.7)
+    small = chest((75, 128, 128), (4.0, 2.8, 2.8))
+    hu = np.repeat(np.repeat(np.repeat(small, 4, 0), 4, 1), 4, 2)  # 300 x 512 x 512
+    started = time.perf_counter()
+    lungs = lung_mask(hu, spacing)
+    elapsed = time.perf_counter() - started
+    assert lungs.volume_ml > 500
+    assert elapsed < 4.0, elapsed  # about 1 s on one core

@@ -1,0 +1,103 @@
+"""analyze_files / analyze_volume end to end on a synthetic chest, and the CLI command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.analysis import command
+from services.analysis.errors import AnalysisError
+from services.analysis.pipeline import analyze_files, analyze_volume
+from services.core.settings import Settings
+from tests.factories import write_ct_series
+from tests.unit.analysis.chest import GGN_HU, FakeModel, Nodule, chest, volume_of, write_volume
+
+SPACING = (1.25, 1.5, 1.5)
+NODULES = (
+    Nodule((20.0, 50.0, 40.0), (6.0, 6.0, 6.0)),  # 12 mm solid, left of the image
+    Nodule((40.0, 60.0, 88.0), (5.0, 5.0, 5.0), hu=GGN_HU),  # 10 mm ground glass
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str], np.ndarray]:
+    hu = chest(spacing=SPACING, nodules=NODULES)
+    outdir = tmp_path_factory.mktemp("study")
+    paths, uids = write_volume(hu, outdir, spacing=SPACING)
+    return paths, uids, hu
+
+
+def test_analyze_files_finds_and_locates_nodules(study) -> None:
+    paths, uids, hu = study
+    model = FakeModel()
+    stages: list[str] = []
+    result = analyze_files(paths, model, progress=lambda stage, f: stages.append(stage))
+    assert [f.kind for f in result.findings] == ["solid", "ground-glass"]
+    # Within a pixel (1.5 mm here) of the drawn diameters.
+    solid, ggn = result.findings
+    assert abs(solid.diameter_mm - 12.0) <= 1.0 and solid.lung_rads == "4A"
+    assert abs(ggn.diameter_mm - 10.0) <= 1.0 and ggn.lung_rads == "2"
+    # Head first: the truth slice k lies at z = -k * 1.25; columns run along +x.
+    rows, cols = hu.shape[1:]
+    expected = (-cols * 1.5 / 2 + 40 * 1.5, -rows * 1.5 / 2 + 50 * 1.5, -20 * 1.25)
+    assert solid.center_mm == pytest.approx(expected, abs=0.1)
+    assert result.sop_uids == tuple(reversed(uids))
+    k0, _, _, k1, _, _ = solid.bbox
+    assert solid.source_sop_uids == result.sop_uids[k0:k1]
+    assert uids[20] in solid.source_sop_uids
+    assert set(result.timings) == {"read", "assemble", "crop", "inference", "postprocess"}
+    assert result.model == {"name": "fake", "version": "0"} and result.provider == "FakeProvider"
+    assert "64 slices" in result.series_reason
+    ((shape, spacing),) = model.calls
+    assert spacing == pytest.approx(SPACING) and shape[1] < hu.shape[1]  # cropped
+    assert {"read", "inference", "postprocess"} <= set(stages)
+
+
+def test_analyze_volume_matches(study) -> None:
+    _, _, hu = study
+    timings: dict[str, float] = {}
+    found = analyze_volume(volume_of(hu, SPACING), FakeModel(), timings=timings)
+    assert [f.kind for f in found] == ["solid", "ground-glass"]
+    assert set(timings) == {"crop", "inference", "postprocess"}
+
+
+def test_not_dicom_and_too_few(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a DICOM file")
+    with pytest.raises(AnalysisError) as info:
+        analyze_files([junk], FakeModel())
+    assert info.value.code == "not-dicom" and info.value.skip
+    _, _, paths = write_ct_series(tmp_path / "short", 3)
+    with pytest.raises(AnalysisError) as info:
+        analyze_files([*paths, junk], FakeModel())
+    assert info.value.code == "too-few-slices"
+
+
+def test_command_json_and_errors(study, tmp_path: Path, monkeypatch, capsys) -> None:
+    paths, _, _ = study
+    monkeypatch.setattr(command, "load_engine", lambda settings: FakeModel())
+    settings = Settings(model_dir=tmp_path / "none")
+    code = command.analyze_folder(paths[0].parent, settings=settings, as_json=True)
+    out = capsys.readouterr().out
+    assert code == 0
+    document = json.loads(out)
+    assert list(document) == ["findings"] and len(document["findings"]) == 2
+    assert document["findings"][0]["kind"] == "solid"
+    code = command.analyze_folder(paths[0].parent, settings=settings, as_json=False)
+    out = capsys.readouterr().out
+    assert code == 0 and "4A" in out and "Lung-RADS" in out
+    _, _, short = write_ct_series(tmp_path / "short", 3)
+    code = command.analyze_folder(short[0].parent, settings=settings, as_json=True)
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "too-few-slices" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_command_reports_a_missing_model(study, tmp_path: Path, capsys) -> None:
+    paths, _, _ = study
+    settings = Settings(model_dir=tmp_path / "no-model")
+    code = command.analyze_folder(paths[0].parent, settings=settings, as_json=True)
+    assert code == 1 and "model" in capsys.readouterr().err
