@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    receiver_processes: int = 1
+    receiver_processes: int = 0  # 0 = one per CPU, at most 4 (`noduleflow receiver`)
     max_associations: int = 16
     max_pdu_size: int = 131072
     dicom_tls_cert: Path | None = None

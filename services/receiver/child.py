@@ -1,0 +1,56 @@
+"""One SCP process of ``noduleflow receiver`` (started by the supervisor, not by hand).
+
+``python -m services.receiver.child FD PARENT_PID``; settings arrive as JSON in the
+environment, the listening socket as an inherited file descriptor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from services.core.db import Database
+from services.core.logs import setup_logging
+from services.core.settings import Settings
+from services.receiver.main import build_scp, make_tracker
+from services.receiver.prefork import SETTINGS_ENV
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        log.warning("event=pdeathsig_unavailable")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    fd, parent = int(argv[1]), int(argv[2])
+    _die_with_parent(parent)
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    setup_logging(settings.log_level, service="receiver")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    db = Database(settings.database_url)
+    listen_socket = socket.socket(fileno=fd)
+    scp = build_scp(settings, db, make_tracker(settings, db), listen_socket=listen_socket)
+    scp.start()
+    stop.wait()
+    scp.stop()
+    db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

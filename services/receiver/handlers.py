@@ -1,0 +1,250 @@
+"""pynetdicom event handlers; thin, dependencies passed as bound arguments.
+
+Bound as ``(evt.EVT_C_STORE, handle_store, [store, registry])`` and so on (see
+:func:`services.receiver.scp.event_handlers`). No patient identifiers are ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.events import Event
+
+from services.core import audit
+from services.core.db import Database
+from services.receiver import statuses
+from services.receiver.index import HeaderError, parse_header
+from services.receiver.policy import rejection_reason
+from services.receiver.store import InstanceStore, NoSpaceError, Outcome, Received
+from services.receiver.tempfiles import HashingFile, discard
+from services.receiver.tracker import StudyTracker
+
+log = logging.getLogger("services.receiver")
+
+
+@dataclass
+class AssociationState:
+    calling_aet: str
+    peer: str
+    studies: set[str] = field(default_factory=set)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    bytes: int = 0
+    released: bool = False
+    finished: bool = False
+
+
+class Registry:
+    """Per-association state, the tracker and the audit trail for association events."""
+
+    def __init__(
+        self, db: Database, tracker: StudyTracker, *, ae_title: str, allowed_aets: list[str]
+    ) -> None:
+        self.db = db
+        self.tracker = tracker
+        self.ae_title = ae_title
+        self.allowed_aets = allowed_aets
+        self._states: dict[int, AssociationState] = {}
+        self._lock = threading.Lock()
+
+    def open(self, assoc: Any) -> AssociationState:
+        requestor = assoc.requestor
+        state = AssociationState(
+            calling_aet=str(requestor.ae_title).strip(),
+            peer=f"{requestor.address}:{requestor.port}",
+        )
+        with self._lock:
+            self._states[id(assoc)] = state
+        return state
+
+    def get(self, assoc: Any) -> AssociationState:
+        with self._lock:
+            state = self._states.get(id(assoc))
+        return state if state is not None else self.open(assoc)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._states)
+
+    def finish(self, assoc: Any, *, released: bool) -> None:
+        with self._lock:
+            state = self._states.pop(id(assoc), None)
+        if state is None or state.finished:
+            return
+        state.finished = True
+        state.released = released
+        try:
+            self.tracker.association_ended(state.studies, released=released)
+        except Exception:
+            log.exception("event=association_end_not_recorded calling_aet=%s", state.calling_aet)
+        log.info(
+            "event=association_closed calling_aet=%s peer=%s released=%s stored=%d "
+            "duplicates=%d failed=%d bytes=%d studies=%d",
+            state.calling_aet,
+            state.peer,
+            released,
+            state.stored,
+            state.duplicates,
+            state.failed,
+            state.bytes,
+            len(state.studies),
+        )
+        if state.stored or state.failed:
+            self._audit(
+                audit.INSTANCES_TRANSFERRED,
+                actor=state.calling_aet,
+                source=state.peer,
+                action="C",
+                object_type="study",
+                object_id=",".join(sorted(state.studies))[:128],
+                outcome="0" if not state.failed else "4",
+                detail=f"stored={state.stored} duplicates={state.duplicates} "
+                f"failed={state.failed} released={released}",
+            )
+
+    def security_alert(self, *, actor: str, source: str, detail: str) -> None:
+        self._audit(audit.SECURITY_ALERT, actor=actor, source=source, outcome="4", detail=detail)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        try:
+            with self.db.session() as session:
+                audit.record(session, event, **fields)
+        except Exception:
+            log.warning("event=audit_not_written audit_event=%s", event)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO (PS3.7 9.1.5): always success while the process is alive."""
+    return statuses.ECHO_SUCCESS
+
+
+def handle_accepted(event: Event, registry: Registry) -> None:
+    state = registry.open(event.assoc)
+    log.info("event=association_opened calling_aet=%s peer=%s", state.calling_aet, state.peer)
+
+
+def handle_released(event: Event, registry: Registry) -> None:
+    registry.finish(event.assoc, released=True)
+
+
+def handle_aborted(event: Event, registry: Registry) -> None:
+    registry.finish(event.assoc, released=False)
+
+
+def handle_conn_close(event: Event, registry: Registry) -> None:
+    """Last event of every connection: drop a half-received data set, close the books."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        discard(partial)
+    registry.finish(event.assoc, released=bool(getattr(event.assoc, "is_released", False)))
+
+
+def handle_rejected(event: Event, registry: Registry) -> None:
+    requestor = event.assoc.requestor
+    calling, called = str(requestor.ae_title).strip(), str(event.assoc.acceptor.ae_title)
+    primitive = getattr(requestor, "primitive", None)
+    called = str(getattr(primitive, "called_ae_title", called) or called).strip()
+    reason = rejection_reason(
+        calling_aet=calling,
+        called_aet=called,
+        ae_title=registry.ae_title,
+        allowed_aets=registry.allowed_aets,
+    )
+    peer = f"{requestor.address}:{requestor.port}"
+    log.warning(
+        "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%s",
+        calling,
+        called,
+        peer,
+        reason,
+    )
+    registry.security_alert(actor=calling, source=peer, detail=f"association rejected: {reason}")
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int:
+    """C-STORE (PS3.4 B.2.2): 0x0000 only once the instance is durable and indexed."""
+    state = registry.get(event.assoc)
+    request: Any = event.request
+    handle = getattr(request, "_dataset_file", None)
+    path = Path(event.dataset_path)
+    if isinstance(handle, HashingFile):
+        if handle.overflow:
+            state.failed += 1
+            log.warning("event=instance_refused reason=too-large calling_aet=%s", state.calling_aet)
+            return statuses.OUT_OF_RESOURCES
+        handle.close()
+        size, sha = handle.size, handle.hexdigest()
+    else:
+        size, sha = _digest(path)
+    try:
+        header = parse_header(
+            path,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        )
+    except HeaderError as exc:
+        state.failed += 1
+        log.warning(
+            "event=instance_refused reason=%s calling_aet=%s peer=%s",
+            exc.reason.replace(" ", "-"),
+            state.calling_aet,
+            state.peer,
+        )
+        if exc.bad_uid:
+            registry.security_alert(
+                actor=state.calling_aet, source=state.peer, detail=f"refused: {exc.reason}"
+            )
+            return statuses.DATASET_MISMATCH
+        return statuses.CANNOT_UNDERSTAND
+    received = Received(path, size, sha, state.calling_aet, header)
+    try:
+        outcome = store.store(received, opens_study=header.study_instance_uid not in state.studies)
+    except NoSpaceError:
+        state.failed += 1
+        log.warning("event=instance_refused reason=disk-full calling_aet=%s", state.calling_aet)
+        return statuses.OUT_OF_RESOURCES
+    except Exception as exc:
+        state.failed += 1
+        log.error(
+            "event=instance_not_stored reason=%s study=%s sop=%s",
+            exc.__class__.__name__,
+            header.study_instance_uid,
+            header.sop_instance_uid,
+        )
+        return statuses.OUT_OF_RESOURCES
+    if outcome is Outcome.DUPLICATE:
+        state.duplicates += 1
+    else:
+        state.studies.add(header.study_instance_uid)
+        state.stored += 1
+        state.bytes += size
+    log.debug(
+        "event=instance_%s study=%s series=%s sop=%s bytes=%d",
+        outcome.value,
+        header.study_instance_uid,
+        header.series_instance_uid,
+        header.sop_instance_uid,
+        size,
+    )
+    return statuses.SUCCESS

@@ -1,0 +1,156 @@
+"""Header of a received instance: parsed once, up to the pixel data, into a value object.
+
+Only what the index needs is read (``specific_tags``, ``stop_before_pixels``); the object
+is validated in :func:`parse_header`, so one that exists carries storage-safe UIDs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from services.core.uids import is_valid_uid
+
+_TAGS = [
+    Tag(keyword)
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "InstanceNumber",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "ReferringPhysicianName",
+    )
+]
+
+
+class HeaderError(ValueError):
+    """The data set cannot be indexed; ``reason`` is safe to log (no patient data)."""
+
+    def __init__(self, reason: str, *, bad_uid: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.bad_uid = bad_uid
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The indexed attributes of one composite instance (PS3.3 C.7/C.12 modules)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    instance_number: int | None = None
+    series_number: int | None = None
+    series_description: str = ""
+    body_part: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    raw = ds.get(keyword)
+    value = "" if raw is None else str(raw).rstrip("\x00 ")
+    if not is_valid_uid(value):
+        raise HeaderError(f"invalid {keyword}", bad_uid=True)
+    return value
+
+
+def header_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+    """Build a validated header from an already-read data set."""
+    header = InstanceHeader(
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        study_instance_uid=_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        transfer_syntax_uid=transfer_syntax_uid,
+        modality=_text(ds, "Modality", 16),
+        instance_number=_int(ds, "InstanceNumber"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 64),
+        body_part=_text(ds, "BodyPartExamined", 16),
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=_text(ds, "StudyTime", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        referring_physician=_text(ds, "ReferringPhysicianName", 324),
+    )
+    return header
+
+
+def parse_header(
+    path: Path, *, sop_class_uid: str | None = None, sop_instance_uid: str | None = None
+) -> InstanceHeader:
+    """Read ``path`` up to the pixel data and validate it.
+
+    Parameters
+    ----------
+    path
+        A DICOM file (PS3.10) with its file meta information.
+    sop_class_uid, sop_instance_uid
+        The Affected SOP Class/Instance UIDs of the C-STORE request (PS3.7 9.1.1); when
+        given, the data set must agree with them.
+
+    Raises
+    ------
+    HeaderError
+        Not DICOM, a UID that is missing or not ``^[0-9]+(\\.[0-9]+)*$`` of at most 64
+        characters, or a data set that contradicts its request.
+    """
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise HeaderError(f"unreadable data set: {exc.__class__.__name__}") from exc
+    transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+    header = header_from_dataset(ds, transfer_syntax)
+    if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
+        raise HeaderError("SOPInstanceUID differs from the request")
+    if sop_class_uid is not None and header.sop_class_uid != sop_class_uid:
+        raise HeaderError("SOPClassUID differs from the request")
+    return header

@@ -1,0 +1,127 @@
+"""Receiver entry points: ``build_receiver`` (in-process, used by ``serve``) and ``run``
+(the ``noduleflow receiver`` command: several SCP processes on one port, plus the study
+tracker and outbox relay in the supervising process)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+from services.core.broker import Broker
+from services.core.db import Database
+from services.core.outbox import Relay
+from services.core.settings import Settings
+from services.core.storage import LocalStorage
+from services.receiver import fastpath, tempfiles
+from services.receiver.handlers import Registry
+from services.receiver.scp import StorageSCP
+from services.receiver.store import InstanceStore
+from services.receiver.tracker import StudyTracker
+
+log = logging.getLogger(__name__)
+
+
+def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -> StudyTracker:
+    return StudyTracker(
+        db,
+        idle_seconds=settings.study_idle_seconds,
+        grace_seconds=settings.release_grace_seconds,
+        on_complete=relay.wake.set if relay is not None else None,
+    )
+
+
+def prepare_storage(settings: Settings) -> tuple[LocalStorage, Path]:
+    """Storage plus this host's temporary folder for incoming data sets."""
+    storage = LocalStorage(settings.storage_dir)
+    return storage, tempfiles.temp_folder(storage.tmp)
+
+
+def build_scp(
+    settings: Settings,
+    db: Database,
+    tracker: StudyTracker,
+    *,
+    listen_socket: socket.socket | None = None,
+) -> StorageSCP:
+    storage, incoming = prepare_storage(settings)
+    tempfiles.install(incoming)
+    fastpath.install()
+    store = InstanceStore(db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
+    registry = Registry(
+        db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
+    )
+    return StorageSCP(settings, store, registry, listen_socket=listen_socket)
+
+
+def recover(settings: Settings, tracker: StudyTracker) -> None:
+    """Start-up clean-up after a crash: half-received files, stale association counts."""
+    storage, incoming = prepare_storage(settings)
+    removed = tempfiles.clean(incoming) + storage.clean_temp()
+    reset = tracker.reset_open_associations()
+    log.info("event=receiver_recovered temp_removed=%d open_associations_reset=%d", removed, reset)
+
+
+class Background:
+    """Tracker and relay threads, stopped together."""
+
+    def __init__(self, tracker: StudyTracker, relay: Relay) -> None:
+        self.tracker = tracker
+        self.relay = relay
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.stop_event.clear()
+        for name, target in (("tracker", self.tracker.run), ("relay", self.relay.run)):
+            thread = threading.Thread(
+                target=target, args=(self.stop_event,), name=f"noduleflow-{name}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.relay.wake.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.threads.clear()
+
+
+class Receiver:
+    """SCP + study tracker + outbox relay in this process."""
+
+    def __init__(self, settings: Settings, db: Database, broker: Broker) -> None:
+        self.settings = settings
+        self.db = db
+        self.relay = Relay(db, broker)
+        self.tracker = make_tracker(settings, db, self.relay)
+        self.scp = build_scp(settings, db, self.tracker)
+        self.background = Background(self.tracker, self.relay)
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def start(self) -> None:
+        """Non-blocking: recovers, then starts the SCP, tracker and relay threads."""
+        recover(self.settings, self.tracker)
+        self.scp.start()
+        self.background.start()
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.background.stop()
+        log.info("event=receiver_stopped")
+
+
+def build_receiver(settings: Settings, db: Database, broker: Broker) -> Receiver:
+    return Receiver(settings, db, broker)
+
+
+def run(settings: Settings) -> None:
+    """``noduleflow receiver``: blocks until SIGTERM/SIGINT."""
+    from services.receiver.prefork import Supervisor
+
+    Supervisor(settings).run()

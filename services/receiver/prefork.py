@@ -1,0 +1,110 @@
+"""``noduleflow receiver``: one listening socket shared by several SCP processes.
+
+One Python process is CPU-bound near 200 images/s, so the supervisor binds the port once,
+starts ``receiver_processes`` children that all accept on that socket (the kernel hands
+each connection to one of them), and runs the study tracker and the outbox relay itself.
+Children die with the supervisor (``PR_SET_PDEATHSIG``); a child that dies alone is
+restarted. SIGTERM stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from services.core.broker import make_broker
+from services.core.db import Database
+from services.core.outbox import Relay
+from services.core.settings import Settings
+from services.receiver.main import Background, make_tracker, recover
+
+log = logging.getLogger(__name__)
+
+SETTINGS_ENV = "NODULEFLOW_RECEIVER_SETTINGS_JSON"
+MAX_AUTO_PROCESSES = 4
+
+
+def process_count(settings: Settings, cpus: int | None = None) -> int:
+    """``receiver_processes``, or one per CPU (at most 4) when it is 0."""
+    if settings.receiver_processes > 0:
+        return settings.receiver_processes
+    return max(1, min(cpus or os.cpu_count() or 1, MAX_AUTO_PROCESSES))
+
+
+def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = process_count(settings)
+        self.stop_event = threading.Event()
+        self.children: list[subprocess.Popen[bytes] | None] = []
+
+    def _spawn(self, sock: socket.socket) -> subprocess.Popen[bytes]:
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        args = [sys.executable, "-m", "services.receiver.child", str(sock.fileno())]
+        return subprocess.Popen([*args, str(os.getpid())], pass_fds=[sock.fileno()], env=env)
+
+    def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        db = Database(self.settings.database_url)
+        db.upgrade()
+        broker = make_broker(self.settings.broker_url, self.settings.broker_prefix)
+        relay = Relay(db, broker)
+        tracker = make_tracker(self.settings, db, relay)
+        recover(self.settings, tracker)
+        sock = listen(self.settings.dicom_host, self.settings.dicom_port)
+        self.children = [self._spawn(sock) for _ in range(self.count)]
+        background = Background(tracker, relay)
+        background.start()
+        log.info("event=receiver_started processes=%d port=%s", self.count, sock.getsockname()[1])
+        try:
+            self._watch(sock)
+        finally:
+            self._stop_children()
+            background.stop()
+            sock.close()
+            broker.close()
+            db.dispose()
+            log.info("event=receiver_stopped")
+
+    def _watch(self, sock: socket.socket) -> None:
+        restarts: list[float] = [0.0] * self.count
+        while not self.stop_event.wait(0.5):
+            for i, child in enumerate(self.children):
+                if child is None or child.poll() is None:
+                    continue
+                log.error("event=receiver_child_died pid=%s rc=%s", child.pid, child.returncode)
+                if time.monotonic() - restarts[i] < 2.0:
+                    time.sleep(2.0)
+                restarts[i] = time.monotonic()
+                self.children[i] = self._spawn(sock)
+
+    def _stop_children(self) -> None:
+        alive = [c for c in self.children if c is not None and c.poll() is None]
+        for child in alive:
+            child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for child in alive:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
