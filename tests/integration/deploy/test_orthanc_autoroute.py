@@ -1,0 +1,166 @@
+"""deploy/orthanc: the shipped Orthanc configuration and Lua auto-routing, run for real.
+
+Orthanc starts with deploy/orthanc/orthanc.json, changed only where a test must (free ports,
+temporary folders, the noduleflow modality pointing at a DCMTK storescp standing in for the
+receiver, the Lua path). CT from a known modality must arrive at "noduleflow"; noduleflow's
+own SR/SEG (and anything made by noduleflow) must be accepted back but never routed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.factories import ct_slice
+from tests.integration.deploy.repo import ORTHANC_DIR
+from tests.orthanc import Orthanc
+from tests.services import free_port, require_tool, wait_port
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "routing-test-" + generate_uid()[-12:]
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _result_object(path: Path, sop_class: str, modality: str, manufacturer: str) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.Manufacturer, ds.PatientID = modality, manufacturer, "TEST-001"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ct(path: Path, *, study: str, series: str, index: int, manufacturer: str = "ACME") -> Path:
+    ds = ct_slice(study_uid=study, series_uid=series, index=index, rows=32, cols=32)
+    ds.Manufacturer = manufacturer
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _storescu(orthanc: Orthanc, calling: str, *files: Path) -> int:
+    exe = require_tool("storescu")
+    args = [exe, "-R", "-aet", calling, "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(
+        [*args, *map(str, files)], env=env, capture_output=True, timeout=60
+    ).returncode
+
+
+@pytest.fixture
+def receiver_stand_in(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """DCMTK storescp playing noduleflow's receiver (AE NODULEFLOW)."""
+    exe = require_tool("storescp")
+    out = tmp_path / "received"
+    out.mkdir()
+    port = free_port()
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    log = open(tmp_path / "storescp.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "-aet", "NODULEFLOW", "-od", str(out), str(port)], stdout=log, stderr=log, env=env
+    )
+    try:
+        assert wait_port("127.0.0.1", port), "storescp did not start"
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def orthanc(
+    tmp_path: Path, receiver_stand_in: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Orthanc]:
+    config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+    workdir = tmp_path / "orthanc"
+    workdir.mkdir()
+    dicom_port, http_port = free_port(), free_port()
+    config |= {
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"),
+        "LuaScripts": [str(ORTHANC_DIR / "autoroute.lua")],
+    }
+    config["DicomModalities"]["noduleflow"] |= {"Host": "127.0.0.1", "Port": receiver_stand_in[0]}
+    config["DicomModalities"]["ct-scanner"]["Host"] = "127.0.0.1"
+    monkeypatch.setenv("ORTHANC_ADMIN_PASSWORD", PASSWORD)
+    server = Orthanc(config["DicomAet"], dicom_port, http_port, workdir, config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _count(orthanc: Orthanc) -> int:
+    response = httpx.get(orthanc.url + "/statistics", auth=("admin", PASSWORD), timeout=10)
+    response.raise_for_status()
+    return int(response.json()["CountInstances"])
+
+
+def _received(out: Path, expected: int, timeout: float = 30) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(out.iterdir())) < expected:
+        time.sleep(0.1)
+    time.sleep(1.0)  # anything routed by mistake would have been queued before the CT
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
+
+
+def test_ct_is_routed_and_results_come_back_without_looping(
+    orthanc: Orthanc, receiver_stand_in: tuple[int, Path], tmp_path: Path
+) -> None:
+    _, out = receiver_stand_in
+    files = tmp_path / "files"
+    files.mkdir()
+    assert httpx.get(orthanc.url + "/system", timeout=10).status_code == 401
+
+    # Unknown calling AE: Orthanc refuses the store (DicomAlwaysAllowStore false).
+    study, series = generate_uid(), generate_uid()
+    stray = _ct(files / "stray.dcm", study=study, series=series, index=9)
+    assert _storescu(orthanc, "INTRUDER", stray) != 0
+    assert _count(orthanc) == 0
+
+    # noduleflow's results are accepted back, and never routed to noduleflow again.
+    sr = _result_object(files / "sr.dcm", COMPREHENSIVE_3D_SR, "SR", "noduleflow")
+    seg = _result_object(files / "seg.dcm", SEGMENTATION, "SEG", "noduleflow")
+    assert _storescu(orthanc, "NODULEFLOW", sr, seg) == 0
+    # Made by noduleflow but arriving from elsewhere (re-sent by a PACS): still not routed.
+    sr_again = _result_object(files / "sr2.dcm", COMPREHENSIVE_3D_SR, "SR", "noduleflow")
+    our_ct = _ct(
+        files / "key.dcm",
+        study=generate_uid(),
+        series=generate_uid(),
+        index=0,
+        manufacturer="noduleflow",
+    )
+    assert _storescu(orthanc, "CT_SCANNER", sr_again, our_ct) == 0
+
+    # A CT series from the scanner is routed, slice by slice.
+    cts = [_ct(files / f"ct{i}.dcm", study=study, series=series, index=i) for i in range(3)]
+    assert _storescu(orthanc, "CT_SCANNER", *cts) == 0
+
+    expected = {str(dcmread(p).SOPInstanceUID) for p in cts}
+    assert _received(out, len(expected)) == expected
+    assert _count(orthanc) == 7
+    log = (orthanc.workdir / "orthanc.log").read_text(errors="replace")
+    assert "reason=from-noduleflow" in log
+    assert "reason=noduleflow-manufacturer" in log
