@@ -1,0 +1,166 @@
+"""The reporter service: result consumer, delivery dispatcher and (optionally) HTTP.
+
+``build_reporter`` wires the parts for in-process use (``noduleflow serve``);
+``run`` is the ``noduleflow reporter`` command (distributed form).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.core.broker import Broker, make_broker
+from services.core.db import Database
+from services.core.messages import REPORTING_QUEUE
+from services.core.settings import Settings
+from services.reporter.delivery import (
+    DeliveryTask,
+    Dispatcher,
+    RetryPolicy,
+    Sender,
+    SendOutcome,
+)
+from services.reporter.pacs import PacsAddress, Timeouts, store
+from services.reporter.results import ResultConsumer
+
+log = logging.getLogger(__name__)
+
+
+def dicom_sender(settings: Settings, timeouts: Timeouts | None = None) -> Sender:
+    """C-STORE the row's file to the row's target (``AET@host:port``)."""
+
+    def send(task: DeliveryTask) -> SendOutcome:
+        try:
+            address = PacsAddress.parse(task.target)
+        except ValueError as exc:
+            return SendOutcome(False, False, "bad-target", str(exc))
+        path = Path(task.path)
+        if not path.is_file():
+            return SendOutcome(False, False, "missing-file", f"artefact missing: {path.name}")
+        return store(path, address, calling_aet=settings.ae_title, timeouts=timeouts)
+
+    return send
+
+
+def fhir_sender(db: Database, settings: Settings) -> Sender:
+    """FHIR push of the job's DiagnosticReport (imported lazily: optional module)."""
+
+    def send(task: DeliveryTask) -> SendOutcome:
+        from services.reporter.fhir_push import push_report
+
+        outcome: SendOutcome = push_report(db, settings, task.job_id)
+        return outcome
+
+    return send
+
+
+def default_senders(db: Database, settings: Settings) -> dict[str, Sender]:
+    senders = {"dicom": dicom_sender(settings)}
+    if settings.fhir_push_url:
+        senders["fhir"] = fhir_sender(db, settings)
+    return senders
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_seconds=settings.delivery_backoff_seconds,
+        max_attempts=settings.delivery_max_attempts,
+    )
+
+
+@dataclass
+class Reporter:
+    """Consumer and dispatcher threads (plus HTTP when ``serve_http``); non-blocking."""
+
+    settings: Settings
+    db: Database
+    broker: Broker
+    consumer: ResultConsumer
+    dispatcher: Dispatcher
+    serve_http: bool = False
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    http_server: Any = None
+
+    def start(self) -> None:
+        self.stop_event.clear()
+        self._thread("reporter-consumer", self.broker.consume, REPORTING_QUEUE,
+                     self.consumer.handle, self.stop_event)
+        self._thread("reporter-dispatcher", self.dispatcher.run, self.stop_event)
+        if self.serve_http:
+            self.http_server = http_server(self.settings, self.db, self.broker)
+            if self.http_server is not None:
+                self._thread("reporter-http", self.http_server.run)
+        log.info("event=reporter_started pacs=%s http=%s",
+                 self.settings.pacs or "outbox", self.http_server is not None)
+
+    def _thread(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        self.dispatcher.wake()
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+        for thread in self.threads:
+            thread.join(timeout)
+        self.threads.clear()
+        log.info("event=reporter_stopped")
+
+
+def build_reporter(
+    settings: Settings, db: Database, broker: Broker, *, serve_http: bool = False,
+    senders: dict[str, Sender] | None = None, poll_seconds: float = 1.0,
+) -> Reporter:
+    """Wire a reporter on existing DB and broker; call ``.start()`` / ``.stop()``."""
+    dispatcher = Dispatcher(
+        db, senders or default_senders(db, settings), retry_policy(settings),
+        poll_seconds=poll_seconds,
+    )
+    consumer = ResultConsumer(db, settings, on_committed=dispatcher.wake)
+    return Reporter(settings, db, broker, consumer, dispatcher, serve_http=serve_http)
+
+
+def http_server(settings: Settings, db: Database, broker: Broker | None) -> Any:
+    """A uvicorn server for the reporter app, or None while the app is not available."""
+    if importlib.util.find_spec("services.reporter.app") is None:
+        log.warning("event=http_unavailable reason=no_app_module")
+        return None
+    import uvicorn
+
+    from services.reporter.app import create_app
+
+    app = create_app(settings, db, broker)
+    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
+                            log_config=None, access_log=False)
+    return uvicorn.Server(config)
+
+
+def run(settings: Settings) -> None:
+    """``noduleflow reporter``: run until SIGINT/SIGTERM."""
+    db = Database(settings.database_url)
+    db.upgrade()
+    broker = make_broker(settings.broker_url, settings.broker_prefix)
+    broker.declare()
+    reporter = build_reporter(settings, db, broker)
+    reporter.start()
+    server = http_server(settings, db, broker)
+    try:
+        if server is not None:
+            server.run()  # blocks; uvicorn handles SIGINT/SIGTERM
+        else:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        reporter.stop()
+        broker.close()
+        db.dispose()

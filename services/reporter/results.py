@@ -1,0 +1,142 @@
+"""Consumer of ``noduleflow.reporting``: turns a finished job into DICOM artefacts and
+delivery rows, idempotently by job id, and acknowledges only after the commit.
+
+* ``done``: build SEG, key images and SR (deterministic UIDs, so a redelivered message
+  rebuilds the same instances), create the Delivery rows, set the job ``done``
+  (finished_at, timings["report"]) and audit 110110 "report created", in one commit.
+* ``failed`` / ``skipped``: record the state and reason; no SR claims a result.
+* A job already in a final state: acknowledged without side effects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.core import audit
+from services.core.broker import Delivered, Verdict
+from services.core.db import Database, Job, JobState
+from services.core.messages import StudyResult
+from services.core.settings import Settings
+from services.core.storage import LocalStorage
+from services.reporter.artefacts import Artefact, artefact_dir, write_artefacts
+from services.reporter.delivery import FHIR, upsert_delivery
+from services.reporter.inputs import InputError, load_inputs
+
+log = logging.getLogger(__name__)
+
+
+class ResultConsumer:
+    """The ``study.result`` handler; ``on_committed`` is called after new deliveries."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.storage = LocalStorage(settings.storage_dir)
+        self.on_committed = on_committed
+
+    def handle(self, delivered: Delivered) -> Verdict:
+        try:
+            message = StudyResult.model_validate_json(delivered.body)
+        except ValidationError:
+            log.error("event=result_invalid message_id=%s", delivered.message_id)
+            return Verdict.REJECT
+        with self.db.session() as session:
+            job = session.get(Job, message.job_id)
+            if job is None:
+                log.error("event=result_unknown_job job=%s", message.job_id)
+                return Verdict.REJECT
+            if JobState(job.state).final:
+                log.info("event=result_duplicate job=%s state=%s", job.id, job.state)
+                return Verdict.ACK
+        if message.status == "done":
+            return self._report(message)
+        return self._record_end(message)
+
+    def _record_end(self, message: StudyResult) -> Verdict:
+        """Failed or skipped: the job's state and reason, and no report."""
+        with self.db.session() as session:
+            job = session.get(Job, message.job_id)
+            if job is None or JobState(job.state).final:
+                return Verdict.ACK
+            job.state = message.status
+            job.reason = job.reason or (message.reason or "")
+            job.finished_at = datetime.now(UTC)
+        log.info("event=result_recorded job=%s status=%s no_report=true",
+                 message.job_id, message.status)
+        return Verdict.ACK
+
+    def _report(self, message: StudyResult) -> Verdict:
+        started = time.perf_counter()
+        try:
+            with self.db.session() as session:
+                job = session.get(Job, message.job_id)
+                assert job is not None
+                inputs = load_inputs(session, self.storage, job)
+            artefacts = write_artefacts(self.settings, inputs)
+        except (InputError, ValueError) as exc:
+            return self._fail(message.job_id, f"report not built: {exc}")
+        with self.db.session() as session:
+            job = session.scalar(select(Job).where(Job.id == message.job_id).with_for_update())
+            if job is None or JobState(job.state).final:
+                return Verdict.ACK
+            self._create_deliveries(session, job, artefacts)
+            elapsed = time.perf_counter() - started
+            job.state = JobState.DONE.value
+            job.reason = ""
+            job.finished_at = datetime.now(UTC)
+            job.timings = {**(job.timings or {}), "report": round(elapsed, 3)}
+            job.findings_count = len(inputs.findings)
+            audit.record(
+                session, audit.REPORT_CREATED, actor="noduleflow-reporter", action="C",
+                object_type="job", object_id=job.id,
+                detail=f"version {job.version}, {len(inputs.findings)} findings, "
+                       f"{len(artefacts)} instances",
+            )
+        log.info("event=report_created job=%s version=%s findings=%s seconds=%.2f",
+                 message.job_id, inputs.version, len(inputs.findings), elapsed)
+        if self.on_committed is not None:
+            self.on_committed()
+        return Verdict.ACK
+
+    def _create_deliveries(self, session: Session, job: Job, artefacts: list[Artefact]) -> None:
+        pacs = self.settings.pacs.strip()
+        folder = artefact_dir(self.settings, job.study.study_instance_uid, job.version)
+        for artefact in artefacts:
+            upsert_delivery(
+                session,
+                job_id=job.id,
+                kind=artefact.kind,
+                target=pacs or str(folder),
+                path=artefact.path,
+                sop_instance_uid=artefact.sop_instance_uid,
+                written=not pacs,
+            )
+        if self.settings.fhir_push_url:
+            upsert_delivery(
+                session,
+                job_id=job.id, kind=FHIR, target=self.settings.fhir_push_url,
+            )
+
+    def _fail(self, job_id: str, reason: str) -> Verdict:
+        """A job whose report cannot be built: failed with the reason, no SR."""
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None and not JobState(job.state).final:
+                job.state = JobState.FAILED.value
+                job.reason = reason[:2000]
+                job.finished_at = datetime.now(UTC)
+        log.error("event=report_failed job=%s reason=%s", job_id, reason)
+        return Verdict.ACK

@@ -1,0 +1,124 @@
+"""What is copied from source images into our documents is sanitised (FACTS.md)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from services.reporter.artefacts import dataset_bytes
+from services.reporter.model import Algorithm, OutputUids
+from services.reporter.sanitise import (
+    UTF8,
+    clean_person_name,
+    image_header,
+    study_header,
+)
+from services.reporter.sr import build_sr
+from tests.reporting_factories import dciodvfy, nodule_series
+
+ALGORITHM = Algorithm("nodule-seg", "1.0")
+
+
+def through_file(ds: Dataset) -> Dataset:
+    """Write and read back, as the reporter reads sources from storage."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def sr_from(sources: list[Dataset]) -> Dataset:
+    study = study_header(sources[0])
+    headers = [image_header(ds, study) for ds in sources]
+    sr = build_sr(source_images=headers, findings=[], algorithm=ALGORITHM,
+                  uids=OutputUids(str(sources[0].StudyInstanceUID), 1))
+    return dcmread(io.BytesIO(dataset_bytes(sr)))
+
+
+def broken_reference() -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ""
+    item.ReferencedSOPInstanceUID = "not a uid"
+    return item
+
+
+def test_broken_referenced_study_sequence_is_not_copied(tmp_path: Path) -> None:
+    series = nodule_series(spheres=[])
+    for ds in series.datasets:
+        ds.ReferencedStudySequence = [broken_reference()]
+    sources = [through_file(ds) for ds in series.datasets]
+    sr = sr_from(sources)
+    assert "ReferencedStudySequence" not in sr
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    errors, _ = dciodvfy(path)
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [
+        ("ISO_IR 100", "Müller^Jürgen"),
+        ("ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("ISO_IR 192", "Ærø^Åse"),
+    ],
+)
+def test_patient_name_charsets_become_consistent_utf8(charset: str, name: str) -> None:
+    series = nodule_series(spheres=[], patient_name=name)
+    for ds in series.datasets:
+        ds.SpecificCharacterSet = charset
+    if charset == "ISO 2022 IR 87":
+        for ds in series.datasets:
+            ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    sources = [through_file(ds) for ds in series.datasets]
+    sr = sr_from(sources)
+    assert sr.SpecificCharacterSet == UTF8
+    assert str(sr.PatientName) == name
+
+
+def test_ascii_names_declare_no_charset() -> None:
+    series = nodule_series(spheres=[])
+    for ds in series.datasets:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    sr = sr_from([through_file(ds) for ds in series.datasets])
+    assert "SpecificCharacterSet" not in sr
+    assert str(sr.PatientName) == "Test^Patient"
+
+
+def test_hostile_and_malformed_values_are_cleaned() -> None:
+    source = nodule_series(spheres=[]).datasets[0]
+    source.PatientName = "Evil\x07^Name\\x^^^^^^extra"
+    source.PatientBirthDate = "1990-01-01"
+    source.PatientSex = "male"
+    source.StudyDescription = "x" * 200
+    header = study_header(through_file(source))
+    assert str(header.PatientName) == "Evil^Name"  # the backslash split it: first value
+    assert header.PatientBirthDate == ""
+    assert header.PatientSex == ""
+    assert len(header.StudyDescription) == 64
+
+
+def test_person_name_keeps_three_groups_of_five_components() -> None:
+    assert clean_person_name("a^b^c^d^e^f=g=h=i") == "a^b^c^d^e=g=h"
+    assert clean_person_name("Doe^John^^^") == "Doe^John"
+
+
+def test_image_header_copies_geometry_but_no_sequences() -> None:
+    source = nodule_series(spheres=[]).datasets[0]
+    source.ReferencedStudySequence = [broken_reference()]
+    header = image_header(through_file(source))
+    assert [float(v) for v in header.ImagePositionPatient] == [
+        float(v) for v in source.ImagePositionPatient
+    ]
+    assert header.Rows == source.Rows
+    assert not any(element.VR == "SQ" for element in header)
+
+
+def test_source_without_sop_instance_uid_is_refused() -> None:
+    source = nodule_series(spheres=[]).datasets[0]
+    del source.SOPInstanceUID
+    with pytest.raises(ValueError, match="SOPInstanceUID"):
+        image_header(source)
