@@ -1,0 +1,76 @@
+"""R1/R2: a worker killed mid-inference or between commit and ack; graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from services.core.messages import INFERENCE_QUEUE
+from tests.integration.worker.harness import Node, clone_study
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FINAL = ("reporting", "failed", "skipped")
+
+
+def test_sigkill_mid_inference_redelivers_and_completes_once(
+    node: Node, chest_files: list[Path], tmp_path: Path
+) -> None:
+    seeded = node.submit(clone_study(chest_files, tmp_path / "study"))
+    first = node.worker("first", NODULEFLOW_FAULT_AT="mid_infer:sleep=120")
+    first.wait_log("fault_injected point=mid_infer")
+    assert node.job(seeded.job_id).state == "inferring"
+    first.signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    node.worker("second")
+    job = node.wait_state(seeded.job_id, *FINAL)
+    assert (job.state, job.attempts) == ("reporting", 2)
+    assert job.findings_count == len(node.findings(seeded.job_id)) > 0
+    results = node.results()
+    assert [(r.job_id, r.status, r.findings) for r in results] == [
+        (seeded.job_id, "done", job.findings_count)
+    ]
+
+
+@pytest.mark.parametrize("fault", ["after_commit", "after_publish"])
+def test_killed_after_commit_before_ack_is_not_recomputed(
+    node: Node, chest_files: list[Path], tmp_path: Path, fault: str
+) -> None:
+    seeded = node.submit(clone_study(chest_files, tmp_path / "study"))
+    first = node.worker("first", NODULEFLOW_FAULT_AT=fault)
+    assert first.wait(timeout=120) == 137
+    job = node.job(seeded.job_id)
+    assert (job.state, job.attempts) == ("reporting", 1)
+    findings = [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(seeded.job_id)]
+    second = node.worker("second")
+    second.wait_log(f"event=job_not_run job={seeded.job_id} state=reporting")
+    job = node.job(seeded.job_id)
+    assert job.attempts == 1
+    assert [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(seeded.job_id)] == findings
+    results = node.results()
+    assert [(r.job_id, r.status) for r in results] == [(seeded.job_id, "done")]
+    assert node.broker.queue_depth(INFERENCE_QUEUE) == 0
+
+
+def test_first_sigterm_drains_second_exits(
+    node: Node, chest_files: list[Path], tmp_path: Path
+) -> None:
+    one = node.submit(clone_study(chest_files, tmp_path / "one"))
+    two = node.submit(clone_study(chest_files, tmp_path / "two"))
+    worker = node.worker("drain", NODULEFLOW_FAULT_AT="mid_infer:sleep=3")
+    worker.wait_log("fault_injected point=mid_infer")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    states = {node.job(j.job_id).state for j in (one, two)}
+    assert states == {"reporting", "queued"}  # the current job finished, no new one taken
+    assert node.broker.queue_depth(INFERENCE_QUEUE) == 1
+    assert len(node.results()) == 1
+
+    hasty = node.worker("hasty", NODULEFLOW_FAULT_AT="mid_infer:sleep=60")
+    hasty.wait_log("fault_injected point=mid_infer")
+    hasty.signal(signal.SIGTERM)
+    hasty.wait_log("action=drain")
+    hasty.signal(signal.SIGTERM)
+    assert hasty.wait(timeout=10) == 128 + signal.SIGTERM
