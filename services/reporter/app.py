@@ -1,0 +1,43 @@
+"""The reporter's HTTP side: FHIR R4 (read-only), study API, worklist, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from services.core.broker import Broker
+from services.core.db import Database
+from services.core.settings import Settings
+from services.reporter import errors
+from services.reporter.auth import Authenticator
+from services.reporter.deps import AppState
+from services.reporter.metrics import make_registry
+from services.reporter.middleware import GuardMiddleware
+from services.reporter.routes import fhir_reports, fhir_resources, health, pages, studies
+
+log = logging.getLogger(__name__)
+_STATIC = Path(__file__).resolve().parent / "static"
+
+
+def create_app(settings: Settings, db: Database, broker: Broker | None = None) -> FastAPI:
+    """Build the app; raises RuntimeError when access control is unsafe for API_HOST."""
+    authenticator = Authenticator(settings)
+    app = FastAPI(
+        title="noduleflow",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.noduleflow = AppState(settings=settings, db=db, authenticator=authenticator,
+                                    broker=broker)
+    app.state.metrics = make_registry(db, broker)
+    errors.install(app)
+    for module in (fhir_resources, fhir_reports, studies, health, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+    app.add_middleware(GuardMiddleware, hsts=settings.base_url.startswith("https://"))
+    log.info("event=api_ready auth=%s", "open" if authenticator.open else "bearer")
+    return app

@@ -1,0 +1,150 @@
+"""Bearer-token access: static API tokens or JWTs, SMART v2 style read scopes per resource type.
+
+- Static tokens (``API_TOKENS``) grant read and search on everything (``system/*.rs``).
+- JWTs are verified against ``JWT_PUBLIC_KEY`` (RSA/EC/Ed25519 PEM; asymmetric algorithms only,
+  so ``alg: none`` and HS256-signed-with-the-public-key are refused), with the configured
+  audience (required) and issuer, ``exp`` required and ``nbf`` honoured. Scopes come from the
+  ``scope`` claim (space separated) or ``scp`` (list). ``system/`` and ``user/`` scopes apply;
+  ``patient/`` scopes and scopes with ``?`` constraints are not supported and grant nothing.
+- Nothing configured: open read access, allowed only when ``API_HOST`` is loopback (a warning
+  is logged) and only for loopback clients; otherwise the service refuses to start.
+
+Every failure gives the same 401 message, whichever check failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from services.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FULL_READ = ("system/*.rs",)
+_RSA_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+_EC_ALGS = ["ES256", "ES384", "ES512"]
+
+
+class AuthError(Exception):
+    """Authentication failed (401); the reason is for logs only."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    scopes: tuple[str, ...]
+    method: str  # token | jwt | open
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allows(scopes: Iterable[str], resource_type: str, interaction: str) -> bool:
+    """Whether ``scopes`` permit ``interaction`` ("r" read, "s" search) on ``resource_type``."""
+    for scope in scopes:
+        context, _, rest = scope.partition("/")
+        if context not in ("system", "user") or "?" in rest:
+            continue
+        rtype, _, permission = rest.partition(".")
+        if rtype not in ("*", resource_type):
+            continue
+        if permission in ("read", "*"):  # SMART v1
+            return True
+        if permission and set(permission) <= set("cruds") and interaction in permission:
+            return True
+    return False
+
+
+class Authenticator:
+    """Checks bearer credentials; built once from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._tokens = [t.encode() for t in settings.api_tokens]
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer or None
+        self._key: Any = None
+        self._algorithms: list[str] = []
+        if settings.jwt_public_key is not None:
+            self._load_key(settings.jwt_public_key.read_bytes())
+        self.open = not self._tokens and self._key is None
+        if self.open and not is_loopback(settings.api_host):
+            raise RuntimeError(
+                "refusing to start: no API_TOKENS or JWT_PUBLIC_KEY configured and API_HOST "
+                f"{settings.api_host!r} is not a loopback address"
+            )
+        if self.open:
+            log.warning("event=open_read_access host=%s reason=no_tokens_configured",
+                        settings.api_host)
+
+    def _load_key(self, pem: bytes) -> None:
+        if not self._audience:
+            raise RuntimeError("JWT_PUBLIC_KEY is set but JWT_AUDIENCE is empty")
+        key = load_pem_public_key(pem)
+        if isinstance(key, rsa.RSAPublicKey):
+            self._algorithms = _RSA_ALGS
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            self._algorithms = _EC_ALGS
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            self._algorithms = ["EdDSA"]
+        else:
+            raise RuntimeError("JWT_PUBLIC_KEY must be an RSA, EC or Ed25519 public key")
+        self._key = key
+
+    def authenticate(self, authorization: str | None, client_host: str) -> Principal:
+        if self.open:
+            if not is_loopback(client_host):
+                raise AuthError("open access is for loopback clients only")
+            return Principal(subject="anonymous@loopback", scopes=FULL_READ, method="open")
+        scheme, _, credential = (authorization or "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential or len(credential) > 8192:
+            raise AuthError("missing bearer token")
+        static = self._static(credential.encode())
+        if static is not None:
+            return static
+        if self._key is None:
+            raise AuthError("unknown token")
+        return self._jwt(credential)
+
+    def _static(self, candidate: bytes) -> Principal | None:
+        match = None
+        for token in self._tokens:  # compare against all: no early exit
+            if hmac.compare_digest(token, candidate):
+                match = token
+        if match is None:
+            return None
+        digest = hashlib.sha256(match).hexdigest()[:8]
+        return Principal(subject=f"token-{digest}", scopes=FULL_READ, method="token")
+
+    def _jwt(self, credential: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                credential,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=10,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"jwt rejected: {type(exc).__name__}") from exc
+        raw = claims.get("scope", claims.get("scp", ""))
+        scopes = raw.split() if isinstance(raw, str) else [str(s) for s in raw or []]
+        return Principal(subject=str(claims["sub"])[:128], scopes=tuple(scopes), method="jwt")

@@ -1,0 +1,87 @@
+// Study page: facts, findings with key images, where the results went, analysis history.
+"use strict";
+(() => {
+  const uid = document.getElementById("study-page").dataset.studyUid;
+  const { el } = NF;
+  const imageUrls = new Map();
+
+  function facts(s, data) {
+    const items = [["Patient", s.patient_name], ["Patient ID", s.patient_id],
+      ["Accession", s.accession_number], ["Study date", NF.dicomDate(s.study_date)],
+      ["Description", s.description], ["Instances", String(data.instances)],
+      ["Received", NF.when(s.last_received_at)], ["AI status", data.status]];
+    document.getElementById("study-facts").replaceChildren(
+      ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v || "–" })]));
+  }
+
+  async function keyImage(url) {
+    if (!imageUrls.has(url)) imageUrls.set(url, URL.createObjectURL(await NF.api(url, true)));
+    return imageUrls.get(url);
+  }
+
+  async function findings(list) {
+    const rows = [];
+    for (const f of list) {
+      const cell = el("td");
+      if (f.key_image) {
+        const img = el("img", { class: "key-image", alt: `Key image of nodule ${f.index}` });
+        img.src = await keyImage(f.key_image);
+        cell.append(img);
+      }
+      rows.push(el("tr", {},
+        el("td", { text: String(f.index) }), el("td", {}, NF.rads(f.lung_rads)),
+        el("td", { class: "num", text: f.diameter_mm.toFixed(1) + " mm" }),
+        el("td", { class: "num", text: `${f.long_axis_mm.toFixed(1)} × ${f.short_axis_mm.toFixed(1)} mm` }),
+        el("td", { class: "num", text: f.volume_mm3.toFixed(0) + " mm³" }),
+        el("td", { text: f.kind }), el("td", { class: "num", text: f.mean_hu.toFixed(0) }),
+        el("td", { class: "num", text: f.center_mm.map((v) => v.toFixed(1)).join(", ") }),
+        el("td", { class: "num", text: Math.round(f.confidence * 100) + " %" }), cell));
+    }
+    document.querySelector("#findings tbody").replaceChildren(...rows);
+  }
+
+  function deliveries(list, fhir) {
+    document.querySelector("#deliveries tbody").replaceChildren(...list.map((d) => el("tr", {},
+      el("td", { text: d.kind.toUpperCase() }), el("td", { text: d.target }),
+      el("td", {}, el("span", { class: "state state-" + d.state, text: d.state })),
+      el("td", { class: "num", text: String(d.attempts) }),
+      el("td", { text: d.last_error ? `${d.last_status} ${d.last_error}` : d.last_status })),
+    ));
+    const p = document.getElementById("fhir-link");
+    p.replaceChildren(fhir ? el("span", {}, "FHIR report: ", el("code", { text: fhir.report })) : "");
+  }
+
+  function jobs(list) {
+    document.querySelector("#jobs tbody").replaceChildren(...list.slice().reverse().map((j) => el("tr", {},
+      el("td", { text: "v" + j.version }),
+      el("td", {}, el("span", { class: "state state-" + j.state, text: j.state })),
+      el("td", { text: j.reason || "" }),
+      el("td", { text: Object.entries(j.timings || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(" · ") }),
+      el("td", { text: ((j.details || {}).model || {}).name ? `${j.details.model.name} ${j.details.model.version}` : "" }))));
+  }
+
+  let lastSeen = "";
+  async function refresh() {
+    try {
+      const data = await NF.api("/api/studies/" + encodeURIComponent(uid));
+      const signature = JSON.stringify([data.status, data.jobs.length, data.deliveries]);
+      facts(data.study, data);
+      if (signature !== lastSeen) {
+        lastSeen = signature;
+        const n = data.findings.length;
+        document.getElementById("conclusion").textContent = data.status !== "done"
+          ? "Analysis " + data.status + "." : n ? `${n} nodule${n > 1 ? "s" : ""} found.` : "No nodules found.";
+        await findings(data.findings);
+        deliveries(data.deliveries, data.fhir);
+        jobs(data.jobs);
+      }
+      NF.stamp();
+    } catch (e) {
+      document.getElementById("updated").textContent = e.message === "unauthorised" ? "" : "Update failed: " + e.message;
+    }
+  }
+
+  NF.setOnSignedIn(refresh);
+  refresh();
+  setInterval(refresh, 5000);
+})();

@@ -1,0 +1,51 @@
+// Worklist: most suspicious first; refreshes itself every few seconds.
+"use strict";
+(() => {
+  const REFRESH_MS = 5000;
+  const form = document.getElementById("filters");
+  const body = document.querySelector("#worklist tbody");
+
+  function query() {
+    const params = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) params.set(k, v);
+    params.set("limit", "200");
+    return "/api/worklist?" + params.toString();
+  }
+
+  function row(item) {
+    const { el } = NF;
+    const link = el("a", { href: "/studies/" + encodeURIComponent(item.study_uid),
+                           text: item.patient_name || "(no name)" });
+    const tr = el("tr", { class: "status-" + item.status, "data-study-uid": item.study_uid },
+      el("td", {}, NF.rads(item.lung_rads)),
+      el("td", { class: "num", text: item.largest_mm == null ? "" : item.largest_mm.toFixed(1) + " mm" }),
+      el("td", { class: "num", text: item.nodules == null ? "" : String(item.nodules) }),
+      el("td", {}, link, el("div", { class: "muted small", text: item.patient_id || "" })),
+      el("td", { text: item.accession_number || "" }),
+      el("td", { text: NF.dicomDate(item.study_date) }),
+      el("td", { text: item.description || "" }),
+      el("td", { text: NF.when(item.received_at) }),
+      el("td", {}, el("span", { class: "state state-" + item.status, text: item.status }),
+        item.reason ? el("div", { class: "muted small", text: item.reason }) : ""),
+    );
+    tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") link.click(); });
+    return tr;
+  }
+
+  async function refresh() {
+    try {
+      const data = await NF.api(query());
+      body.replaceChildren(...data.items.map(row));
+      document.getElementById("empty").hidden = data.items.length > 0;
+      document.getElementById("count").textContent = `${data.total} studies`;
+      NF.stamp();
+    } catch (e) {
+      document.getElementById("updated").textContent = e.message === "unauthorised" ? "" : "Update failed: " + e.message;
+    }
+  }
+
+  form.addEventListener("change", refresh);
+  NF.setOnSignedIn(refresh);
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+})();

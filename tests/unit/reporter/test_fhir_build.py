@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+from services.core.db import Database
+from services.reporter import fhir_build as fb
+from services.reporter import fhir_common as fc
+from tests.api_factories import finding_spec, make_job, make_study
+
+
+def _input(db: Database, *, name: str = "Doe^Jane", findings: int = 2, previous: str | None = None,
+           superseded_by: str | None = None) -> fb.ReportInput:
+    with db.session() as session:
+        study = make_study(session, patient_name=name, accession="ACC-77")
+        specs = [finding_spec(diameter_mm=5.0 + i, lung_rads=["2", "4A", "3"][i % 3])
+                 for i in range(findings)]
+        made = make_job(session, study, findings=specs)
+    return fb.ReportInput(job=made.job, study=made.study, findings=made.findings,
+                          previous_job_id=previous, superseded_by=superseded_by)
+
+
+def test_report_has_codes_refs_and_conclusion(db: Database) -> None:
+    data = _input(db)
+    report = fb.build_report(data, fb.local_links(data))
+    body = json.loads(report.model_dump_json())
+    assert body["status"] == "final"
+    assert body["category"][0]["coding"][0] == {
+        "system": fc.V2_0074, "code": "RAD", "display": "Radiology"}
+    assert body["code"]["coding"][0]["code"] == "24627-2"
+    assert body["subject"]["reference"] == f"Patient/{data.study.patient_key}"
+    assert body["imagingStudy"][0]["reference"] == f"ImagingStudy/{data.study.study_instance_uid}"
+    assert [r["reference"] for r in body["result"]] == [
+        f"Observation/{data.job.id}-1", f"Observation/{data.job.id}-2"]
+    assert {"system": fc.REPORT_SYSTEM, "value": data.job.id} in body["identifier"]
+    assert body["basedOn"][0]["identifier"]["value"] == "ACC-77"
+    assert body["conclusionCode"][0]["coding"][0]["code"] == "4A"
+    assert "2 lung nodules" in body["conclusion"] and "6.0 mm" in body["conclusion"]
+    assert body["effectiveDateTime"] == "2026-03-01"
+    assert body["issued"].endswith("Z")
+    DiagnosticReport.model_validate(body)
+
+
+def test_amended_and_superseded(db: Database) -> None:
+    data = _input(db, previous="abc", superseded_by="def")
+    body = json.loads(fb.build_report(data, fb.local_links(data)).model_dump_json())
+    assert body["status"] == "amended"
+    assert body["meta"]["tag"][0]["code"] == "superseded"
+
+
+def test_no_findings_is_lung_rads_1(db: Database) -> None:
+    data = _input(db, findings=0)
+    body = json.loads(fb.build_report(data, fb.local_links(data)).model_dump_json())
+    assert "result" not in body
+    assert body["conclusionCode"][0]["coding"][0]["code"] == "1"
+    assert body["conclusion"].startswith("No lung nodules detected")
+
+
+def test_observation_components(db: Database) -> None:
+    data = _input(db, findings=1)
+    obs = fb.build_observation(data, data.findings[0], fb.local_links(data))
+    body = json.loads(obs.model_dump_json())
+    by_code = {c["code"]["coding"][0]["code"]: c for c in body["component"]}
+    assert by_code["81827009"]["valueQuantity"] == {
+        "value": 5.0, "unit": "mm", "system": fc.UCUM, "code": "mm"}
+    assert by_code["118565006"]["valueQuantity"]["code"] == "mm3"
+    assert by_code["lung-rads"]["valueCodeableConcept"]["coding"][0]["code"] == "2"
+    assert by_code["nodule-type"]["valueCodeableConcept"]["coding"][0]["code"] == "solid"
+    assert by_code["center-x"]["valueQuantity"]["value"] == -60.5
+    assert body["bodySite"]["coding"][0]["code"] == "39607008"
+    assert body["device"]["reference"].startswith("Device/nodule-seg-1.0.0-")
+    assert body["derivedFrom"][0]["reference"].startswith("ImagingStudy/")
+
+
+def test_patient_narrative_is_escaped(db: Database) -> None:
+    data = _input(db, name="<script>alert(1)</script>^Eve")
+    patient = json.loads(fb.build_patient(data.study).model_dump_json())
+    assert "<script>" not in patient["text"]["div"]
+    assert "&lt;script&gt;" in patient["text"]["div"]
+    assert patient["name"][0]["family"] == "<script>alert(1)</script>"
+    assert patient["gender"] == "female" and patient["birthDate"] == "1955-04-12"
+    report = fb.build_report(data, fb.local_links(data)).model_dump_json()
+    assert "script" not in report
+
+
+def test_device_and_imaging_study(db: Database) -> None:
+    data = _input(db)
+    device = json.loads(fb.build_device("nodule-seg", "1.0.0").model_dump_json())
+    assert device["id"] == fc.device_id("nodule-seg", "1.0.0")
+    assert device["version"][0]["value"] == "1.0.0"
+    series = [fb.SeriesInfo(uid="1.2.3", number=1, modality="CT", description="ax", instances=3)]
+    study = json.loads(fb.build_imaging_study(data.study, series).model_dump_json())
+    assert study["identifier"][0] == {
+        "system": "urn:dicom:uid", "value": f"urn:oid:{data.study.study_instance_uid}"}
+    assert study["numberOfInstances"] == 3 and study["series"][0]["modality"]["code"] == "CT"
+
+
+def test_conversions() -> None:
+    assert fc.fhir_date("20261301") is None
+    assert fc.fhir_datetime("20260102", "99") == "2026-01-02"
+    assert fc.fhir_datetime("20260102", "0815", "+0100") == "2026-01-02T08:15:00+01:00"
+    assert fc.fhir_datetime("20260102", "0815") == "2026-01-02"
+    assert fc.person_name("Doe^John^^Dr") == {
+        "use": "official", "text": "Doe John Dr", "family": "Doe", "given": ["John"],
+        "prefix": ["Dr"]}
+    assert fc.highest_lung_rads(["2", "4B", "4A"]) == "4B"
+    assert fc.parse_observation_id("abc-3") == ("abc", 3)
+    assert fc.parse_observation_id("abc") is None
