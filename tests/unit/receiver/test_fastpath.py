@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode
+
+from services.receiver.fastpath import encode_file_meta, encode_store_response
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("sop", ["1.2.3", "1.2.826.0.1.3680043.8.498.7394322877899591360649068"])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"])
+def test_file_meta_matches_pydicom(sop: str, syntax: str) -> None:
+    reference = io.BytesIO()
+    meta = create_file_meta(
+        sop_class_uid=UID(CT), sop_instance_uid=UID(sop), transfer_syntax=UID(syntax)
+    )
+    write_file_meta_info(reference, meta)  # type: ignore[arg-type]
+    assert encode_file_meta(CT, sop, syntax) == reference.getvalue()
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xA900, 0xC000])
+def test_store_response_matches_pynetdicom(status: int) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 513
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = "1.2.3.45"
+    rsp.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    assert encode_store_response(CT, "1.2.3.45", 513, status) == encode(
+        message.command_set, True, True
+    )
