@@ -239,3 +239,13 @@ def build_inputs(
     study = study_header(series.datasets[0])
     headers = [image_header(ds, study) for ds in series.datasets]
     return headers, series.findings() if with_findings else []
+
+
+def seed_bare_job(db: Database, *, state: str = JobState.DONE.value) -> str:
+    """A study and a job row only (for delivery tests that need a job to hang rows on)."""
+    with db.session() as session:
+        study = Study(study_instance_uid=generate_uid())
+        job = Job(study=study, version=1, state=state)
+        session.add_all([study, job])
+        session.flush()
+        return job.id

@@ -117,6 +117,7 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
             finding=finding,
             algorithm=inputs.algorithm,
             uids=inputs.uids,
+            supersedes_version=inputs.supersedes_version,
         )
         atomic_write(folder / f"key-{finding.index}.png", png_bytes(rgb))
         path = folder / f"key-{finding.index}.dcm"

@@ -123,6 +123,7 @@ def build_key_image(
     finding: NoduleFinding,
     algorithm: Algorithm,
     uids: OutputUids,
+    supersedes_version: int | None = None,
 ) -> tuple[SCImage, NDArray[np.uint8]]:
     """The SC key image of ``finding`` on ``source`` (its largest-extent slice).
 
@@ -133,6 +134,9 @@ def build_key_image(
     hu = slice_hu(source)
     rgb = render(hu, slice_mask(finding, k, *hu.shape), caption(finding, algorithm))
     charset = header.get("SpecificCharacterSet")
+    description = "Lung nodule AI key images"
+    if supersedes_version is not None:
+        description += f" (supersedes v{supersedes_version})"
     sc = SCImage(
         pixel_array=rgb,
         photometric_interpretation="RGB",
@@ -154,7 +158,7 @@ def build_key_image(
         study_time=str(header.StudyTime) or None,
         referring_physician_name=header.ReferringPhysicianName,
         patient_orientation=_orientation(header),
-        series_description="Lung nodule AI key images",
+        series_description=description,
         specific_character_set=charset,
     )
     sc.Laterality = ""  # Type 2C; a chest slice shows both lungs

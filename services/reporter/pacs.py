@@ -15,6 +15,7 @@ Status classes of a C-STORE response:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def store(
     syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
     ae.add_requested_context(sop_class, syntaxes)
     answers: list[Any] = []
+    connected = threading.Event()
 
     def on_acse(event: Any) -> None:
         if getattr(event.primitive, "result", None) in (0x01, 0x02):
@@ -117,7 +119,10 @@ def store(
     try:
         assoc = ae.associate(
             address.host, address.port, ae_title=address.aet,
-            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)],
+            evt_handlers=[
+                (evt.EVT_ACSE_RECV, on_acse),
+                (evt.EVT_CONN_OPEN, lambda _: connected.set()),
+            ],
         )
     except OSError as exc:  # name resolution and the like
         return SendOutcome(ok=False, retry=True, status="no-association", detail=str(exc))
@@ -125,6 +130,8 @@ def store(
         if assoc.is_rejected:
             detail = _rejection(answers[0]) if answers else "association rejected"
             status = "rejected"
+        elif not connected.is_set():
+            detail, status = "connection failed (refused or unreachable)", "no-association"
         elif assoc.is_aborted:
             detail, status = "association aborted during negotiation", "aborted"
         else:
