@@ -78,7 +78,7 @@ def test_render_burns_text_and_is_deterministic() -> None:
 
 
 def test_sc_round_trip_and_references(tmp_path: Path) -> None:
-    series, finding, k, sc, rgb = key_image()
+    series, _finding, k, sc, rgb = key_image()
     data = dataset_bytes(sc)
     previous = config.settings.reading_validation_mode
     config.settings.reading_validation_mode = config.RAISE
