@@ -50,8 +50,10 @@ def test_search_by_patient_identifier_and_accession(client: TestClient, seeded) 
     assert bundle["type"] == "searchset" and bundle["total"] == 2
     assert set(ids(bundle)) == {seeded["b1"].job.id, seeded["b2"].job.id}
     job = seeded["a1v2"].job.id
-    assert ids(client.get(f"/fhir/DiagnosticReport?identifier=urn:noduleflow:report|{job}").json()) == [job]
-    assert ids(client.get("/fhir/DiagnosticReport?identifier=ACC-B1").json()) == [seeded["b1"].job.id]
+    by_id = client.get(f"/fhir/DiagnosticReport?identifier=urn:noduleflow:report|{job}").json()
+    assert ids(by_id) == [job]
+    by_accession = client.get("/fhir/DiagnosticReport?identifier=ACC-B1").json()
+    assert ids(by_accession) == [seeded["b1"].job.id]
     by_order = client.get("/fhir/DiagnosticReport?based-on:identifier=ACC-A1").json()
     assert set(ids(by_order)) == {seeded["a1"].job.id, job}
     assert client.get("/fhir/DiagnosticReport?identifier=urn:other|ACC-B1").json()["total"] == 0

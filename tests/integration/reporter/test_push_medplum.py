@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.core.db import Database
+from services.core.settings import Settings
+from services.reporter.fhir_push import push_report
+from tests.api_factories import finding_spec, make_job, make_study
+from tests.fhirserver.medplum import running_medplum
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_medplum(tmp_path_factory.mktemp("medplum") / "server.log") as base:
+        yield base
+
+
+def test_push_is_readable_and_idempotent(medplum: str, db: Database, settings: Settings) -> None:
+    settings = settings.model_copy(update={"fhir_push_url": medplum})
+    with db.session() as session:
+        study = make_study(session, patient_id="PUSH-1", accession="ACC-PUSH")
+        made = make_job(session, study, findings=[
+            finding_spec(diameter_mm=12.0, lung_rads="4A"), finding_spec(lung_rads="2")])
+    job_id = made.job.id
+
+    first = push_report(db, settings, job_id)
+    assert first.ok, first
+    again = push_report(db, settings, job_id)
+    assert again.ok and again.detail == first.detail  # same server-side report
+
+    search = httpx.get(f"{medplum}/DiagnosticReport",
+                       params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+    assert search["total"] == 1
+    report = search["entry"][0]["resource"]
+    assert report["status"] == "final"
+    assert report["conclusionCode"][0]["coding"][0]["code"] == "4A"
+    assert report["subject"]["identifier"]["value"] == "PUSH-1"
+    assert f"DiagnosticReport/{report['id']}" == first.detail
+    observations = [httpx.get(f"{medplum}/{ref['reference']}").json() for ref in report["result"]]
+    assert [o["identifier"][0]["value"] for o in observations] == [f"{job_id}-1", f"{job_id}-2"]
+    all_obs = httpx.get(f"{medplum}/Observation", params={"_count": "100"}).json()
+    assert all_obs["total"] == 2  # pushed twice, stored once
+    device = httpx.get(f"{medplum}/{observations[0]['device']['reference']}").json()
+    assert device["version"][0]["value"] == "1.0.0"
+    assert httpx.get(f"{medplum}/Device").json()["total"] == 1
+
+
+def test_unknown_job_is_permanent(medplum: str, db: Database, settings: Settings) -> None:
+    settings = settings.model_copy(update={"fhir_push_url": medplum})
+    outcome = push_report(db, settings, "0" * 32)
+    assert not outcome.ok and not outcome.retry
