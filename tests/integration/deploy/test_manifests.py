@@ -7,6 +7,7 @@ docker-compose, kubernetes-validate, hadolint, systemd-analyze); no container en
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,15 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_operations_guide_documents_every_setting() -> None:
+    guide = (DOCS / "operations.md").read_text()
+    missing = [f for f in Settings.model_fields if f"NODULEFLOW_{f.upper()}" not in guide]
+    assert missing == [], f"add these settings to docs/operations.md, section 2: {missing}"
+
+
+def test_docs_links_resolve() -> None:
+    for doc in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
