@@ -1,0 +1,157 @@
+"""SIGKILL of ``noduleflow receiver`` mid-study (R9/R22), then restart and re-send."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pika
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from services.core.broker import Topology
+from services.core.db import Database, Instance, Job, OutboxMessage, Study
+from services.core.messages import STUDY_READY
+from tests.factories import write_ct_series
+from tests.integration.receiver.conftest import storescu, wait_for
+from tests.services import free_port, port_open
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@contextmanager
+def receiver_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "receiver"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _send_recording(port: int, paths: list[Path], ok: list[str], stop: threading.Event) -> None:
+    """pynetdicom SCU that records every SOP Instance UID answered with 0x0000."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
+    try:
+        for path in paths:
+            if stop.is_set() or not assoc.is_established:
+                break
+            try:
+                status = assoc.send_c_store(path)
+            except Exception:
+                break
+            if "Status" in status and status.Status == 0x0000:
+                ok.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+
+
+def test_sigkill_mid_study_then_restart(
+    tmp_path: Path, sqlite_url: str, rabbit_url: str, rabbit_prefix: str
+) -> None:
+    _, _, paths = write_ct_series(tmp_path / "ct", 200, rows=128, cols=128)
+    port = free_port()
+    storage = tmp_path / "storage"
+    env = {
+        **os.environ,
+        "NODULEFLOW_DATABASE_URL": sqlite_url,
+        "NODULEFLOW_STORAGE_DIR": str(storage),
+        "NODULEFLOW_DICOM_PORT": str(port),
+        "NODULEFLOW_RECEIVER_PROCESSES": "2",
+        "NODULEFLOW_STUDY_IDLE_SECONDS": "30",  # completion after the re-send, by release
+        "NODULEFLOW_RELEASE_GRACE_SECONDS": "0.5",
+        "NODULEFLOW_MIN_FREE_DISK_MB": "16",
+        "NODULEFLOW_BROKER_URL": rabbit_url,
+        "NODULEFLOW_BROKER_PREFIX": rabbit_prefix,
+    }
+    log = tmp_path / "receiver.log"
+    ok: list[str] = []
+    stop = threading.Event()
+    with receiver_process(env, log) as first:
+        assert wait_for(lambda: echo_ok(port), timeout=90), log.read_text()[-3000:]
+        sender = threading.Thread(target=_send_recording, args=(port, paths, ok, stop))
+        sender.start()
+        assert wait_for(lambda: len(ok) >= 60, timeout=60)
+        os.kill(first.pid, signal.SIGKILL)  # the supervisor; its children follow (PDEATHSIG)
+        first.wait(timeout=10)
+        stop.set()
+        sender.join(timeout=60)
+    assert wait_for(lambda: not port_open("127.0.0.1", port), timeout=10), "children survived"
+    assert 60 <= len(ok) < len(paths)
+
+    db = Database(sqlite_url)
+    with db.session() as session:
+        indexed = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+        assert set(ok) <= set(indexed)  # every 0x0000 instance is indexed ...
+        for row in indexed.values():  # ... and every indexed file is whole
+            data = (storage / row.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == row.sha256 and len(data) == row.size
+
+    with receiver_process(env, log):
+        assert wait_for(lambda: echo_ok(port), timeout=90), log.read_text()[-3000:]
+        assert not list((storage / ".tmp").rglob("*.part"))  # leftovers cleaned at start-up
+        result = storescu(port, paths)  # the PACS re-sends the whole study
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert wait_for(lambda: _jobs(db) == 1, timeout=30)
+        assert wait_for(lambda: _unpublished(db) == 0, timeout=30)
+    with db.session() as session:
+        assert len(session.scalars(select(Instance)).all()) == 200
+        assert session.scalars(select(Study)).one().pending_since is None  # nothing left to do
+        job = session.scalars(select(Job)).one()
+        assert job.instance_count == 200 and job.version == 1
+        assert len(session.scalars(select(OutboxMessage)).all()) == 1
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+    queue = Topology(prefix=rabbit_prefix).queue(STUDY_READY)
+    depth = conn.channel().queue_declare(queue, passive=True).method.message_count
+    conn.close()
+    assert depth == 1
+    db.dispose()
+
+
+def echo_ok(port: int) -> bool:
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool("Status" in status and status.Status == 0)
+
+
+def _jobs(db: Database) -> int:
+    with db.session() as session:
+        return len(session.scalars(select(Job)).all())
+
+
+def _unpublished(db: Database) -> int:
+    with db.session() as session:
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.published_at.is_(None)))
+        return len(rows.all())
