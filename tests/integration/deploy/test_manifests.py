@@ -6,6 +6,7 @@ docker-compose, kubernetes-validate, hadolint, systemd-analyze); no container en
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ from tests.integration.deploy.repo import (
     DOCS,
     ENV_EXAMPLE,
     K8S,
+    ORTHANC_DIR,
     ROOT,
     SETTINGS_ENV,
     SYSTEMD,
@@ -292,3 +294,26 @@ def test_docs_links_resolve() -> None:
     for doc in DOCS.glob("*.md"):
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def test_compose_orthanc_and_noduleflow_agree() -> None:
+    """Names and ports that must match across orthanc.json, the Lua script and compose."""
+    services = _compose()["services"]
+    config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["orthanc"]["volumes"]}
+    assert mounts["/etc/orthanc/orthanc.json"] == "./deploy/orthanc/orthanc.json"
+    for script in config["LuaScripts"]:
+        assert Path(mounts[script]).name == Path(script).name
+        assert (ROOT / mounts[script]).is_file()
+    assert mounts[config["StorageDirectory"]] == "orthanc-data"
+    target = config["DicomModalities"]["noduleflow"]
+    receiver = services["receiver"]["environment"]
+    assert target["Host"] == "receiver"
+    assert str(target["Port"]) == receiver["NODULEFLOW_DICOM_PORT"]
+    assert target["AET"] == receiver["NODULEFLOW_AE_TITLE"]
+    assert config["DicomAet"] in receiver["NODULEFLOW_ALLOWED_AETS"]
+    pacs = services["reporter"]["environment"]["NODULEFLOW_PACS"]
+    assert pacs == f"{config['DicomAet']}@orthanc:{config['DicomPort']}"
+    assert services["reporter"]["environment"]["NODULEFLOW_AE_TITLE"] == target["AET"]
+    lua = (ORTHANC_DIR / "autoroute.lua").read_text()
+    assert "local TARGET = 'noduleflow'" in lua and f"local OUR_AET = '{target['AET']}'" in lua
