@@ -151,9 +151,12 @@ def test_kubernetes_pods_are_hardened_and_sized() -> None:
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
         for container in pod["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     worker = by_kind[("Deployment", "noduleflow-worker")]["spec"]["template"]["spec"]["containers"][
         0
