@@ -144,22 +144,22 @@ def http_server(settings: Settings, db: Database, broker: Broker | None) -> Any:
 
 
 def run(settings: Settings) -> None:
-    """``noduleflow reporter``: run until SIGINT/SIGTERM."""
+    """``noduleflow reporter``: consumer, dispatcher and HTTP until SIGINT/SIGTERM.
+
+    Signals are handled here (uvicorn runs in a thread and installs none), so shutdown is
+    ordered: stop taking messages, finish the current one, stop HTTP, close.
+    """
     db = Database(settings.database_url)
     db.upgrade()
     broker = make_broker(settings.broker_url, settings.broker_prefix)
     broker.declare()
-    reporter = build_reporter(settings, db, broker)
+    reporter = build_reporter(settings, db, broker, serve_http=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     reporter.start()
-    server = http_server(settings, db, broker)
     try:
-        if server is not None:
-            server.run()  # blocks; uvicorn handles SIGINT/SIGTERM
-        else:
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+        stop.wait()
     finally:
         reporter.stop()
         broker.close()

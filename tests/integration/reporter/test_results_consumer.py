@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom import dcmread
 from sqlalchemy import select
@@ -18,6 +23,7 @@ from services.reporter.main import build_reporter
 from services.reporter.model import OutputUids
 from services.reporter.results import ResultConsumer
 from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
+from tests.services import free_port, port_open, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +221,41 @@ def test_reporter_on_rabbitmq_and_postgresql(
     assert len(deliveries(db, job_id)) == 3
     assert report_audits(db) == 1
     db.dispose()
+
+
+def test_build_reporter_can_serve_http(db: Database, settings: Settings) -> None:
+    settings = settings.model_copy(update={"api_port": free_port()})
+    reporter = build_reporter(settings, db, InProcessBroker(), serve_http=True)
+    reporter.start()
+    try:
+        assert reporter.http_server is not None
+        assert wait_port("127.0.0.1", settings.api_port, timeout=20)
+        response = httpx.get(f"http://127.0.0.1:{settings.api_port}/healthz", timeout=10)
+        assert response.status_code == 200
+    finally:
+        reporter.stop()
+    assert not port_open("127.0.0.1", settings.api_port)
+
+
+@pytest.mark.slow
+def test_reporter_command_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "NODULEFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'nf.db'}",
+        "NODULEFLOW_STORAGE_DIR": str(tmp_path / "storage"),
+        "NODULEFLOW_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NODULEFLOW_API_PORT": str(port),
+        "NODULEFLOW_BROKER_URL": "",
+    }
+    exe = Path(sys.executable).with_name("noduleflow")
+    process = subprocess.Popen([str(exe), "reporter"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        assert wait_port("127.0.0.1", port, timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "event=reporter_stopped" in output
