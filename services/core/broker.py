@@ -8,7 +8,9 @@ each message to a handler on a worker thread and settles it by the handler's ver
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -184,6 +186,10 @@ class RabbitBroker:
         self.params.heartbeat = heartbeat
         self.params.blocked_connection_timeout = 30
         self.params.connection_attempts = 1
+        if not (self.params.client_properties or {}).get("connection_name"):
+            # Shown by the management UI and ``rabbitmqctl list_connections``.
+            name = f"noduleflow {socket.gethostname()}:{os.getpid()}"
+            self.params.client_properties = {"connection_name": name}
         self.topology = topology or Topology()
         self.retry_delay = retry_delay
         self._lock = threading.Lock()
@@ -270,6 +276,8 @@ class RabbitBroker:
                 consumer.run()
                 backoff = 0.5
             except (pika.exceptions.AMQPError, OSError) as exc:
+                if consumer.consuming:
+                    backoff = 0.5  # it had worked: start the backoff afresh
                 log.warning(
                     "event=broker_consume_lost queue=%s error=%s retry_in=%.1f",
                     queue_name,
@@ -300,6 +308,7 @@ class _Consumer:
         self.stop = stop
         self.busy = threading.Event()
         self.worker: threading.Thread | None = None
+        self.consuming = False
 
     def wait_idle(self) -> None:
         """Block until the handler thread (if any) has returned."""
@@ -315,6 +324,7 @@ class _Consumer:
             consumer_tag = channel.basic_consume(
                 self.queue_name, partial(self._on_message, conn), auto_ack=False
             )
+            self.consuming = True
             log.info("event=consuming queue=%s", self.queue_name)
             while not self.stop.is_set():
                 conn.process_data_events(time_limit=0.25)
