@@ -1,0 +1,166 @@
+"""Random patient and scanner parameters for the synthetic chest CT (the phantom).
+
+Everything random about a case is drawn here from one seeded generator, so the same seed
+gives the same patient, the same scanner settings and, downstream, the same voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SHARP_KERNELS = ("B60f", "B70f", "LUNG", "BONEPLUS", "FC51", "FC86", "YA", "Br64")
+SMOOTH_KERNELS = ("B30f", "B31f", "STANDARD", "SOFT", "FC13", "FC08", "FC17", "Br40")
+MAX_SLICES = 400
+
+
+@dataclass(frozen=True)
+class Habitus:
+    """Body build and anatomical landmarks, patient LPS millimetres."""
+
+    center_x: float  # body centre (x: patient left +)
+    center_y: float  # body centre (y: posterior +)
+    half_width: float  # body semi-axis, lateral
+    half_depth_ant: float  # body semi-axis, anterior half
+    half_depth_post: float  # body semi-axis, posterior half
+    squareness: float  # 0 = ellipse, 1 = rounded square
+    fat: float  # subcutaneous fat thickness at the side (mm)
+    muscle: float  # chest wall muscle thickness (mm)
+    lung_height: float  # apex to lowest costophrenic recess (mm)
+    z_apex: float  # patient z of the lung apices
+    dome_right: float  # right diaphragm dome height as a fraction of lung height
+    dome_left: float
+    heart_scale: float
+    mediastinal_fat: float  # fat between heart and lung (mm)
+    lung_hu: float  # mean parenchyma HU
+    lung_gradient: float  # extra HU in the dependent (posterior) lung
+    vertebra_height: float
+    rib_drop: float  # how far a rib descends from back to front (mm)
+
+    @property
+    def z_low(self) -> float:
+        return self.z_apex - self.lung_height
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """Acquisition and reconstruction settings."""
+
+    matrix: int
+    pixel_spacing: float
+    thickness: float
+    spacing: float  # between slice centres (≤ thickness: contiguous or overlapping)
+    n_slices: int
+    z_first: float  # patient z of the lowest slice
+    fov_center_x: float
+    fov_center_y: float
+    kernel: str
+    sharp: bool
+    noise_sd: float
+    kvp: int
+    pixel_representation: int  # 0 unsigned, 1 signed
+    rescale_intercept: float
+    padding_stored: int  # stored value outside the reconstruction circle
+    bits_stored: int
+    feet_first: bool  # InstanceNumber 1 at the lowest slice (z increasing with number)
+    shuffled_instances: bool  # InstanceNumber not in spatial order
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def sample_habitus(rng: np.random.Generator) -> Habitus:
+    half_width = float(rng.uniform(135.0, 200.0))
+    depth = float(rng.uniform(0.62, 0.78)) * half_width
+    fat = float(rng.gamma(2.2, 7.0)) + 3.0
+    return Habitus(
+        center_x=float(rng.uniform(-15.0, 15.0)),
+        center_y=float(rng.uniform(-20.0, 15.0)),
+        half_width=half_width,
+        half_depth_ant=depth * float(rng.uniform(0.95, 1.08)),
+        half_depth_post=depth * float(rng.uniform(0.9, 1.0)),
+        squareness=float(rng.uniform(0.1, 0.9)),
+        fat=min(fat, 55.0),
+        muscle=float(rng.uniform(8.0, 18.0)),
+        lung_height=float(rng.uniform(215.0, 290.0)),
+        z_apex=float(rng.uniform(-60.0, 120.0)),
+        dome_right=float(rng.uniform(0.24, 0.36)),
+        dome_left=float(rng.uniform(0.18, 0.28)),
+        heart_scale=float(rng.uniform(0.85, 1.2)),
+        mediastinal_fat=float(rng.uniform(1.5, 9.0)),
+        lung_hu=float(rng.uniform(-885.0, -820.0)),
+        lung_gradient=float(rng.uniform(15.0, 90.0)),
+        vertebra_height=float(rng.uniform(22.0, 28.0)),
+        rib_drop=float(rng.uniform(75.0, 115.0)),
+    )
+
+
+def _overlap_spacing(rng: np.random.Generator, thickness: float) -> float:
+    roll = rng.random()
+    if roll < 0.65:
+        return thickness
+    if roll < 0.85:
+        return thickness / 2.0
+    return thickness * 0.8
+
+
+def sample_scanner(
+    rng: np.random.Generator,
+    habitus: Habitus,
+    *,
+    matrix: int,
+    slices: int | None,
+    pixel_spacing: float | None,
+    thickness: float | None,
+) -> Scanner:
+    body_width = 2.0 * habitus.half_width
+    if pixel_spacing is None:
+        if rng.random() < 0.1:  # a targeted reconstruction that clips the body
+            fov = float(rng.uniform(0.8, 0.95)) * body_width
+        else:
+            fov = body_width + float(rng.uniform(15.0, 80.0))
+        fov = min(max(fov, 0.5 * 512), 0.95 * 512)
+        pixel_spacing = round(fov / matrix, 4)
+    if thickness is None:
+        thickness = float(rng.choice([0.625, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
+                                     p=[0.14, 0.08, 0.24, 0.16, 0.08, 0.1, 0.08, 0.12]))
+    spacing = _overlap_spacing(rng, thickness)
+    coverage = habitus.lung_height + float(rng.uniform(35.0, 70.0))
+    if slices is None:
+        slices = min(MAX_SLICES, round(coverage / spacing))
+    covered = slices * spacing
+    # centre the covered range on the lungs, with a random shift when it is a slab
+    lung_mid = habitus.z_apex - 0.45 * habitus.lung_height
+    slack = max(0.0, habitus.lung_height * 0.8 - covered)
+    mid = lung_mid + float(rng.uniform(-0.5, 0.5)) * slack + float(rng.uniform(-10.0, 10.0))
+    z_first = round(mid - covered / 2.0, 3)
+    sharp = bool(rng.random() < 0.5)
+    kernel = str(rng.choice(SHARP_KERNELS if sharp else SMOOTH_KERNELS))
+    noise = float(np.exp(rng.uniform(np.log(8.0), np.log(60.0))))
+    representation = int(rng.random() < 0.6)
+    if representation == 0:
+        intercept, padding, bits = -1024.0, 0, int(rng.choice([12, 16]))
+    else:
+        intercept = float(rng.choice([0.0, -1024.0, -1000.0], p=[0.6, 0.3, 0.1]))
+        padding, bits = int(rng.choice([-2000, -3024])), 16
+    return Scanner(
+        matrix=matrix,
+        pixel_spacing=float(pixel_spacing),
+        thickness=float(thickness),
+        spacing=float(spacing),
+        n_slices=int(slices),
+        z_first=z_first,
+        fov_center_x=round(habitus.center_x * float(rng.uniform(0.0, 0.8)), 2),
+        fov_center_y=round(habitus.center_y + float(rng.uniform(5.0, 25.0)), 2),
+        kernel=kernel,
+        sharp=sharp,
+        noise_sd=noise,
+        kvp=int(rng.choice([100, 120, 120, 140])),
+        pixel_representation=representation,
+        rescale_intercept=intercept,
+        padding_stored=padding,
+        bits_stored=bits,
+        feet_first=bool(rng.random() < 0.35),
+        shuffled_instances=bool(rng.random() < 0.2),
+    )
