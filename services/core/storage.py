@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -47,11 +48,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStorage:
-    """Files under ``root``; temporary files under ``root/.tmp`` on the same file system."""
+    """Files under ``root``; temporary files under ``root/.tmp/<host>`` on the same file
+    system, so a host cleaning up after a crash never touches another host's transfers."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.tmp = self.root / ".tmp"
+        self.tmp = self.root / ".tmp" / (socket.gethostname()[:64] or "host")
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def temp_path(self) -> Path:
