@@ -38,6 +38,24 @@ def artefact_dir(settings: Settings, study_uid: str, version: int) -> Path:
     return Path(settings.outbox_dir) / study_uid / f"v{int(version)}"
 
 
+def outbox_relative(settings: Settings, path: Path) -> str:
+    """``path`` relative to the outbox folder (what Delivery rows store), when inside it."""
+    try:
+        return str(Path(path).relative_to(Path(settings.outbox_dir)))
+    except ValueError:
+        return str(path)
+
+
+def resolve_outbox_path(settings: Settings, stored: str) -> Path:
+    """The file a Delivery row's ``path`` names; refuses paths that leave the outbox."""
+    root = Path(settings.outbox_dir).resolve()
+    path = Path(stored)
+    target = (path if path.is_absolute() else root / path).resolve()
+    if root not in target.parents:
+        raise UnsafeKeyError(f"delivery path outside the outbox: {stored[:80]!r}")
+    return target
+
+
 @dataclass(frozen=True)
 class Artefact:
     """One written file that goes out as a DICOM instance."""

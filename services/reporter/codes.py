@@ -35,7 +35,8 @@ FINDING = codes.DCM.Finding  # 121071
 
 NODULE_TYPE = CodedConcept("nodule-type", PRIVATE_SCHEME, "Nodule type")
 LUNG_RADS = CodedConcept("lung-rads", PRIVATE_SCHEME, "Lung-RADS category")
-NO_NODULES = CodedConcept("no-nodules", PRIVATE_SCHEME, "No nodules detected")
+CONFIDENCE = CodedConcept("confidence", PRIVATE_SCHEME, "Detection confidence")
+NO_UNITS = codes.UCUM.NoUnits
 
 _KINDS = {
     "solid": "Solid",

@@ -10,14 +10,15 @@ import importlib.util
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
+from services.reporter.artefacts import resolve_outbox_path
 from services.reporter.delivery import (
     DeliveryTask,
     Dispatcher,
@@ -25,21 +26,37 @@ from services.reporter.delivery import (
     Sender,
     SendOutcome,
 )
+from services.reporter.inputs import InputError
 from services.reporter.pacs import PacsAddress, Timeouts, store
 from services.reporter.results import ResultConsumer
 
 log = logging.getLogger(__name__)
 
 
-def dicom_sender(settings: Settings, timeouts: Timeouts | None = None) -> Sender:
-    """C-STORE the row's file to the row's target (``AET@host:port``)."""
+def dicom_sender(
+    settings: Settings,
+    *,
+    rebuild: Callable[[str], object] | None = None,
+    timeouts: Timeouts | None = None,
+) -> Sender:
+    """C-STORE the row's file to the row's target (``AET@host:port``).
+
+    A file missing from the outbox (cleaned up, or a replica without the volume) is
+    rebuilt from the database and storage first: same UIDs, so the same instance.
+    """
 
     def send(task: DeliveryTask) -> SendOutcome:
         try:
             address = PacsAddress.parse(task.target)
+            path = resolve_outbox_path(settings, task.path)
         except ValueError as exc:
             return SendOutcome(False, False, "bad-target", str(exc))
-        path = Path(task.path)
+        if not path.is_file() and rebuild is not None:
+            log.warning("event=artefact_rebuild job=%s kind=%s", task.job_id, task.kind)
+            try:
+                rebuild(task.job_id)
+            except (InputError, ValueError) as exc:
+                return SendOutcome(False, False, "missing-file", f"cannot rebuild: {exc}")
         if not path.is_file():
             return SendOutcome(False, False, "missing-file", f"artefact missing: {path.name}")
         return store(path, address, calling_aet=settings.ae_title, timeouts=timeouts)
@@ -59,8 +76,10 @@ def fhir_sender(db: Database, settings: Settings) -> Sender:
     return send
 
 
-def default_senders(db: Database, settings: Settings) -> dict[str, Sender]:
-    senders = {"dicom": dicom_sender(settings)}
+def default_senders(
+    db: Database, settings: Settings, rebuild: Callable[[str], object] | None = None
+) -> dict[str, Sender]:
+    senders = {"dicom": dicom_sender(settings, rebuild=rebuild)}
     if settings.fhir_push_url:
         senders["fhir"] = fhir_sender(db, settings)
     return senders
@@ -120,11 +139,12 @@ def build_reporter(
     senders: dict[str, Sender] | None = None, poll_seconds: float = 1.0,
 ) -> Reporter:
     """Wire a reporter on existing DB and broker; call ``.start()`` / ``.stop()``."""
+    consumer = ResultConsumer(db, settings)
     dispatcher = Dispatcher(
-        db, senders or default_senders(db, settings), retry_policy(settings),
+        db, senders or default_senders(db, settings, consumer.rebuild), retry_policy(settings),
         poll_seconds=poll_seconds,
     )
-    consumer = ResultConsumer(db, settings, on_committed=dispatcher.wake)
+    consumer.on_committed = dispatcher.wake
     return Reporter(settings, db, broker, consumer, dispatcher, serve_http=serve_http)
 
 

@@ -25,7 +25,12 @@ from services.core.db import Database, Job, JobState
 from services.core.messages import StudyResult
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
-from services.reporter.artefacts import Artefact, artefact_dir, write_artefacts
+from services.reporter.artefacts import (
+    Artefact,
+    artefact_dir,
+    outbox_relative,
+    write_artefacts,
+)
 from services.reporter.delivery import FHIR, upsert_delivery
 from services.reporter.inputs import InputError, load_inputs
 
@@ -120,7 +125,7 @@ class ResultConsumer:
                 job_id=job.id,
                 kind=artefact.kind,
                 target=pacs or str(folder),
-                path=artefact.path,
+                path=outbox_relative(self.settings, artefact.path),
                 sop_instance_uid=artefact.sop_instance_uid,
                 written=not pacs,
             )
@@ -129,6 +134,16 @@ class ResultConsumer:
                 session,
                 job_id=job.id, kind=FHIR, target=self.settings.fhir_push_url,
             )
+
+    def rebuild(self, job_id: str) -> list[Artefact]:
+        """Write a finished job's artefacts again (same UIDs), e.g. when the outbox lost
+        them; the rows and job state are left as they are."""
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return []
+            inputs = load_inputs(session, self.storage, job)
+        return write_artefacts(self.settings, inputs)
 
     def _fail(self, job_id: str, reason: str) -> Verdict:
         """A job whose report cannot be built: failed with the reason, no SR."""

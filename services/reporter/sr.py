@@ -88,6 +88,7 @@ def _measurements(finding: NoduleFinding) -> list[Measurement]:
             unit=nf.HU,
             derivation=nf.MEAN,
         ),
+        Measurement(name=nf.CONFIDENCE, value=round(finding.confidence, 3), unit=nf.NO_UNITS),
     ]
 
 

@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage  # type: ignore[attr-defined]
 
+from services.core.broker import Delivered
+from services.core.db import Database
+from services.core.messages import StudyResult
+from services.core.settings import Settings
 from services.reporter.artefacts import dataset_bytes
+from services.reporter.delivery import DeliveryTask
+from services.reporter.main import dicom_sender
 from services.reporter.model import Algorithm, OutputUids
 from services.reporter.pacs import PacsAddress, Timeouts, store
+from services.reporter.results import ResultConsumer
 from services.reporter.sr import build_sr
-from tests.reporting_factories import build_inputs, nodule_series
+from tests.reporting_factories import build_inputs, nodule_series, seed_reporting_job
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -47,6 +54,7 @@ class FakePacs:
         ae = AE(ae_title="FAKEPACS")
         ae.add_supported_context(Comprehensive3DSRStorage)
         ae.add_supported_context(SegmentationStorage)
+        ae.add_supported_context(SecondaryCaptureImageStorage)
         if require_calling_aet:
             ae.require_calling_aet = require_calling_aet
         self.port = free_port()
@@ -127,3 +135,31 @@ def test_hung_pacs_times_out_and_is_retried(pacs: FakePacs, sr_file: Path) -> No
     assert outcome.status == "no-response"
     assert time.monotonic() - started < 4.0  # dimse_timeout fired, not the PACS
     assert threading.active_count() < 50
+
+
+def test_missing_artefact_is_rebuilt_and_sent(
+    pacs: FakePacs, db: Database, settings: Settings
+) -> None:
+    pacs.start()
+    settings = settings.model_copy(update={"pacs": str(pacs.address)})
+    series = nodule_series()
+    job_id = seed_reporting_job(db, settings.storage_dir, series)
+    consumer = ResultConsumer(db, settings)
+    body = StudyResult(job_id=job_id, study_instance_uid=series.study_uid, status="done")
+    consumer.handle(Delivered(body.to_json().encode(), job_id, "study.result", False))
+    sr_path = settings.outbox_dir / series.study_uid / "v1" / "sr.dcm"
+    sr_path.unlink()
+    send = dicom_sender(settings, rebuild=consumer.rebuild, timeouts=FAST)
+    task = DeliveryTask(1, job_id, "sr", str(pacs.address), f"{series.study_uid}/v1/sr.dcm",
+                        "", 0)
+    outcome = send(task)
+    assert outcome.ok
+    assert pacs.received == [OutputUids(series.study_uid, 1).sr_instance]
+    assert sr_path.is_file()
+
+
+def test_delivery_paths_outside_the_outbox_are_refused(settings: Settings) -> None:
+    send = dicom_sender(settings, timeouts=FAST)
+    task = DeliveryTask(1, "j", "sr", "PACS@127.0.0.1:1", "../../etc/passwd", "", 0)
+    outcome = send(task)
+    assert (outcome.ok, outcome.retry, outcome.status) == (False, False, "bad-target")

@@ -103,7 +103,8 @@ def test_pacs_configured_rows_are_pending_and_fhir_row_added(
     assert set(rows) == {"sr", "seg", "key-image-1", "fhir"}
     assert {row.state for row in rows.values()} == {"pending"}
     assert rows["sr"].target == "ORTHANC@127.0.0.1:4242"
-    assert Path(rows["seg"].path).is_file()
+    assert rows["seg"].path == f"{series.study_uid}/v1/seg.dcm"  # relative to the outbox
+    assert (settings.outbox_dir / rows["seg"].path).is_file()
     assert woken == [True]
 
 

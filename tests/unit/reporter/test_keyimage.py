@@ -120,3 +120,16 @@ def test_key_image_uid_is_deterministic_per_version() -> None:
         return str(sc.SOPInstanceUID)
 
     assert build(1) == build(1) != build(2)
+
+
+def test_small_nodule_on_a_large_slice_gets_a_magnified_inset() -> None:
+    hu = np.full((512, 512), -850.0)
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[100:107, 200:207] = True
+    hu[mask] = 40
+    rgb = render(hu, mask, [])
+    corner = rgb[340:, 340:]
+    contour = np.all(corner == CONTOUR_RGB, axis=2)
+    assert contour.sum() > 100  # the zoomed contour is in the corner
+    big = render(np.full((64, 64), -850.0), np.pad(np.ones((20, 20), bool), 22), [])
+    assert not np.all(big[-4:, -4:] == 255)  # a large nodule: no inset frame

@@ -94,6 +94,8 @@ def test_round_trip_has_one_group_per_nodule_with_measurements() -> None:
     assert by_name["Short axis"].value == pytest.approx(expected.short_axis_mm, abs=0.01)
     assert by_name["Volume"].unit.value == "mm3"
     assert by_name["Volume"].value == pytest.approx(expected.volume_mm3, abs=0.1)
+    assert by_name["Detection confidence"].value == pytest.approx(expected.confidence, abs=1e-3)
+    assert by_name["Attenuation Coefficient"].unit.value == "[hnsf'U]"
     evaluations = {e.name.meaning: e.value.value for e in first.get_qualitative_evaluations()}
     assert evaluations == {"Nodule type": "solid", "Lung-RADS category": "4A"}
     segment = first.referenced_segment
