@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from services.core.messages import StudyReady
 from services.core.outbox import Relay
 from services.core.storage import LocalStorage
 from services.worker import results, store
+from services.worker.analyze import Analyze, default_analyze
 from services.worker.faults import Faults
 from services.worker.policy import (
     Action,
@@ -28,22 +29,13 @@ from services.worker.policy import (
     RetryPolicy,
     StorageUnavailable,
     StudyUnusable,
+    is_db_unavailable,
 )
+from services.worker.progress import JobProgress
 
 log = logging.getLogger(__name__)
 
-Analyze = Callable[..., Any]  # (paths, engine, *, progress(stage, fraction)) -> result
-
-
-def default_analyze(paths: Sequence[Path], engine: Any, *, progress: Any = None) -> Any:
-    """The analysis pipeline, with its permanent errors mapped to ``StudyUnusable``."""
-    from services.analysis.errors import AnalysisError
-    from services.analysis.pipeline import analyze_files
-
-    try:
-        return analyze_files(list(paths), engine, progress=progress)
-    except AnalysisError as exc:
-        raise StudyUnusable(exc.code, exc.message, skip=exc.skip) from exc
+T = TypeVar("T")
 
 
 def parse(delivered: Delivered) -> StudyReady:
@@ -93,13 +85,16 @@ class JobHandler:
         started = time.perf_counter()
         claim: store.Claim | None = None
         try:
-            outcome = store.claim(
-                self.db,
+            outcome = self._patiently(
                 message.job_id,
-                message.study_instance_uid,
-                [ref.uid for ref in message.series],
-                max_attempts=self.policy.max_attempts,
-                worker=self.worker_id,
+                lambda: store.claim(
+                    self.db,
+                    message.job_id,
+                    message.study_instance_uid,
+                    [ref.uid for ref in message.series],
+                    max_attempts=self.policy.max_attempts,
+                    worker=self.worker_id,
+                ),
             )
             if isinstance(outcome, store.Ended):
                 log.info(
@@ -121,8 +116,11 @@ class JobHandler:
             self.faults.hit("after_claim")
             self._run(claim, started)
         except store.ClaimLost:
+            # A newer attempt owns the job and its own delivery; or a commit whose reply was
+            # lost did go through. Either way what is committed gets published.
             log.warning("event=job_taken_over job=%s", message.job_id)
-            return Verdict.ACK  # a newer attempt owns the job and its own delivery
+            self._publish(message.job_id)
+            return Verdict.ACK
         except Exception as exc:
             return self._failed(message, delivered, claim, exc)
         self._publish(message.job_id)
@@ -143,7 +141,7 @@ class JobHandler:
     def _run(self, claim: store.Claim, started: float) -> None:
         paths = self._paths(claim)
         load = time.perf_counter() - started
-        reporter = _Progress(self, claim)
+        reporter = JobProgress(self.db, claim, self.faults, interval=self.progress_interval)
         result = self.analyze(paths, self.engine, progress=reporter)
         analysed = time.perf_counter()
         rows = results.finding_rows(result.findings)
@@ -152,13 +150,16 @@ class JobHandler:
         timings = results.stage_timings(
             result.timings, load=load, total=time.perf_counter() - started
         )
-        store.commit_result(
-            self.db,
-            claim,
-            rows,
-            details=details,
-            timings=timings,
-            model_version=details["model"]["version"],
+        self._patiently(
+            claim.job_id,
+            lambda: store.commit_result(
+                self.db,
+                claim,
+                rows,
+                details=details,
+                timings=timings,
+                model_version=details["model"]["version"],
+            ),
         )
         log.info(
             "event=job_committed job=%s findings=%d provider=%s analysis_s=%.2f total_s=%.2f",
@@ -169,6 +170,31 @@ class JobHandler:
             time.perf_counter() - started,
         )
         self.faults.hit("after_commit")
+
+    def _patiently(self, job_id: str, operation: Callable[[], T]) -> T:
+        """Run a database operation, waiting in place while the database is unavailable.
+
+        The message stays unacknowledged (heartbeats keep flowing) and a computed result
+        stays in memory, so an outage costs neither a redelivery nor a recomputation.
+        """
+        tries, since = 0, time.monotonic()
+        while True:
+            try:
+                return operation()
+            except Exception as exc:
+                waited = time.monotonic() - since
+                delay = self.policy.outage_delay(tries, waited)
+                if not is_db_unavailable(exc) or delay is None or self.stop.is_set():
+                    raise
+                log.warning(
+                    "event=db_unavailable job=%s retry_in=%.1f waited_s=%.0f error=%s",
+                    job_id,
+                    delay,
+                    waited,
+                    exc.__class__.__name__,
+                )
+                self.stop.wait(delay)
+                tries += 1
 
     def _publish(self, job_id: str) -> None:
         """Publish the job's committed StudyResult now; the background relay retries."""
@@ -213,7 +239,9 @@ class JobHandler:
         try:
             if claim is None:
                 return Verdict.REJECT  # cannot record it: the database never answered
-            store.finish(self.db, claim, state, decision.reason)
+            self._patiently(
+                claim.job_id, lambda: store.finish(self.db, claim, state, decision.reason)
+            )
         except store.ClaimLost:
             return Verdict.ACK
         except Exception:
@@ -227,43 +255,3 @@ class JobHandler:
         )
         self._publish(message.job_id)
         return Verdict.ACK
-
-
-# Share of the whole job each pipeline stage covers, as (start, width) of ``jobs.progress``.
-_STAGES = {"read": (0.0, 0.3), "inference": (0.3, 0.65), "postprocess": (0.95, 0.05)}
-
-
-def overall_progress(stage: str, fraction: float) -> float:
-    """The job's progress in [0, 1] from a pipeline ``(stage, fraction)`` report."""
-    start, width = _STAGES.get(stage, (0.0, 0.0))
-    return round(start + width * min(max(float(fraction), 0.0), 1.0), 4)
-
-
-class _Progress:
-    """``progress(stage, fraction)`` for the pipeline: throttled writes of ``jobs.progress``.
-
-    Raises ``ClaimLost`` inside the pipeline when another attempt has taken the job over,
-    which stops work whose result could not be committed anyway.
-    """
-
-    def __init__(self, handler: JobHandler, claim: store.Claim) -> None:
-        self.handler = handler
-        self.claim = claim
-        self.last = 0.0
-        self.inferring = False
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if stage == "inference" and not self.inferring:
-            self.inferring = True
-            self.handler.faults.hit("mid_infer")
-        now = time.monotonic()
-        if now - self.last < self.handler.progress_interval:
-            return
-        self.last = now
-        try:
-            owned = store.progress(self.handler.db, self.claim, overall_progress(stage, fraction))
-        except Exception:
-            log.debug("event=progress_write_failed job=%s", self.claim.job_id, exc_info=True)
-            return
-        if not owned:
-            raise store.ClaimLost(self.claim.job_id)

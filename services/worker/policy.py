@@ -82,6 +82,13 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return any(marker in text for marker in _OOM_MARKERS)
 
 
+def is_db_unavailable(error: BaseException) -> bool:
+    """The database cannot be reached or refused for now (connection, pool, lock, deadlock)."""
+    if isinstance(error, OperationalError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
 def is_transient(error: BaseException) -> bool:
     """Errors a later attempt (here or on another worker) can plausibly get past."""
     if isinstance(error, StorageUnavailable | MemoryError | OperationalError | PoolTimeoutError):
@@ -106,9 +113,19 @@ class RetryPolicy:
     base_delay: float = 1.0
     factor: float = 2.0
     max_delay: float = 30.0
+    # How long one attempt waits in place for the database to come back (holding its
+    # message and its in-memory result) before it gives the message back.
+    outage_patience: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.max_delay, self.base_delay * self.factor ** max(0, attempt - 1)))
+        exponent = min(max(0, attempt - 1), 64)  # no float overflow for absurd attempts
+        return float(min(self.max_delay, self.base_delay * self.factor**exponent))
+
+    def outage_delay(self, tries: int, waited: float) -> float | None:
+        """Seconds to wait before database try ``tries + 1``; None once patience is spent."""
+        if waited >= self.outage_patience:
+            return None
+        return min(self.delay(tries + 1), self.outage_patience - waited)
 
     def decide(self, attempt: int, error: BaseException) -> Decision:
         if isinstance(error, BadMessage):

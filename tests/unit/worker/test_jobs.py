@@ -44,7 +44,7 @@ def make_handler(
         storage,
         engine=object(),
         relay=Relay(db, broker, routing_key=STUDY_RESULT),
-        policy=RetryPolicy(max_attempts=max_attempts, base_delay=0.0),
+        policy=RetryPolicy(max_attempts=max_attempts, base_delay=0.01, outage_patience=0.1),
         worker_id="test:1",
         analyze=analyze,
         faults=Faults(faults),
@@ -348,7 +348,7 @@ def test_mid_inference_fault_fires_at_the_first_inference_report(
 def test_pipeline_errors_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.analysis import pipeline
     from services.analysis.errors import AnalysisError
-    from services.worker.jobs import default_analyze
+    from services.worker.analyze import default_analyze
 
     def refuse(paths, engine, *, progress=None):  # type: ignore[no-untyped-def]
         raise AnalysisError("not-ct", "series modality is MR")
@@ -361,7 +361,7 @@ def test_pipeline_errors_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overall_progress_is_monotonic_over_stages() -> None:
-    from services.worker.jobs import overall_progress
+    from services.worker.progress import overall_progress
 
     points = [
         ("read", 0.0),
@@ -373,3 +373,37 @@ def test_overall_progress_is_monotonic_over_stages() -> None:
     values = [overall_progress(stage, f) for stage, f in points]
     assert values == sorted(values)
     assert values[0] == 0.0 and values[-1] == 1.0
+
+
+class FlakyDatabase(Database):
+    """A database whose first ``failures`` sessions fail as if the server were away."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+
+    def session(self):  # type: ignore[no-untyped-def]
+        from sqlalchemy.exc import OperationalError
+
+        if self.failures > 0:
+            self.failures -= 1
+            raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+        return super().session()
+
+
+def test_short_database_outage_is_waited_out_in_place(
+    db: Database, storage: LocalStorage, seeded: SeededJob, inprocess_broker: InProcessBroker
+) -> None:
+    flaky = FlakyDatabase(db.url, failures=2)
+    analyze = FakeAnalyze()
+    handler = make_handler(flaky, storage, inprocess_broker, analyze)
+    handler.policy = RetryPolicy(base_delay=0.01, outage_patience=5.0)
+    assert handler(seeded.delivered()) is Verdict.ACK
+    job = job_of(db, seeded.job_id)
+    assert (job.state, job.attempts) == ("reporting", 1)
+    assert analyze.calls == 1
+    flaky.dispose()
+
+
+def test_policy_delay_never_overflows() -> None:
+    assert RetryPolicy(max_delay=30).delay(5000) == 30
