@@ -62,7 +62,7 @@ def nodule_series(
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     spheres = spheres if spheres is not None else [Sphere((6, 20, 22), 3.5)]
-    kk, jj, ii = np.mgrid[0:n_slices, 0:rows, 0:cols]
+    kk, jj, ii = np.ogrid[0:n_slices, 0:rows, 0:cols]
     masks = []
     hu = np.full((n_slices, rows, cols), BACKGROUND_HU, dtype=np.int16)
     for sphere in spheres:

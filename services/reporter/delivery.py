@@ -217,6 +217,16 @@ class Dispatcher:
             self._wake.clear()
 
 
+def requeue(session: Session, delivery_id: int) -> bool:
+    """Manual retry of a failed delivery (operator action): pending now, attempts reset."""
+    row = session.get(Delivery, delivery_id)
+    if row is None or row.state not in (FAILED, PENDING):
+        return False
+    row.state, row.attempts = PENDING, 0
+    row.next_attempt_at = datetime.now(UTC)
+    return True
+
+
 def pending(db: Database, job_ids: Iterable[str] | None = None) -> list[Delivery]:
     """Rows not yet delivered or failed (for tests and health checks)."""
     with db.session() as session:

@@ -61,18 +61,32 @@ def segment_numbers(findings: Sequence[NoduleFinding]) -> dict[int, int]:
 def label_stack(
     findings: Sequence[NoduleFinding], n_slices: int, rows: int, cols: int
 ) -> tuple[list[int], np.ndarray]:
-    """Slices any nodule touches and the (frames, rows, cols, segments) boolean stack."""
+    """Slices any nodule touches and their pixels for highdicom: a label map
+    ``(frames, rows, cols)`` of segment numbers when no two masks overlap (4x less memory
+    and time), else a boolean ``(frames, rows, cols, segments)`` stack."""
     numbers = segment_numbers(findings)
     masked = [f for f in findings if f.index in numbers]
     slices = sorted({k for f in masked for k in range(f.bbox[0], f.bbox[3])})
     if any(k < 0 or k >= n_slices for k in slices):
         raise ValueError("a finding's mask lies outside the source series")
+    if any(f.bbox[4] > rows or f.bbox[5] > cols for f in masked):
+        raise ValueError("a finding's mask lies outside the image")
     position = {k: n for n, k in enumerate(slices)}
+    dtype = np.uint8 if len(masked) < 256 else np.uint16
+    labels = np.zeros((len(slices), rows, cols), dtype=dtype)
+    overlap = False
+    for finding in masked:
+        k0, j0, i0, k1, j1, i1 = finding.bbox
+        for k in range(k0, k1):
+            target = labels[position[k], j0:j1, i0:i1]
+            mask = finding.mask[k - k0]
+            overlap |= bool((target[mask] != 0).any())
+            target[mask] = numbers[finding.index]
+    if not overlap:
+        return slices, labels
     stack = np.zeros((len(slices), rows, cols, len(masked)), dtype=bool)
     for finding in masked:
         k0, j0, i0, k1, j1, i1 = finding.bbox
-        if j1 > rows or i1 > cols:
-            raise ValueError("a finding's mask lies outside the image")
         segment = numbers[finding.index] - 1
         for k in range(k0, k1):
             stack[position[k], j0:j1, i0:i1, segment] |= finding.mask[k - k0]

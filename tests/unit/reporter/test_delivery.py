@@ -17,6 +17,7 @@ from services.reporter.delivery import (
     Dispatcher,
     RetryPolicy,
     SendOutcome,
+    requeue,
     upsert_delivery,
 )
 from tests.reporting_factories import seed_bare_job
@@ -154,3 +155,18 @@ def test_upsert_never_duplicates_and_written_rows_are_not_sent(db: Database) -> 
         assert len(rows) == 1 and rows[0].state == WRITTEN
     sender = ScriptedSender()
     assert Dispatcher(db, {"dicom": sender}, RetryPolicy()).dispatch_once() == 0
+
+
+def test_failed_row_can_be_requeued_by_hand(db: Database) -> None:
+    job = seed_bare_job(db)
+    row_id = add_row(db, job)
+    dispatcher = Dispatcher(db, {"dicom": ScriptedSender(BROKEN, OK)}, RetryPolicy())
+    dispatcher.dispatch_once()
+    assert row_of(db, row_id).state == FAILED
+    with db.session() as session:
+        assert requeue(session, row_id)
+    dispatcher.dispatch_once()
+    row = row_of(db, row_id)
+    assert (row.state, row.attempts) == (DELIVERED, 1)
+    with db.session() as session:
+        assert not requeue(session, row_id)  # delivered rows stay delivered

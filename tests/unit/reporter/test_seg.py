@@ -106,9 +106,28 @@ def test_label_stack_and_numbers() -> None:
     series = nodule_series(spheres=[Sphere((6, 20, 22), 3.5), Sphere((3, 10, 34), 2.2)])
     findings = series.findings()
     assert segment_numbers(findings) == {1: 1, 2: 2}
+    slices, labels = label_stack(findings, 12, 48, 48)
+    assert labels.shape == (len(slices), 48, 48)  # no overlap: a label map
+    assert (labels == 1).sum() == series.masks[0].sum()
+    assert (labels == 2).sum() == series.masks[1].sum()
+
+
+def test_overlapping_masks_keep_both_segments() -> None:
+    series = nodule_series(spheres=[Sphere((6, 20, 22), 3.5), Sphere((6, 22, 24), 3.0)])
+    headers, findings = build_inputs(series)
     slices, stack = label_stack(findings, 12, 48, 48)
     assert stack.shape == (len(slices), 48, 48, 2)
     assert stack[..., 0].sum() == series.masks[0].sum()
+    assert stack[..., 1].sum() == series.masks[1].sum()
+    seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM,
+                    uids=OutputUids(series.study_uid, 1))
+    back = strict_segread(dataset_bytes(seg))
+    both = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[series.sop_uids[6]], segment_numbers=[1, 2],
+        combine_segments=False,
+    )
+    assert both[0, ..., 0].sum() == series.masks[0][6].sum()
+    assert both[0, ..., 1].sum() == series.masks[1][6].sum()
 
 
 def test_no_masks_no_seg() -> None:
