@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,8 @@ from tests.integration.worker.harness import ROOT, Node
 from tests.integration.worker.stub_model import write_stub_model
 from tests.services import require
 
-REAL_MODEL = ROOT / "models" / "nodule-seg"
+# The repository's trained model, or another model folder for a trial run.
+REAL_MODEL = Path(os.environ.get("NODULEFLOW_TEST_MODEL_DIR", ROOT / "models" / "nodule-seg"))
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +74,23 @@ def chest_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     hu = chest((64, 128, 128), spacing, nodules)
     paths, _ = write_volume(hu, tmp_path_factory.mktemp("chest"), spacing=spacing)
     return paths
+
+
+@pytest.fixture
+def real_node(
+    tmp_path: Path, postgres_url: str, rabbit_url: str, rabbit_prefix: str, real_model_dir: Path
+) -> Iterator[Node]:
+    """Like ``node``, with the trained model of the repository."""
+    built = make_node(tmp_path, postgres_url, rabbit_url, rabbit_prefix, real_model_dir)
+    yield built
+    built.stop()
+    built.broker.close()
+    built.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 100-slice 512×512 synthetic chest CT with three nodules and its truth."""
+    from services.modeling.phantom import write_phantom
+
+    return write_phantom(tmp_path_factory.mktemp("phantom"), seed=3, nodules=3, slices=100)
