@@ -122,3 +122,42 @@ def test_source_without_sop_instance_uid_is_refused() -> None:
     del source.SOPInstanceUID
     with pytest.raises(ValueError, match="SOPInstanceUID"):
         image_header(source)
+
+
+def test_real_ct_header_with_broken_reference_gives_valid_outputs(tmp_path: Path) -> None:
+    """pydicom's CT_small.dcm (a real scanner header, ISO_IR 100) with a broken
+    ReferencedStudySequence added, as seen in TCIA data: SR, SEG and SC all validate."""
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from services.reporter.keyimage import build_key_image
+    from services.reporter.model import NoduleFinding
+    from services.reporter.seg import build_seg, seg_header, segment_numbers
+    from services.reporter.sr import SegReference
+
+    source = dcmread(get_testdata_file("CT_small.dcm"))
+    source.ReferencedStudySequence = [broken_reference()]
+    source = through_file(source)
+    header = image_header(source)
+    mask = np.ones((1, 6, 6), dtype=bool)
+    finding = NoduleFinding(
+        index=1, center_lps=(0.0, 0.0, 0.0), diameter_mm=6.0, long_axis_mm=6.5,
+        short_axis_mm=5.5, volume_mm3=100.0, mean_hu=20.0, kind="part-solid", confidence=0.7,
+        lung_rads="4B", bbox=(0, 60, 60, 1, 66, 66), mask=mask,
+        source_sop_uids=(str(source.SOPInstanceUID),),
+    )
+    uids = OutputUids(str(source.StudyInstanceUID), 1)
+    seg = build_seg(source_images=[header], findings=[finding], algorithm=ALGORITHM, uids=uids)
+    ref = SegReference(str(seg.SOPInstanceUID), segment_numbers([finding]), seg_header(seg))
+    sr = build_sr(source_images=[header], findings=[finding], algorithm=ALGORITHM, uids=uids,
+                  seg=ref)
+    sc, _ = build_key_image(source=source, header=header, finding=finding, algorithm=ALGORITHM,
+                            uids=uids)
+    for name, dataset in (("sr", sr), ("seg", seg), ("sc", sc)):
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(dataset_bytes(dataset))
+        errors, _ = dciodvfy(path)
+        assert errors == [], name
+        back = dcmread(path)
+        assert "ReferencedStudySequence" not in back
+        assert str(back.PatientName) == "CompressedSamples^CT1"
