@@ -194,12 +194,13 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int:
             log.warning("event=instance_refused reason=too-large calling_aet=%s", state.calling_aet)
             return statuses.OUT_OF_RESOURCES
         handle.close()
-        size, sha = handle.size, handle.hexdigest()
+        size, sha, head = handle.size, handle.hexdigest(), bytes(handle.head)
     else:
-        size, sha = _digest(path)
+        (size, sha), head = _digest(path), None
     try:
         header = parse_header(
             path,
+            head=head,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
         )

@@ -6,8 +6,10 @@ is validated in :func:`parse_header`, so one that exists carries storage-safe UI
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -15,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from services.core.uids import is_valid_uid
+from services.receiver.headparse import read_head
 
 _TAGS = [
     Tag(keyword)
@@ -75,14 +78,17 @@ class InstanceHeader:
     referring_physician: str = ""
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str:
+Source = Dataset | Mapping[str, Any]
+
+
+def _text(ds: Source, keyword: str, limit: int) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
     return str(value).strip()[:limit]
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Source, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else int(value)
@@ -90,7 +96,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: Source, keyword: str) -> str:
     raw = ds.get(keyword)
     value = "" if raw is None else str(raw).rstrip("\x00 ")
     if not is_valid_uid(value):
@@ -98,7 +104,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
-def header_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
     """Build a validated header from an already-read data set."""
     header = InstanceHeader(
         sop_class_uid=_uid(ds, "SOPClassUID"),
@@ -125,7 +131,11 @@ def header_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader
 
 
 def parse_header(
-    path: Path, *, sop_class_uid: str | None = None, sop_instance_uid: str | None = None
+    path: Path,
+    *,
+    head: bytes | None = None,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
 ) -> InstanceHeader:
     """Read ``path`` up to the pixel data and validate it.
 
@@ -133,6 +143,10 @@ def parse_header(
     ----------
     path
         A DICOM file (PS3.10) with its file meta information.
+    head
+        The first bytes of the file, when the caller has them in memory: read by
+        :func:`services.receiver.headparse.read_head` without touching the file when
+        it can, else the file is read with pydicom.
     sop_class_uid, sop_instance_uid
         The Affected SOP Class/Instance UIDs of the C-STORE request (PS3.7 9.1.1); when
         given, the data set must agree with them.
@@ -143,12 +157,20 @@ def parse_header(
         Not DICOM, a UID that is missing or not ``^[0-9]+(\\.[0-9]+)*$`` of at most 64
         characters, or a data set that contradicts its request.
     """
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise HeaderError(f"unreadable data set: {exc.__class__.__name__}") from exc
-    transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
-    header = header_from_dataset(ds, transfer_syntax)
+    values = read_head(bytes(head)) if head is not None else None
+    header: InstanceHeader | None = None
+    if values is not None:
+        try:
+            header = header_from_dataset(values, values["TransferSyntaxUID"])
+        except HeaderError:
+            header = None  # let pydicom have the last word before refusing
+    if header is None:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+            raise HeaderError(f"unreadable data set: {exc.__class__.__name__}") from exc
+        transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+        header = header_from_dataset(ds, transfer_syntax)
     if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
         raise HeaderError("SOPInstanceUID differs from the request")
     if sop_class_uid is not None and header.sop_class_uid != sop_class_uid:

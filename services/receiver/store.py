@@ -7,6 +7,7 @@ file is durable under ``STORAGE_DIR/<study>/<series>/<sop>.dcm`` and the row is 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy import Connection, DateTime, Table, bindparam, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -28,6 +29,34 @@ log = logging.getLogger(__name__)
 STUDIES = cast(Table, Study.__table__)
 SERIES = cast(Table, Series.__table__)
 INSTANCES = cast(Table, Instance.__table__)
+
+
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+_FIND = text("SELECT id, sha256, path FROM instances WHERE sop_instance_uid = :sop")
+_TOUCH_STUDY = text(
+    "UPDATE studies SET last_received_at = :now,"
+    " pending_since = COALESCE(pending_since, :now),"
+    " open_associations = open_associations + :opens, revision = revision + :replaced"
+    " WHERE id = :id"
+).bindparams(_NOW)
+_INSERT_INSTANCE = text(
+    "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+    " instance_number, path, size, sha256, calling_aet, received_at) VALUES (:series_id, :sop,"
+    " :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now)"
+).bindparams(_NOW)
+_UPDATE_INSTANCE = text(
+    "UPDATE instances SET series_id = :series_id, sop_class_uid = :sop_class,"
+    " transfer_syntax_uid = :syntax, instance_number = :number, path = :path, size = :size,"
+    " sha256 = :sha, calling_aet = :aet, received_at = :now WHERE id = :id"
+).bindparams(_NOW)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Outcome(enum.Enum):
@@ -65,6 +94,7 @@ class InstanceStore:
         self.min_free_bytes = min_free_bytes
         self._studies: dict[str, int] = {}
         self._series: dict[str, int] = {}
+        self._folders: set[Path] = set()
         self._insert: Any = sqlite.insert if db.is_sqlite else postgresql.insert
 
     def has_room(self) -> bool:
@@ -78,48 +108,57 @@ class InstanceStore:
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
         with self.db.engine.connect() as conn:
-            existing = conn.execute(
-                select(INSTANCES.c.id, INSTANCES.c.sha256, INSTANCES.c.path).where(
-                    INSTANCES.c.sop_instance_uid == header.sop_instance_uid
-                )
-            ).first()
-        if (
-            existing is not None
-            and existing.sha256 == received.sha256
-            and self.storage.exists(existing.path)
-        ):
-            received.temp.unlink(missing_ok=True)
-            return Outcome.DUPLICATE
-        if not self.has_room():
-            raise NoSpaceError("storage below min_free_disk_mb")
-        self._commit_file(received.temp, key)
-        outcome = Outcome.STORED if existing is None else Outcome.REPLACED
-        try:
-            self._index(received, key, existing, opens_study)
-        except IntegrityError:
-            # Another process inserted the same row first (or a cached id went stale).
-            self._studies.clear()
-            self._series.clear()
-            with self.db.engine.connect() as conn:
-                existing = conn.execute(
-                    select(INSTANCES.c.id, INSTANCES.c.sha256, INSTANCES.c.path).where(
-                        INSTANCES.c.sop_instance_uid == header.sop_instance_uid
-                    )
-                ).first()
-            self._index(received, key, existing, opens_study)
+            existing = conn.execute(_FIND, {"sop": header.sop_instance_uid}).first()
+            conn.rollback()  # end the read; the write below is its own transaction
+            if (
+                existing is not None
+                and existing.sha256 == received.sha256
+                and self.storage.exists(existing.path)
+            ):
+                received.temp.unlink(missing_ok=True)
+                return Outcome.DUPLICATE
+            if not self.has_room():
+                raise NoSpaceError("storage below min_free_disk_mb")
+            self._commit_file(received.temp, key)
+            try:
+                with conn.begin():
+                    self._index(conn, received, key, existing, opens_study)
+            except IntegrityError:
+                # Another process inserted the same row first (or a cached id went stale).
+                self._studies.clear()
+                self._series.clear()
+                with conn.begin():
+                    existing = conn.execute(_FIND, {"sop": header.sop_instance_uid}).first()
+                    if existing is not None and existing.sha256 == received.sha256:
+                        return Outcome.DUPLICATE  # the same bytes, stored by a sibling
+                    self._index(conn, received, key, existing, opens_study)
         if existing is not None and existing.path != key:
             self._remove_quietly(existing.path)
-        return outcome
+        return Outcome.STORED if existing is None else Outcome.REPLACED
 
     # ------------------------------------------------------------------ file
 
     def _commit_file(self, temp: Path, key: str) -> None:
-        if temp.parent.stat().st_dev != self.storage.root.stat().st_dev:
-            local = self.storage.temp_path()
-            shutil.copyfile(temp, local)
+        """fsync the data, rename it into place atomically, fsync the folder."""
+        target = self.storage.path(key)
+        folder = target.parent
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self.storage.commit(Path(shutil.copy(temp, self.storage.temp_path())), key)
             temp.unlink(missing_ok=True)
-            temp = local
-        self.storage.commit(temp, key)
+            return
+        _fsync_dir(folder)
 
     def _remove_quietly(self, key: str) -> None:
         try:
@@ -129,39 +168,37 @@ class InstanceStore:
 
     # ------------------------------------------------------------------ index
 
-    def _index(self, received: Received, key: str, existing: Any, opens_study: bool) -> None:
+    def _index(
+        self, conn: Connection, received: Received, key: str, existing: Any, opens_study: bool
+    ) -> None:
         header = received.header
         now = datetime.now(UTC)
-        with self.db.engine.begin() as conn:
-            study_id = self._study_id(conn, header, now)
-            conn.execute(
-                update(STUDIES)
-                .where(STUDIES.c.id == study_id)
-                .values(
-                    last_received_at=now,
-                    pending_since=func.coalesce(STUDIES.c.pending_since, now),
-                    open_associations=STUDIES.c.open_associations + (1 if opens_study else 0),
-                    revision=STUDIES.c.revision + (0 if existing is None else 1),
-                )
-            )
-            series_id = self._series_id(conn, header, study_id)
-            values = {
-                "series_id": series_id,
-                "sop_class_uid": header.sop_class_uid,
-                "transfer_syntax_uid": header.transfer_syntax_uid[:64],
-                "instance_number": header.instance_number,
-                "path": key,
-                "size": received.size,
-                "sha256": received.sha256,
-                "calling_aet": received.calling_aet[:16],
-                "received_at": now,
-            }
-            if existing is None:
-                conn.execute(
-                    INSTANCES.insert().values(sop_instance_uid=header.sop_instance_uid, **values)
-                )
-            else:
-                conn.execute(update(INSTANCES).where(INSTANCES.c.id == existing.id).values(values))
+        study_id = self._study_id(conn, header, now)
+        conn.execute(
+            _TOUCH_STUDY,
+            {
+                "id": study_id,
+                "now": now,
+                "opens": 1 if opens_study else 0,
+                "replaced": 0 if existing is None else 1,
+            },
+        )
+        values = {
+            "series_id": self._series_id(conn, header, study_id),
+            "sop": header.sop_instance_uid,
+            "sop_class": header.sop_class_uid,
+            "syntax": header.transfer_syntax_uid[:64],
+            "number": header.instance_number,
+            "path": key,
+            "size": received.size,
+            "sha": received.sha256,
+            "aet": received.calling_aet[:16],
+            "now": now,
+        }
+        if existing is None:
+            conn.execute(_INSERT_INSTANCE, values)
+        else:
+            conn.execute(_UPDATE_INSTANCE, {**values, "id": existing.id})
 
     def _study_id(self, conn: Connection, header: InstanceHeader, now: datetime) -> int:
         uid = header.study_instance_uid

@@ -23,6 +23,7 @@ from pynetdicom import _config, dimse_messages
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 30
+HEAD_BYTES = 32 << 10  # kept in memory for the header reader
 
 
 class HashingFile:
@@ -37,12 +38,15 @@ class HashingFile:
         self.size = 0
         self.overflow = False
         self._sha = hashlib.sha256()
+        self.head = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
         if self.overflow or self.size + n > self.max_bytes:
             self.overflow = True
             return n  # discard: the handler refuses the instance
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
