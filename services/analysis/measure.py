@@ -77,18 +77,24 @@ def axes_2d(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[fl
     return long_mm, short_mm
 
 
-def largest_slice(mask: NDArray[np.bool_]) -> int:
-    """Index k of the axial slice with the largest area (the middle one among ties)."""
-    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    best = np.flatnonzero(areas == areas.max())
-    return int(best[len(best) // 2])
-
-
 def axial_axes(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> Axes:
-    """Long/short axis on the axial slice of largest extent of a 3-D ``(k, j, i)`` mask."""
-    k = largest_slice(mask)
-    long_mm, short_mm = axes_2d(mask[k], (spacing[1], spacing[2]))
-    return Axes(round(long_mm, 1), round(short_mm, 1), k)
+    """Long/short axis on the axial slice of largest extent of a 3-D ``(k, j, i)`` mask.
+
+    "Largest extent" is the largest long axis among the slices holding at least half the
+    largest cross-section (the bigger area breaks ties), as a reader picks the image where
+    the nodule looks biggest.
+    """
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    if not areas.any():
+        return Axes(0.0, 0.0, 0)
+    best: tuple[float, int, float, int] | None = None
+    for k in np.flatnonzero(areas >= 0.5 * areas.max()):
+        long_mm, short_mm = axes_2d(mask[k], (spacing[1], spacing[2]))
+        key = (round(long_mm, 3), int(areas[k]), short_mm, int(k))
+        if best is None or key[:2] > best[:2]:
+            best = key
+    assert best is not None
+    return Axes(round(best[0], 1), round(best[2], 1), best[3])
 
 
 def equivalent_diameter(voxels: int, spacing: tuple[float, float, float]) -> float:

@@ -1,11 +1,15 @@
 """Probability map → findings: components, measurements, composition, Lung-RADS (pure).
 
-Composition rules (HU on the component's interior, i.e. eroded by one pixel in-plane so
-partial-volume rims do not count; the solid core is opened in-plane so crossing vessels
-do not count):
+Composition (HU inside the component; ``interior`` = the component eroded by one pixel
+in-plane, so partial-volume rims do not count):
 
-- solid core: voxels ≥ ``SOLID_HU`` (-300 HU);
-- solid if ≥ 80 % of the interior is solid core, ground-glass if < 10 %, else part-solid.
+- solid if ≥ 80 % of the interior is ≥ ``SOLID_HU`` (-300 HU);
+- otherwise the solid core is the largest connected solid part inside the nodule, after
+  discarding solid structures that continue outside it (a vessel crossing a ground-glass
+  nodule reaches well beyond the nodule's edge; a real solid component does not);
+- part-solid if that core is at least ``MIN_CORE_MM`` (equivalent diameter) and covers
+  ≥ 5 % of the interior, else ground-glass. The core's mean axial diameter is the solid
+  component Lung-RADS uses.
 
 Confidence is the mean of the ``TOP_K`` highest voxel probabilities of the component.
 """
@@ -13,6 +17,7 @@ Confidence is the mean of the ``TOP_K`` highest voxel probabilities of the compo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,7 +33,10 @@ log = logging.getLogger(__name__)
 
 SOLID_HU = -300.0
 SOLID_FRACTION = 0.8
-GROUND_GLASS_FRACTION = 0.1
+GROUND_GLASS_FRACTION = 0.05
+MIN_CORE_MM = 1.5
+VESSEL_RING_MM = 3.0  # how far around the nodule solid structures are followed
+VESSEL_OUTSIDE_RATIO = 0.5  # solid voxels outside / inside above which it is no core
 MIN_DIAMETER_MM = 3.0
 MIN_VOXELS = 4
 TOP_K = 10
@@ -38,20 +46,12 @@ DEFAULT_THRESHOLD = 0.5
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 _FULL = ndimage.generate_binary_structure(3, 3)
+Spacing = tuple[float, float, float]
 
 
-def composition(mask: NDArray[np.bool_], hu: NDArray[np.floating]) -> tuple[str, NDArray[np.bool_]]:
-    """Kind of a nodule and its solid core (bool, same shape as ``mask``)."""
-    interior = ndimage.binary_erosion(mask, _IN_PLANE)
-    if interior.sum() < max(8, 0.15 * mask.sum()):
-        interior = mask
-    core = ndimage.binary_opening(mask & (hu >= SOLID_HU), _IN_PLANE)
-    fraction = float(core[interior].mean()) if interior.any() else 0.0
-    if fraction >= SOLID_FRACTION:
-        return "solid", core
-    if fraction < GROUND_GLASS_FRACTION or not core.any():
-        return "ground-glass", core
-    return "part-solid", core
+def _box_dilate(mask: NDArray[np.bool_], mm: float, spacing: Spacing) -> NDArray[np.bool_]:
+    size = tuple(2 * max(1, math.ceil(mm / d)) + 1 for d in spacing)
+    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=size).view(bool))
 
 
 def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -62,28 +62,69 @@ def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return np.asarray(labels == int(np.argmax(sizes)) + 1)
 
 
+def composition(
+    mask: NDArray[np.bool_], hu: NDArray[np.floating], spacing: Spacing
+) -> tuple[str, NDArray[np.bool_]]:
+    """Kind of a nodule and its solid core (bool, shape of ``mask``).
+
+    ``hu`` and ``mask`` should cover a few millimetres around the nodule, so that solid
+    structures leaving it (vessels) can be told from a solid component.
+    """
+    interior = ndimage.binary_erosion(mask, _IN_PLANE)
+    if interior.sum() < max(8, 0.15 * mask.sum()):
+        interior = mask
+    solid = hu >= SOLID_HU
+    fraction = float(solid[interior].mean()) if interior.any() else 0.0
+    if fraction >= SOLID_FRACTION:
+        return "solid", mask & solid
+    near = _box_dilate(mask, VESSEL_RING_MM, spacing)
+    labels, count = ndimage.label(solid & near, _FULL)
+    if count == 0:
+        return "ground-glass", np.zeros_like(mask)
+    inside = np.bincount(labels[mask], minlength=count + 1)
+    outside = np.bincount(labels[~mask], minlength=count + 1)
+    enclosed = np.flatnonzero((inside > 0) & (outside <= VESSEL_OUTSIDE_RATIO * inside))
+    core = _largest_component(mask & np.isin(labels, enclosed[enclosed > 0]))
+    voxels = int(core.sum())
+    if (
+        voxels == 0
+        or equivalent_diameter(voxels, spacing) < MIN_CORE_MM
+        or float(core[interior].mean()) < GROUND_GLASS_FRACTION
+    ):
+        return "ground-glass", core
+    return "part-solid", core
+
+
 def measure_component(
     mask: NDArray[np.bool_],
     prob: NDArray[np.floating],
-    hu: NDArray[np.floating],
     volume: Volume,
     origin: tuple[int, int, int],
 ) -> FindingResult:
-    """Measure one component; arrays are the component's bbox, ``origin`` its (k0, j0, i0)."""
+    """Measure one component: ``mask``/``prob`` cover its bbox, which starts at ``origin``."""
     spacing = volume.spacing
-    weights = np.where(mask, prob, 0.0).astype(np.float64)
-    if weights.sum() <= 0:
-        weights = mask.astype(np.float64)
     grids = np.nonzero(mask)
-    w = weights[grids]
+    w = prob[grids].astype(np.float64)
+    if w.sum() <= 0:
+        w = np.ones_like(w)
     centroid = [float((g * w).sum() / w.sum()) + o for g, o in zip(grids, origin, strict=True)]
     center = volume.index_to_lps(np.asarray(centroid))
     axes = axial_axes(mask, spacing)
-    kind, core = composition(mask, hu)
+    # Composition looks a few millimetres beyond the nodule (vessels leaving it).
+    pad = [math.ceil(VESSEL_RING_MM / d) + 1 for d in spacing]
+    lo = [max(0, o - p) for o, p in zip(origin, pad, strict=True)]
+    hi = [
+        min(n, o + m + p) for o, m, p, n in zip(origin, mask.shape, pad, volume.shape, strict=True)
+    ]
+    hu_wide = volume.hu[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    mask_wide = np.zeros(hu_wide.shape, dtype=bool)
+    inner = tuple(slice(o - a, o - a + m) for o, a, m in zip(origin, lo, mask.shape, strict=True))
+    mask_wide[inner] = mask
+    kind, core = composition(mask_wide, hu_wide, spacing)
     if kind == "solid":
         solid = axes.mean_mm
     elif kind == "part-solid":
-        solid = axial_axes(_largest_component(core), spacing).mean_mm
+        solid = axial_axes(core, spacing).mean_mm
     else:
         solid = 0.0
     probs = prob[mask]
@@ -97,7 +138,7 @@ def measure_component(
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
         volume_mm3=round(float(mask.sum()) * spacing[0] * spacing[1] * spacing[2], 1),
-        mean_hu=round(float(hu[mask].mean()), 1),
+        mean_hu=round(float(hu_wide[mask_wide].mean()), 1),
         kind=kind,
         confidence=round(float(top.mean()), 4),
         lung_rads=category(kind, axes.mean_mm, solid),
@@ -126,9 +167,16 @@ def findings_from_probability(
     if not binary.any():
         return []
     # Label only the box holding positive voxels: the label image is int32.
-    box = ndimage.find_objects(binary.astype(np.uint8))[0]
+    box = tuple(
+        slice(int(idx[0]), int(idx[-1]) + 1)
+        for idx in (
+            np.flatnonzero(binary.any(axis=(1, 2))),
+            np.flatnonzero(binary.any(axis=(0, 2))),
+            np.flatnonzero(binary.any(axis=(0, 1))),
+        )
+    )
     labels, _ = ndimage.label(binary[box], _FULL)
-    base = tuple(s.start for s in box)
+    base = [s.start for s in box]
     results: list[FindingResult] = []
     for index, region in enumerate(ndimage.find_objects(labels), 1):
         if region is None:
@@ -137,11 +185,10 @@ def findings_from_probability(
         voxels = int(mask.sum())
         if voxels < MIN_VOXELS or equivalent_diameter(voxels, volume.spacing) < MIN_DIAMETER_MM:
             continue
-        local = tuple(b + s.start for b, s in zip(base, region, strict=True))
+        local = [b + s.start for b, s in zip(base, region, strict=True)]
         origin = (offset[0] + local[0], offset[1] + local[1], offset[2] + local[2])
-        window = tuple(slice(o, o + n) for o, n in zip(origin, mask.shape, strict=True))
         prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
-        finding = measure_component(mask, prob_box, volume.hu[window], volume, origin)
+        finding = measure_component(mask, prob_box, volume, origin)
         if inside is not None:
             centre_kji = volume.lps_to_index(np.asarray(finding.center_mm))
             if not inside([float(v) for v in centre_kji]):

@@ -53,9 +53,15 @@ def test_kinds_and_part_solid_category() -> None:
 
 def test_vessel_through_ground_glass_stays_ground_glass() -> None:
     hu = _lung_with(((20.0, 40.0, 40.0), 6.0, GGN_HU))
-    hu[:, 40, :] = np.where(hu[:, 40, :] == GGN_HU, 40.0, hu[:, 40, :])  # a 1-pixel vessel
-    kind, _ = composition(hu > -700, hu)
-    assert kind == "ground-glass"
+    nodule = hu > -700
+    hu[18:23, 38:43, :] = 40.0  # a 3.5 mm vessel crossing the nodule and leaving it
+    kind, core = composition(nodule, hu, SPACING)
+    assert kind == "ground-glass" and not core.any()
+    # The same solid block kept inside the nodule is a solid component.
+    hu = _lung_with(((20.0, 40.0, 40.0), 6.0, GGN_HU))
+    hu[18:23, 38:43, 36:45] = 40.0
+    kind, core = composition(nodule, hu, SPACING)
+    assert kind == "part-solid" and core.sum() == 5 * 5 * 9
 
 
 def test_tiny_components_threshold_and_order() -> None:
