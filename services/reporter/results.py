@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.core import audit
@@ -93,6 +94,11 @@ class ResultConsumer:
             artefacts = write_artefacts(self.settings, inputs)
         except (InputError, ValueError) as exc:
             return self._fail(message.job_id, f"report not built: {exc}")
+        except (OSError, SQLAlchemyError):
+            raise  # transient (disk, database): the broker redelivers
+        except Exception as exc:  # a builder bug must not leave the job in "reporting"
+            log.exception("event=report_build_crashed job=%s", message.job_id)
+            return self._fail(message.job_id, f"report not built: {exc.__class__.__name__}")
         with self.db.session() as session:
             job = session.scalar(select(Job).where(Job.id == message.job_id).with_for_update())
             if job is None or JobState(job.state).final:

@@ -260,3 +260,26 @@ def test_reporter_command_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
         output = process.communicate(timeout=30)[0].decode()
     assert process.returncode == 0, output
     assert "event=reporter_stopped" in output
+
+
+def test_disk_errors_are_retried_and_builder_crashes_fail_the_job(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.reporter.results as results
+
+    series = nodule_series()
+    job_id = seed_reporting_job(db, settings.storage_dir, series)
+    settings.outbox_dir.write_text("not a folder")  # a real file-system fault
+    consumer = ResultConsumer(db, settings)
+    with pytest.raises(OSError):
+        consumer.handle(message(job_id, series.study_uid))  # the broker redelivers
+    assert job_of(db, job_id).state == "reporting"
+    settings.outbox_dir.unlink()
+
+    def bug(*_: object) -> None:
+        raise TypeError("unexpected")
+
+    monkeypatch.setattr(results, "write_artefacts", bug)  # a builder bug, injected
+    assert consumer.handle(message(job_id, series.study_uid)) is Verdict.ACK
+    job = job_of(db, job_id)
+    assert (job.state, job.reason) == ("failed", "report not built: TypeError")
