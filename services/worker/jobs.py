@@ -148,7 +148,7 @@ class JobHandler:
         details = results.job_details(result, worker=self.worker_id, attempt=claim.attempt)
         self.faults.hit("before_commit")
         timings = results.stage_timings(
-            result.timings, load=load, total=time.perf_counter() - started
+            result.timings, load=load, total=time.perf_counter() - started, queued=claim.queued_s
         )
         self._patiently(
             claim.job_id,

@@ -61,6 +61,14 @@ def build_worker(
     ``relay=False`` leaves re-publishing of results whose first publish failed to another
     relay of the same database (the worker still publishes each result right after commit).
     """
+    limit = getattr(getattr(broker, "topology", None), "delivery_limit", None)
+    if limit is not None and settings.job_max_attempts >= limit:
+        log.warning(
+            "event=worker_attempts_exceed_delivery_limit job_max_attempts=%d delivery_limit=%d "
+            "note=the broker dead-letters a crashing job before the worker can record it",
+            settings.job_max_attempts,
+            limit,
+        )
     if engine is None:
         engine = load_engine(settings)
     stop = threading.Event()
@@ -85,9 +93,17 @@ def run(settings: Settings) -> None:
             "NODULEFLOW_BROKER_URL is empty: a standalone worker needs RabbitMQ "
             "(use `noduleflow serve` for the one-process form)"
         )
+    from services.analysis.engine import ModelError
+
     db = Database(settings.database_url)
     broker = make_broker(settings.broker_url, settings.broker_prefix)
-    worker = build_worker(settings, db, broker)
+    try:
+        worker = build_worker(settings, db, broker)
+    except ModelError as exc:
+        log.error("event=worker_model_unusable model_dir=%s error=%s", settings.model_dir, exc)
+        broker.close()
+        db.dispose()
+        raise SystemExit(2) from None
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

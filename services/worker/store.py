@@ -38,6 +38,7 @@ class Claim:
     study_id: int
     version: int
     paths: tuple[str, ...]  # storage keys of the candidate instances
+    queued_s: float = 0.0  # seconds from job creation to this claim
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,11 @@ def claim(
         if series_uids:
             query = query.where(Series.series_instance_uid.in_(series_uids))
         paths = tuple(sorted(session.scalars(query)))
-        return Claim(job_id, job.attempts + 1, study_uid, job.study_id, job.version, paths)
+        created = job.created_at
+        if created.tzinfo is None:  # SQLite hands back naive UTC
+            created = created.replace(tzinfo=UTC)
+        queued = max(0.0, (_now() - created).total_seconds())
+        return Claim(job_id, job.attempts + 1, study_uid, job.study_id, job.version, paths, queued)
 
 
 def _owned(claim: Claim) -> Any:

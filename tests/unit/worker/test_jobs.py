@@ -81,9 +81,16 @@ def test_happy_path_commits_everything_then_publishes(
     assert job.details["geometry"]["spacing"] == [1.0, 0.7, 0.7]
     assert job.details["geometry"]["slice_dir"] == [0.0, 0.0, -1.0]
     assert job.details["series_reason"] == "only axial CT series"
-    assert {"read", "assemble", "crop", "inference", "postprocess", "load", "total"} <= set(
-        job.timings
-    )
+    assert {
+        "read",
+        "assemble",
+        "crop",
+        "inference",
+        "postprocess",
+        "load",
+        "total",
+        "queued",
+    } <= set(job.timings)
     with db.session() as session:
         findings = list(session.scalars(select(Finding).order_by(Finding.index)))
         assert [f.confidence for f in findings] == [0.9, 0.5]

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from services.core.broker import InProcessBroker
+from services.core.db import Database, Finding, Job
+from services.core.messages import REPORTING_QUEUE, STUDY_READY
+from services.core.settings import Settings
+from services.core.storage import LocalStorage
+from services.worker.main import build_worker, run
+from tests.unit.analysis.chest import FakeModel, Nodule, chest, write_volume
+from tests.unit.worker.factories import queue_job, store_files
+
+
+def test_in_process_worker_runs_the_real_pipeline(
+    settings: Settings, db: Database, inprocess_broker: InProcessBroker, tmp_path: Path
+) -> None:
+    """The ``serve`` form: build_worker with the in-process broker, start, stop."""
+    spacing = (1.25, 1.5, 1.5)
+    hu = chest((52, 96, 96), spacing, [Nodule((26, 43, 28), (5, 5, 5))])
+    files, _ = write_volume(hu, tmp_path / "chest", spacing=spacing)
+    study_uid, series = store_files(db, LocalStorage(settings.storage_dir), files)
+    seeded = queue_job(db, study_uid, series)
+    worker = build_worker(settings, db, inprocess_broker, engine=FakeModel())
+    worker.start()
+    try:
+        inprocess_broker.publish(STUDY_READY, seeded.message.to_json(), seeded.job_id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job = session.get(Job, seeded.job_id)
+                assert job is not None
+                if job.state != "queued" and job.state != "inferring":
+                    break
+            time.sleep(0.1)
+    finally:
+        worker.stop(wait=True, timeout=30)
+    assert not worker.alive
+    assert (job.state, job.reason) == ("reporting", "")
+    assert job.details["provider"] == "FakeProvider"
+    assert job.details["instances"] == 52
+    with db.session() as session:
+        assert session.query(Finding).filter_by(job_id=seeded.job_id).count() == 1
+    assert inprocess_broker.queue_depth(REPORTING_QUEUE) == 1
+
+
+def test_standalone_worker_needs_a_broker(settings: Settings) -> None:
+    with pytest.raises(SystemExit, match="BROKER_URL"):
+        run(settings)
+
+
+def test_unusable_model_exits_with_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    broken = settings.model_copy(
+        update={"broker_url": "amqp://guest:guest@127.0.0.1:1/", "model_dir": tmp_path / "none"}
+    )
+    with pytest.raises(SystemExit) as exited:
+        run(broken)
+    assert exited.value.code == 2
