@@ -38,6 +38,7 @@ from highdicom.sr import (
     RelationshipTypeValues,
     Scoord3DContentItem,
     SourceImageForSegmentation,
+    SourceSeriesForSegmentation,
     TextContentItem,
     TrackingIdentifier,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
@@ -123,6 +124,7 @@ def nodule_group(
     uids: OutputUids,
     frame_of_reference_uid: str,
     source_sop_class_uid: str,
+    source_series_uid: str,
     seg: SegReference | None,
 ) -> Group:
     """TID 1411 group for one nodule (TID 1501 when it has no segment to point at)."""
@@ -146,7 +148,11 @@ def nodule_group(
                 source_images=[
                     SourceImageForSegmentation(source_sop_class_uid, uid)
                     for uid in finding.source_sop_uids
-                ],
+                ] or None,
+                source_series=(
+                    None if finding.source_sop_uids
+                    else SourceSeriesForSegmentation(source_series_uid)
+                ),
             ),
             **common,  # type: ignore[arg-type]
         )
@@ -226,6 +232,7 @@ def build_sr(
                 uids=uids,
                 frame_of_reference_uid=str(first.FrameOfReferenceUID),
                 source_sop_class_uid=str(first.SOPClassUID),
+                source_series_uid=str(first.SeriesInstanceUID),
                 seg=seg,
             )
             for finding in sorted(findings, key=lambda f: f.index)

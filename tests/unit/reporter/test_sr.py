@@ -221,3 +221,23 @@ def test_findings_without_mask_fall_back_to_tid1501() -> None:
     assert len(report.content.get_volumetric_roi_measurement_groups()) == 0
     groups = sr.ContentSequence[-1].ContentSequence
     assert len(groups) == 2
+
+
+def test_finding_without_source_uids_references_the_source_series(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    series = two_nodules()
+    headers, findings = build_inputs(series)
+    findings = [replace(f, source_sop_uids=()) for f in findings]
+    uids = OutputUids(series.study_uid, 1)
+    seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids)
+    ref = SegReference(str(seg.SOPInstanceUID), segment_numbers(findings), seg_header(seg))
+    sr = reread(build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM,
+                         uids=uids, seg=ref))
+    segment = groups_of(sr)[0].referenced_segment
+    assert segment is not None
+    series_items = [item for item in segment if item.ValueType == "UIDREF"]
+    assert series_items[0].UID == series.series_uid
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(dataset_bytes(sr))
+    assert dciodvfy(path)[0] == []
