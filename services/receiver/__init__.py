@@ -1,0 +1,32 @@
+"""The DICOM receiver: Storage SCP, durable instance store, study tracker, outbox relay.
+
+Policies (what a PACS administrator can rely on):
+
+* **Success means durable.** 0x0000 is answered only after the file is fsync'ed, renamed
+  into ``STORAGE_DIR/<study>/<series>/<sop>.dcm``, its folder fsync'ed and its index row
+  committed. Storage below ``min_free_disk_mb``, an unreachable database or any other
+  failure answers 0xA700 (Refused: Out of Resources, PS3.4 B.2.3); the sender retries.
+* **Paths come from validated UIDs only** (``^[0-9]+(\\.[0-9]+)*$``, at most 64
+  characters). A data set whose Study/Series/SOP Instance UID fails answers 0xA900 and
+  raises a security alert audit event (110113); nothing is written outside the temporary
+  folder, and that file is removed.
+* **Duplicates** (same SOP Instance UID, same bytes) answer 0x0000, are stored once and
+  start no new job. The same UID with **different bytes replaces** the stored instance,
+  bumps ``Study.revision`` and marks the study pending, so it is analysed again.
+* **Completion.** A study is complete ``STUDY_IDLE_SECONDS`` after its last new instance, or
+  ``RELEASE_GRACE_SECONDS`` after the last association carrying it was *released*. An
+  aborted or dropped association never shortens the wait: a partial transfer is only
+  declared complete when the idle time passes. Instances arriving for a completed study
+  (late instances) start a new job with the next version.
+* **Crashes.** A killed receiver leaves at most half-received temporary files (removed at
+  start-up, never indexed). A file renamed into place whose row was not committed was not
+  acknowledged; the sender's re-send indexes it.
+* **Access control** is the called AE title (must equal ``AE_TITLE``), the calling AE
+  allow-list ``ALLOWED_AETS`` (empty = any, logged as a warning at start-up) and optional
+  DICOM TLS (TLS 1.2+, client certificates required when ``DICOM_TLS_CA`` is set). User
+  Identity negotiation (PS3.7 D.3.3.7) is accepted but **not verified**: no EVT_USER_ID
+  handler is bound, so a username/password or token sent by the peer grants nothing.
+* **Bounded resources.** ``max_associations`` per process, ACSE/DIMSE/network timeouts, a
+  128 KiB maximum PDU, each data set streamed to disk (never held in memory) and refused
+  once it grows past 4 GiB.
+"""

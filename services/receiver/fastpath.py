@@ -9,6 +9,7 @@ buffer. Both are installed by :func:`install`; pynetdicom's behaviour is otherwi
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Any
 
@@ -24,6 +25,8 @@ from pynetdicom import (
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta as _pynetdicom_create_meta
 from pynetdicom.pdu_primitives import P_DATA
+
+log = logging.getLogger(__name__)
 
 _IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
 _IMPLEMENTATION_VERSION = str(PYNETDICOM_IMPLEMENTATION_VERSION)
@@ -74,8 +77,18 @@ def _write_meta(fp: Any, meta: Any, *args: Any, **kwargs: Any) -> None:
         _pydicom_write_meta(fp, meta, *args, **kwargs)
 
 
+#: No PDU we accept comes near this: our maximum P-DATA PDU is 128 KiB and association
+#: requests are a few KiB. A larger declared length is refused before anything is
+#: allocated (pynetdicom itself would try to read up to 4 GiB, pydicom/pynetdicom#1086).
+MAX_PDU_READ = 16 << 20
+
+
 def _recv(self: Any, nr_bytes: int) -> bytearray:
-    """Read exactly ``nr_bytes`` (fewer only if the peer closed the connection)."""
+    """Read exactly ``nr_bytes`` (fewer if the peer closed the connection, nothing at all
+    for an implausible length: pynetdicom then treats the connection as closed)."""
+    if nr_bytes > MAX_PDU_READ:
+        log.warning("event=pdu_refused reason=length declared=%d", nr_bytes)
+        return bytearray()
     buffer = bytearray(nr_bytes)
     view = memoryview(buffer)
     read = 0

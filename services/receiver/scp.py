@@ -155,12 +155,14 @@ class StorageSCP:
         )
 
     def stop(self) -> None:
-        """Stop accepting, let running associations end (bounded), then close."""
+        """Stop accepting, let established associations end (bounded), abort the rest."""
         if self.server is None:
             return
         self.server.shutdown()  # stops serve_forever and closes the listening socket
         deadline = time.monotonic() + 10
-        while self.server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(
+            a.is_established for a in self.server.active_associations
+        ):
             time.sleep(0.05)
         for assoc in self.server.active_associations:
             assoc.abort()

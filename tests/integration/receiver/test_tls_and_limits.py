@@ -1,0 +1,148 @@
+"""DICOM TLS (S4), association limits and malformed input (S5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from services.core.broker import InProcessBroker
+from services.core.db import Database
+from tests.integration.receiver.conftest import receiver_settings, running_receiver, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{stem}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test-ca"))
+        .issuer_name(name("test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("ca", ca, ca_key)
+    for stem, serial in (("server", 2), ("client", 3)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(stem))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if stem == "server":
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        write(stem, builder.sign(ca_key, hashes.SHA256()), key)
+    return {p.stem + p.suffix: p for p in tmp_path.iterdir()}
+
+
+def _echo(port: int, context: ssl.SSLContext | None) -> bool:
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    tls = (context, "127.0.0.1") if context is not None else None
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW", tls_args=tls)
+    except (OSError, ssl.SSLError):
+        return False
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status.Status == 0)
+
+
+def _client(pki: dict[str, Path], *, cert: bool, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca.pem"]))
+    context.minimum_version = context.maximum_version = version
+    if cert:
+        context.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
+    return context
+
+
+def test_mutual_tls(tmp_path: Path, db: Database, sqlite_url: str) -> None:
+    pki = _pki(tmp_path / "pki")
+    settings = receiver_settings(
+        tmp_path,
+        sqlite_url,
+        dicom_tls_cert=pki["server.pem"],
+        dicom_tls_key=pki["server.key"],
+        dicom_tls_ca=pki["ca.pem"],
+    )
+    with running_receiver(settings, db, InProcessBroker()) as receiver:
+        port = receiver.port
+        assert _echo(port, _client(pki, cert=True, version=ssl.TLSVersion.TLSv1_3))
+        assert _echo(port, _client(pki, cert=True, version=ssl.TLSVersion.TLSv1_2))
+        assert not _echo(port, _client(pki, cert=False, version=ssl.TLSVersion.TLSv1_3))
+        assert not _echo(port, None)  # plain TCP to the TLS port
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, OSError)):
+                old.wrap_socket(raw, server_hostname="127.0.0.1").do_handshake()
+        assert _echo(port, _client(pki, cert=True, version=ssl.TLSVersion.TLSv1_3))  # alive
+
+
+def test_association_limit_and_garbage(tmp_path: Path, db: Database, sqlite_url: str) -> None:
+    settings = receiver_settings(tmp_path, sqlite_url, max_associations=3)
+    with running_receiver(settings, db, InProcessBroker()) as receiver:
+        port = receiver.port
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", port, ae_title="NODULEFLOW") for _ in range(3)]
+        assert all(a.is_established for a in held)
+        extra = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
+        assert extra.is_rejected
+        rj = extra.acceptor.primitive
+        assert (rj.result_source, rj.diagnostic) == (0x03, 0x02)  # local limit exceeded
+        for assoc in held:
+            assoc.release()
+        assert wait_for(lambda: not receiver.scp.server.active_associations, timeout=10)
+        # An unknown PDU type, and a PDU claiming 4 GiB: closed without allocating it. Each
+        # holds a slot until the ACSE timeout; the third slot still serves a legitimate peer.
+        for payload in (b"\x09" + b"\x00" * 9, b"\x01\x00\xff\xff\xff\xff" + b"x" * 10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(payload)
+        assert _echo(port, None)
+        assert receiver.scp.server is not None
