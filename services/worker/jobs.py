@@ -144,7 +144,7 @@ class JobHandler:
         reporter = JobProgress(self.db, claim, self.faults, interval=self.progress_interval)
         result = self.analyze(paths, self.engine, progress=reporter)
         analysed = time.perf_counter()
-        rows = results.finding_rows(result.findings)
+        count = len(result.findings)
         details = results.job_details(result, worker=self.worker_id, attempt=claim.attempt)
         self.faults.hit("before_commit")
         timings = results.stage_timings(
@@ -155,7 +155,7 @@ class JobHandler:
             lambda: store.commit_result(
                 self.db,
                 claim,
-                rows,
+                results.finding_rows(result.findings),  # fresh rows for every try
                 details=details,
                 timings=timings,
                 model_version=details["model"]["version"],
@@ -164,7 +164,7 @@ class JobHandler:
         log.info(
             "event=job_committed job=%s findings=%d provider=%s analysis_s=%.2f total_s=%.2f",
             claim.job_id,
-            len(rows),
+            count,
             details["provider"],
             analysed - started - load,
             time.perf_counter() - started,
