@@ -9,6 +9,7 @@ allocate gigabytes.
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -172,13 +173,34 @@ def stored_values(ds: Dataset, header: SliceHeader) -> NDArray[np.integer]:
     return _encapsulated(ds, header)
 
 
+@functools.lru_cache(maxsize=16)
+def _lut16(
+    signed: bool, slope: float, intercept: float, padding: tuple[int, int] | None
+) -> NDArray[np.float32]:
+    """HU for every 16-bit stored value, indexed by the value's unsigned bit pattern."""
+    codes = np.arange(65536, dtype=np.int64)
+    values = codes.astype(np.uint16).view(np.int16).astype(np.int64) if signed else codes
+    lut = (values * slope + intercept).astype(np.float32)
+    if padding is not None:
+        lut[(values >= padding[0]) & (values <= padding[1])] = AIR_HU
+    np.maximum(lut, AIR_HU, out=lut)
+    lut.setflags(write=False)
+    return lut
+
+
 def to_hu(raw: NDArray[np.integer], header: SliceHeader, out: NDArray[np.float32]) -> None:
     """Write HU into ``out``: rescale, padding → air, and nothing below air (-1024 HU).
 
     Scanners mark pixels outside the reconstruction circle with PixelPaddingValue or with
     values like -2000 or -3024 HU; all of them become air so that lung masking and the model
-    see one consistent background.
+    see one consistent background. 16-bit data goes through a cached 65536-entry table (one
+    gather per slice).
     """
+    if raw.dtype.itemsize == 2 and raw.dtype.kind in "iu":
+        lut = _lut16(raw.dtype.kind == "i", header.slope, header.intercept, header.padding)
+        native = raw if raw.dtype.isnative else raw.astype(raw.dtype.newbyteorder("="))
+        np.take(lut, native.view(np.uint16), out=out)
+        return
     np.copyto(out, raw, casting="unsafe")
     if header.slope != 1.0:
         out *= np.float32(header.slope)

@@ -100,3 +100,14 @@ def test_jpeg_codestream_larger_than_header_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError) as info:
         _hu(path)
     assert info.value.code == "image-too-large"
+
+
+@pytest.mark.parametrize(
+    "variant", ["MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm"]
+)
+def test_reference_syntax_variants_equal_the_explicit_little_endian_file(variant: str) -> None:
+    reference = get_testdata_file("MR_small.dcm", download=False)
+    other = get_testdata_file(variant, download=False)
+    if reference is None or other is None:
+        pytest.skip("pydicom test files missing")
+    np.testing.assert_array_equal(_hu(Path(str(other))), _hu(Path(str(reference))))

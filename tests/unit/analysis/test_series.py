@@ -176,3 +176,28 @@ def test_no_headers_at_all() -> None:
 
 def test_plan_type() -> None:
     assert isinstance(evaluate_series("1.2.3", stack()), SeriesPlan)
+
+
+def _testfile(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} missing")
+    return Path(str(path))
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "SC_rgb.dcm", "MR_small_RLE.dcm"])
+def test_other_objects_are_not_ct(name: str) -> None:
+    header = read_header(_testfile(name))
+    if header is None:  # not even an image: nothing to analyse either
+        return
+    assert reason([header]).code == "not-ct"
+
+
+def test_reference_files_enhanced_ct_and_single_slice() -> None:
+    enhanced = read_header(_testfile("eCT_Supplemental.dcm"))
+    assert enhanced is not None
+    error = reason([enhanced])
+    assert error.code == "no-usable-series" and "Enhanced CT" in error.message
+    single = read_header(_testfile("CT_small.dcm"))
+    assert single is not None
+    assert reason([single]).code == "too-few-slices"
