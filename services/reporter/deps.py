@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,6 +16,7 @@ from services.core.settings import Settings
 from services.reporter import audit_reads
 from services.reporter.auth import Authenticator, AuthError, Principal, allows
 from services.reporter.errors import ApiError
+from services.reporter.fhir_cache import ReportCache
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class AppState:
     db: Database
     authenticator: Authenticator
     broker: Broker | None = None
+    reports: ReportCache = field(default_factory=ReportCache)
 
 
 def get_state(request: Request) -> AppState:

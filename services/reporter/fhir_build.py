@@ -109,6 +109,17 @@ def lung_rads_concept(category: str) -> dict[str, Any]:
 
 def build_observation(data: ReportInput, finding: Finding, links: Links) -> Observation:
     """One nodule: size, volume, attenuation, kind, Lung-RADS, confidence and centre (LPS mm)."""
+    return Observation.model_validate(_observation(data, finding, links))
+
+
+def observation_json(data: ReportInput, finding: Finding, links: Links) -> dict[str, Any]:
+    """:func:`build_observation` as validated JSON (skips the model's slower re-serialisation)."""
+    body = _observation(data, finding, links)
+    Observation.model_validate(body)
+    return body
+
+
+def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str, Any]:
     mm = ("mm", "mm")
     components = [
         _component({"system": fc.SNOMED, "code": "81827009", "display": "Diameter"},
@@ -152,7 +163,7 @@ def build_observation(data: ReportInput, finding: Finding, links: Links) -> Obse
         "derivedFrom": [links.imaging_study],
         "component": components,
     }
-    return Observation.model_validate(_drop_none(resource))
+    return _drop_none(resource)
 
 
 def conclusion(data: ReportInput) -> str:
@@ -186,6 +197,17 @@ def _narrative(data: ReportInput, text: str) -> dict[str, str]:
 
 
 def build_report(data: ReportInput, links: Links) -> DiagnosticReport:
+    return DiagnosticReport.model_validate(_report(data, links))
+
+
+def report_json(data: ReportInput, links: Links) -> dict[str, Any]:
+    """:func:`build_report` as validated JSON (skips the model's slower re-serialisation)."""
+    body = _report(data, links)
+    DiagnosticReport.model_validate(body)
+    return body
+
+
+def _report(data: ReportInput, links: Links) -> dict[str, Any]:
     text = conclusion(data)
     category = fc.highest_lung_rads([f.lung_rads for f in data.findings])
     identifiers: list[dict[str, Any]] = [{"system": fc.REPORT_SYSTEM, "value": data.job.id}]
@@ -215,7 +237,7 @@ def build_report(data: ReportInput, links: Links) -> DiagnosticReport:
         "conclusion": text,
         "conclusionCode": [lung_rads_concept(category)],
     }
-    return DiagnosticReport.model_validate(_drop_none(resource))
+    return _drop_none(resource)
 
 
 def build_patient(study: Study) -> Patient:

@@ -117,7 +117,8 @@ def instant(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    spec = "seconds" if value.microsecond == 0 else "milliseconds"
+    return value.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def gender(dicom_sex: str) -> str:

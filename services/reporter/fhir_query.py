@@ -146,14 +146,40 @@ def report_filters(search: Search) -> list[Any]:
     return where
 
 
+_STUDY_PARAMS = {"patient", "subject", "identifier", "based-on", "date"}
 _ORDER: dict[str, Any] = {"date": Study.study_date, "issued": Job.finished_at, "id": Job.id}
 
 
+def supersede_columns() -> tuple[Any, Any]:
+    """Scalar subqueries: the previous and the latest later finished job of the same study."""
+    earlier, later = aliased(Job), aliased(Job)
+    previous = (
+        select(earlier.id)
+        .where(earlier.study_id == Job.study_id, earlier.version < Job.version,
+               earlier.state == DONE)
+        .order_by(earlier.version.desc()).limit(1).scalar_subquery()
+    )
+    superseded_by = (
+        select(later.id)
+        .where(later.study_id == Job.study_id, later.version > Job.version, later.state == DONE)
+        .order_by(later.version.desc()).limit(1).scalar_subquery()
+    )
+    return previous, superseded_by
+
+
+_SUPERSEDE = supersede_columns()
+
+
 def report_statement(search: Search) -> tuple[Any, Any]:
-    """(page query of (Job, Study), count query)."""
+    """(page query of (Job, Study, previous job id, superseding job id), count query)."""
     where = report_filters(search)
-    base = select(Job, Study).join(Study, Job.study_id == Study.id).where(*where)
-    count = select(func.count()).select_from(Job).join(Study, Job.study_id == Study.id)
+    base = (
+        select(Job, Study, *_SUPERSEDE)
+        .join(Study, Job.study_id == Study.id).where(*where)
+    )
+    count = select(func.count()).select_from(Job)
+    if {name for name, _ in search.filters} & _STUDY_PARAMS:  # else no join: index-only count
+        count = count.join(Study, Job.study_id == Study.id)
     order: list[Any] = [(_ORDER[c].desc() if d else _ORDER[c].asc()) for c, d in search.sort]
     if not search.sort:
         order = [Job.finished_at.desc()]

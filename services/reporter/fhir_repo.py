@@ -6,24 +6,36 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from services.core.db import Finding, Instance, Job, Series, Study
 from services.reporter import fhir_common as fc
 from services.reporter.fhir_build import ReportInput, SeriesInfo
 from services.reporter.fhir_query import DONE
 
+# Masks and slice lists are for the DICOM side; never load them to answer API reads.
+LIGHT_FINDING = (defer(Finding.mask), defer(Finding.mask_bbox), defer(Finding.source_sop_uids))
 
-def report_inputs(*, session: Session, rows: Sequence[tuple[Job, Study]]) -> list[ReportInput]:
-    """Attach findings and supersede links to (job, study) rows with two queries."""
+
+def report_inputs(
+    *, session: Session, rows: Sequence[tuple[Job, Study]],
+    supersede: dict[str, tuple[str | None, str | None]] | None = None,
+) -> list[ReportInput]:
+    """Attach findings and supersede links to (job, study) rows (one query each, or one when
+    ``supersede`` – job id → (previous, superseded by) – was loaded with the rows)."""
     if not rows:
         return []
     job_ids = [job.id for job, _ in rows]
     findings: dict[str, list[Finding]] = defaultdict(list)
     for finding in session.scalars(
-        select(Finding).where(Finding.job_id.in_(job_ids)).order_by(Finding.job_id, Finding.index)
+        select(Finding).options(*LIGHT_FINDING)
+        .where(Finding.job_id.in_(job_ids)).order_by(Finding.job_id, Finding.index)
     ):
         findings[finding.job_id].append(finding)
+    if supersede is not None:
+        return [ReportInput(job=job, study=study, findings=findings.get(job.id, []),
+                            previous_job_id=supersede[job.id][0],
+                            superseded_by=supersede[job.id][1]) for job, study in rows]
     versions: dict[int, list[tuple[int, str]]] = defaultdict(list)
     study_ids = {study.id for _, study in rows}
     for study_id, version, job_id in session.execute(

@@ -1,12 +1,17 @@
-"""Responses for the FHIR routes: ``application/fhir+json`` and searchset Bundles with paging."""
+"""Responses for the FHIR routes: ``application/fhir+json`` and searchset Bundles with paging.
+
+Resources travel as encoded JSON (``bytes``) from the report cache into the Bundle, so a page
+of cached reports is assembled without re-encoding them.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.resource import Resource
 
@@ -20,8 +25,15 @@ class FhirResponse(JSONResponse):
     media_type = FHIR_MEDIA_TYPE
 
 
-def resource_response(resource: Resource) -> FhirResponse:
-    return FhirResponse(resource.model_dump(mode="json"))
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def resource_response(resource: Resource | dict[str, Any] | bytes) -> Response:
+    if isinstance(resource, bytes):
+        return Response(resource, media_type=FHIR_MEDIA_TYPE)
+    body = resource if isinstance(resource, dict) else resource.model_dump(mode="json")
+    return FhirResponse(body)
 
 
 def fhir_base(request: Request, settings: Settings) -> str:
@@ -47,10 +59,13 @@ def searchset(
     settings: Settings,
     search: Search,
     total: int,
-    matches: list[Resource],
-    includes: list[Resource] | None = None,
-) -> FhirResponse:
-    """A searchset Bundle: ``total``, self/first/next/previous links, match and include entries."""
+    matches: list[tuple[str, str, bytes]],
+    includes: list[tuple[str, str, bytes]] | None = None,
+) -> Response:
+    """A searchset Bundle: ``total``, self/first/next/previous links, match and include entries.
+
+    ``matches``/``includes`` are ``(resource type, id, encoded resource)``.
+    """
     base = fhir_base(request, settings)
     links = [{"relation": "self", "url": _link(base, search, search.offset)},
              {"relation": "first", "url": _link(base, search, 0)}]
@@ -63,15 +78,17 @@ def searchset(
         "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
         "meta": {"lastUpdated": instant(utcnow())},
     }).model_dump(mode="json")
-    entries: list[dict[str, Any]] = []
+    entries: list[bytes] = []
     for mode, resources in (("match", matches), ("include", includes or [])):
-        for resource in resources:
-            body = resource.model_dump(mode="json")
-            entries.append({
-                "fullUrl": f"{base}/{body['resourceType']}/{body['id']}",
-                "resource": body,
-                "search": {"mode": mode},
-            })
+        tail = b',"search":{"mode":"' + mode.encode() + b'"}}'
+        for rtype, rid, body in resources:
+            head = encode({"fullUrl": f"{base}/{rtype}/{rid}"})[:-1] + b',"resource":'
+            entries.append(head + body + tail)
+    payload = encode(shell)
     if entries:
-        shell["entry"] = entries
-    return FhirResponse(shell)
+        payload = payload[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+    return Response(payload, media_type=FHIR_MEDIA_TYPE)
+
+
+def entry(body: dict[str, Any]) -> tuple[str, str, bytes]:
+    return body["resourceType"], body["id"], encode(body)

@@ -37,6 +37,13 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
+def _findings(session: Session, job: Job) -> list[Finding]:
+    return list(session.scalars(
+        select(Finding).options(*fhir_repo.LIGHT_FINDING)
+        .where(Finding.job_id == job.id).order_by(Finding.index)
+    ))
+
+
 def _latest(jobs: list[Job]) -> Job | None:
     return max(jobs, key=lambda j: j.version) if jobs else None
 
@@ -46,7 +53,7 @@ def findings_view(*, session: Session, study_uid: str) -> dict[str, Any] | None:
     if study is None:
         return None
     job = _latest(list(session.scalars(select(Job).where(Job.study_id == study.id))))
-    findings = job.findings if job and job.state == JobState.DONE.value else []
+    findings = _findings(session, job) if job and job.state == JobState.DONE.value else []
     return {
         "study_uid": study.study_instance_uid,
         "status": job.state if job else JobState.RECEIVING.value,
@@ -66,7 +73,7 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
     )) if jobs else []
     findings: list[dict[str, Any]] = []
     if latest is not None and latest.state == JobState.DONE.value:
-        for f in latest.findings:
+        for f in _findings(session, latest):
             item = {"index": f.index, **finding_dict(f)}
             png = artefact_path(settings, study.study_instance_uid, latest.version,
                                 f"key-{f.index}.png")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from fhir.resources.R4B.resource import Resource
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.core.db.models import utcnow
 from services.reporter import audit_reads, fhir_repo
@@ -14,11 +13,12 @@ from services.reporter.capability import capability_statement
 from services.reporter.deps import SessionDep, SettingsDep, StateDep, client_host, require
 from services.reporter.errors import ApiError
 from services.reporter.fhir_build import (
+    ReportInput,
     build_device,
     build_imaging_study,
-    build_observation,
     build_patient,
     local_links,
+    observation_json,
 )
 from services.reporter.fhir_query import (
     IMAGING_STUDY_SPEC,
@@ -28,6 +28,7 @@ from services.reporter.fhir_query import (
 )
 from services.reporter.fhir_response import (
     FhirResponse,
+    entry,
     fhir_base,
     parse_request,
     resource_response,
@@ -46,7 +47,7 @@ DeviceReader = Annotated[Principal, Depends(require("Device", interaction="r"))]
 
 
 @router.get("/metadata", response_class=FhirResponse)
-def metadata(request: Request, settings: SettingsDep, state: StateDep) -> FhirResponse:
+def metadata(request: Request, settings: SettingsDep, state: StateDep) -> Response:
     statement = capability_statement(
         fhir_base(request, settings), auth_open=state.authenticator.open,
         date=utcnow().date().isoformat(),
@@ -56,15 +57,17 @@ def metadata(request: Request, settings: SettingsDep, state: StateDep) -> FhirRe
 
 @router.get("/Observation", response_class=FhirResponse)
 def search_observations(
-    request: Request, session: SessionDep, settings: SettingsDep, who: ObservationSearcher
-) -> FhirResponse:
+    request: Request, session: SessionDep, settings: SettingsDep, state: StateDep,
+    who: ObservationSearcher,
+) -> Response:
     search = parse_request(request, "Observation", OBSERVATION_SPEC)
     page, count = observation_statement(search)
     total = int(session.scalar(count) or 0)
     rows = list(session.execute(page)) if search.count else []
     inputs = fhir_repo.report_inputs(session=session, rows=[(job, study) for _, job, study in rows])
-    matches: list[Resource] = [
-        build_observation(data, finding, local_links(data))
+    matches = [
+        state.reports.observations(data)[finding.index - 1] if _indexed(data) else
+        entry(observation_json(data, finding, local_links(data)))
         for data, (finding, _, _) in zip(inputs, rows, strict=True)
     ]
     audit_reads.search(session, actor=who.subject, source=client_host(request),
@@ -72,29 +75,38 @@ def search_observations(
     return searchset(request, settings, search, total, matches)
 
 
+def _indexed(data: ReportInput) -> bool:
+    """Findings numbered 1..n, so the cached list can be indexed by ``Finding.index``."""
+    return [f.index for f in data.findings] == list(range(1, len(data.findings) + 1))
+
+
 @router.get("/Observation/{observation_id}", response_class=FhirResponse)
 def read_observation(
-    observation_id: str, request: Request, session: SessionDep, who: ObservationReader
-) -> FhirResponse:
+    observation_id: str, request: Request, session: SessionDep, state: StateDep,
+    who: ObservationReader,
+) -> Response:
     found = fhir_repo.get_observation(session=session, observation_id=observation_id[:80])
     if found is None:
         raise ApiError(404, f"Observation/{observation_id[:80]} not found")
     data, finding = found
     audit_reads.read(session, actor=who.subject, source=client_host(request),
                      resource_type="Observation", ids=observation_id)
-    return resource_response(build_observation(data, finding, local_links(data)))
+    if _indexed(data):
+        return resource_response(state.reports.observations(data)[finding.index - 1][2])
+    return resource_response(observation_json(data, finding, local_links(data)))
 
 
 @router.get("/ImagingStudy", response_class=FhirResponse)
 def search_imaging_studies(
     request: Request, session: SessionDep, settings: SettingsDep, who: StudySearcher
-) -> FhirResponse:
+) -> Response:
     search = parse_request(request, "ImagingStudy", IMAGING_STUDY_SPEC)
     page, count = imaging_study_statement(search)
     total = int(session.scalar(count) or 0)
     studies = list(session.scalars(page)) if search.count else []
     series = fhir_repo.series_infos(session=session, study_ids=[s.id for s in studies])
-    matches: list[Resource] = [build_imaging_study(s, series.get(s.id, [])) for s in studies]
+    matches = [entry(build_imaging_study(s, series.get(s.id, [])).model_dump(mode="json"))
+               for s in studies]
     audit_reads.search(session, actor=who.subject, source=client_host(request),
                        resource_type="ImagingStudy", params=search.names, total=total)
     return searchset(request, settings, search, total, matches)
@@ -103,7 +115,7 @@ def search_imaging_studies(
 @router.get("/ImagingStudy/{study_uid}", response_class=FhirResponse)
 def read_imaging_study(
     study_uid: str, request: Request, session: SessionDep, who: StudyReader
-) -> FhirResponse:
+) -> Response:
     study = fhir_repo.get_study(session=session, study_uid=study_uid[:64])
     if study is None:
         raise ApiError(404, "ImagingStudy not found")
@@ -116,7 +128,7 @@ def read_imaging_study(
 @router.get("/Patient/{patient_id}", response_class=FhirResponse)
 def read_patient(
     patient_id: str, request: Request, session: SessionDep, who: PatientReader
-) -> FhirResponse:
+) -> Response:
     study = fhir_repo.get_patient(session=session, patient_key=patient_id[:64])
     if study is None:
         raise ApiError(404, "Patient not found")
@@ -126,7 +138,7 @@ def read_patient(
 
 
 @router.get("/Device/{device_id}", response_class=FhirResponse)
-def read_device(device_id: str, session: SessionDep, who: DeviceReader) -> FhirResponse:
+def read_device(device_id: str, session: SessionDep, who: DeviceReader) -> Response:
     found = fhir_repo.get_device(session=session, device_id=device_id[:128])
     if found is None:
         raise ApiError(404, "Device not found")

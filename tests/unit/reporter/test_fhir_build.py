@@ -107,3 +107,24 @@ def test_conversions() -> None:
     assert fc.highest_lung_rads(["2", "4B", "4A"]) == "4B"
     assert fc.parse_observation_id("abc-3") == ("abc", 3)
     assert fc.parse_observation_id("abc") is None
+
+
+def test_json_fast_path_equals_model_dump(db: Database) -> None:
+    data = _input(db, findings=2, previous="abc")
+    links = fb.local_links(data)
+    assert fb.report_json(data, links) == json.loads(fb.build_report(data, links).model_dump_json())
+    assert fb.observation_json(data, data.findings[0], links) == json.loads(
+        fb.build_observation(data, data.findings[0], links).model_dump_json())
+
+
+def test_cache_key_changes_when_superseded(db: Database) -> None:
+    from services.reporter.fhir_cache import ReportCache
+
+    data = _input(db, findings=1)
+    cache = ReportCache(max_entries=2)
+    first = cache.report(data)
+    assert cache.report(data) is first and len(cache.observations(data)) == 1
+    later = fb.ReportInput(job=data.job, study=data.study, findings=data.findings,
+                           superseded_by="newer")
+    assert json.loads(cache.report(later)[2])["meta"]["tag"][0]["code"] == "superseded"
+    assert cache.report(data) is not first  # evicted (max 2), rebuilt
