@@ -98,7 +98,12 @@ def with_inset(rgb: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.ui
     inset = np.kron(crop, np.ones((zoom, zoom, 1), dtype=np.uint8))
     out = rgb.copy()
     size = inset.shape[0]
-    top, left = height - size - 6, width - size - 6
+    # The corner farthest from the nodule (top left holds the text).
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    corners = [(height - size - 6, width - size - 6), (height - size - 6, 6), (6, width - size - 6)]
+    top, left = max(
+        corners, key=lambda c: (c[0] + size / 2 - cy) ** 2 + (c[1] + size / 2 - cx) ** 2
+    )
     out[top - 2 : top + size + 2, left - 2 : left + size + 2] = 255  # frame
     out[top : top + size, left : left + size] = inset
     return out

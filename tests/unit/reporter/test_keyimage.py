@@ -133,3 +133,13 @@ def test_small_nodule_on_a_large_slice_gets_a_magnified_inset() -> None:
     assert contour.sum() > 100  # the zoomed contour is in the corner
     big = render(np.full((64, 64), -850.0), np.pad(np.ones((20, 20), bool), 22), [])
     assert not np.all(big[-4:, -4:] == 255)  # a large nodule: no inset frame
+
+
+def test_inset_avoids_covering_the_nodule() -> None:
+    hu = np.full((512, 512), -850.0)
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[450:457, 450:457] = True  # lower right: the inset must go elsewhere
+    hu[mask] = 40
+    rgb = render(hu, mask, [])
+    assert not np.all(rgb[450:457, 450:457] == 255)  # not under a frame or inset
+    assert np.all(rgb[512 - 6 - 1, 6 - 2] == 255)  # frame in the lower left corner
