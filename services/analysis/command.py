@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from services.analysis.dicom_io import read_headers
 from services.analysis.errors import AnalysisError
 from services.analysis.lungrads import overall
 from services.analysis.pipeline import AnalysisResult, ProbabilityModel, analyze_files
+from services.analysis.series import choose_series
 
 if TYPE_CHECKING:
     from services.core.settings import Settings
@@ -86,9 +88,18 @@ def analyze_folder(directory: Path, *, settings: Settings, as_json: bool) -> int
         err.print(f"error: no files in {directory}")
         return EXIT_UNSUITABLE
     try:
+        # Headers first: a folder that is no usable chest CT is told so before the model loads.
+        headers, _ = read_headers(files)
+        if not headers:
+            raise AnalysisError("not-dicom", f"none of the {len(files)} files is a DICOM image")
+        choose_series(headers)
+    except AnalysisError as exc:
+        err.print(f"error: {exc.code}: {exc.message}", markup=False, highlight=False)
+        return EXIT_UNSUITABLE if exc.skip else EXIT_FAILED
+    try:
         engine = load_engine(settings)
     except Exception as exc:  # ModelError and ORT start-up failures alike
-        err.print(f"error: model: {exc}")
+        err.print(f"error: model: {exc}", markup=False, highlight=False)
         return EXIT_FAILED
     try:
         if as_json:

@@ -178,7 +178,7 @@ def read_header(path: Path) -> SliceHeader | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, struct.error) as exc:
-        log.info("event=dicom_unreadable error=%s", type(exc).__name__)
+        log.debug("event=dicom_unreadable error=%s", type(exc).__name__)
         return None
     except Exception as exc:  # malformed files can raise nearly anything inside pydicom
         log.warning("event=dicom_unreadable error=%s", type(exc).__name__)
@@ -201,4 +201,7 @@ def read_headers(
             headers.append(header)
         if progress is not None and (n % 32 == 0 or n == len(paths)):
             progress(n / len(paths))
+    log.info(
+        "event=dicom_headers files=%d images=%d skipped=%d", len(paths), len(headers), unreadable
+    )
     return headers, unreadable
