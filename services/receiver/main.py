@@ -14,7 +14,7 @@ from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
-from services.receiver import fastpath, tempfiles
+from services.receiver import fastpath, tempfiles, wakeups
 from services.receiver.handlers import Registry
 from services.receiver.scp import StorageSCP
 from services.receiver.store import InstanceStore
@@ -48,6 +48,7 @@ def build_scp(
     storage, incoming = prepare_storage(settings)
     tempfiles.install(incoming)
     fastpath.install()
+    wakeups.install()
     store = InstanceStore(db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
     registry = Registry(
         db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
