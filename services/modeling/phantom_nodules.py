@@ -57,8 +57,8 @@ def sample_spec(rng: np.random.Generator, center: NDArray[np.float64], diameter:
     radius = diameter / 2.0
     axes = np.array([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.7, 1.0)])
     axes /= np.cbrt(axes.prod())
-    n_lobes = {"round": 3, "lobulated": int(rng.integers(3, 7)), "spiculated": 4}[shape]
-    amp_hi = {"round": 0.04, "lobulated": 0.28, "spiculated": 0.12}[shape]
+    n_lobes = {"round": 5, "lobulated": int(rng.integers(3, 7)), "spiculated": 5}[shape]
+    amp_hi = {"round": 0.08, "lobulated": 0.3, "spiculated": 0.14}[shape]
     spicules = Segments.concat([])
     if shape == "spiculated":
         n = int(rng.integers(5, 16))

@@ -37,6 +37,10 @@ class Habitus:
     lung_gradient: float  # extra HU in the dependent (posterior) lung
     vertebra_height: float
     rib_drop: float  # how far a rib descends from back to front (mm)
+    wall_wave: tuple[float, float, float, float]  # angular variation of the fat layer
+    scapula: float  # distance of the scapulae outside the rib cage (mm)
+    fissure: tuple[float, float, float, float]  # major fissure level/tilt, minor level, sharpness
+    emphysema: float  # 0 = none; else the fraction of lung with low-attenuation areas
 
     @property
     def z_low(self) -> float:
@@ -73,7 +77,7 @@ class Scanner:
 def sample_habitus(rng: np.random.Generator) -> Habitus:
     half_width = float(rng.uniform(135.0, 200.0))
     depth = float(rng.uniform(0.62, 0.78)) * half_width
-    fat = float(rng.gamma(2.2, 7.0)) + 3.0
+    fat = float(rng.gamma(2.0, 5.5)) + 2.0
     return Habitus(
         center_x=float(rng.uniform(-15.0, 15.0)),
         center_y=float(rng.uniform(-20.0, 15.0)),
@@ -81,8 +85,8 @@ def sample_habitus(rng: np.random.Generator) -> Habitus:
         half_depth_ant=depth * float(rng.uniform(0.95, 1.08)),
         half_depth_post=depth * float(rng.uniform(0.9, 1.0)),
         squareness=float(rng.uniform(0.1, 0.9)),
-        fat=min(fat, 55.0),
-        muscle=float(rng.uniform(8.0, 18.0)),
+        fat=min(fat, 45.0),
+        muscle=float(rng.uniform(5.0, 13.0)),
         lung_height=float(rng.uniform(215.0, 290.0)),
         z_apex=float(rng.uniform(-60.0, 120.0)),
         dome_right=float(rng.uniform(0.24, 0.36)),
@@ -92,7 +96,13 @@ def sample_habitus(rng: np.random.Generator) -> Habitus:
         lung_hu=float(rng.uniform(-885.0, -820.0)),
         lung_gradient=float(rng.uniform(15.0, 90.0)),
         vertebra_height=float(rng.uniform(22.0, 28.0)),
-        rib_drop=float(rng.uniform(75.0, 115.0)),
+        rib_drop=float(rng.uniform(110.0, 160.0)),
+        wall_wave=(float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)),
+                   float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))),
+        scapula=float(rng.uniform(8.0, 20.0)),
+        fissure=(float(rng.uniform(0.4, 0.5)), float(rng.uniform(0.28, 0.4)),
+                 float(rng.uniform(0.52, 0.62)), float(rng.uniform(0.25, 0.45))),
+        emphysema=float(rng.choice([0.0, 0.0, 0.0, 0.05, 0.12, 0.25])),
     )
 
 

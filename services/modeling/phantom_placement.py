@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from services.modeling.phantom_nodules import KINDS, LOCATIONS, SHAPES, NoduleSpec, sample_spec
 from services.modeling.phantom_raster import Grid
-from services.modeling.phantom_segments import Segments, distance_to
+from services.modeling.phantom_segments import Segments, nearest_surface
 from services.modeling.phantom_shapes import Body
 
 F32 = np.float32
@@ -23,7 +23,7 @@ _DIRS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0
                   [1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1], [-1, 1, 1], [-1, 1, -1],
                   [-1, -1, 1], [-1, -1, -1]], dtype=float)
 _DIRS /= np.linalg.norm(_DIRS, axis=1, keepdims=True)
-_STEPS = np.arange(1.5, 48.0, 2.5)
+_STEPS = np.arange(1.5, 42.0, 2.5)
 
 
 def _in_lung(body: Body, pts: F64) -> NDArray[np.bool_]:
@@ -54,7 +54,7 @@ class Pool:
 
 
 def _pool(rng: np.random.Generator, body: Body, z_lo: float, z_hi: float,
-          vessels: Segments, n: int = 1500) -> Pool:
+          vessels: Segments, n: int = 1000) -> Pool:
     m = 6 * n
     pts = np.stack([body.cx + rng.uniform(-body.a_c, body.a_c, m),
                     rng.uniform(body.cy_c - body.b_ant_c, body.cy_c + body.b_post_c, m),
@@ -65,9 +65,9 @@ def _pool(rng: np.random.Generator, body: Body, z_lo: float, z_hi: float,
     first = np.where(outside.any(axis=2), outside.argmax(axis=2), len(_STEPS) - 1)
     hit = _STEPS[first] - 1.25
     big = vessels.r1 >= 1.2
-    near = distance_to(Segments(vessels.p0[big], vessels.p1[big], vessels.r0[big],
-                                vessels.r1[big]), *(pts.astype(F32).T))
-    return Pool(pts, hit.min(axis=1), hit.argmin(axis=1), near.astype(np.float64))
+    near = nearest_surface(Segments(vessels.p0[big], vessels.p1[big], vessels.r0[big],
+                                    vessels.r1[big]), pts)
+    return Pool(pts, hit.min(axis=1), hit.argmin(axis=1), near)
 
 
 def place_nodules(rng: np.random.Generator, body: Body, grid: Grid, count: int,

@@ -75,14 +75,15 @@ class Grid:
     def reduce(self, fine: NDArray[np.float32], axis: int, n_out: int) -> NDArray[np.float32]:
         """Average fine samples over each output slice's thickness window."""
         fine = np.moveaxis(fine, axis, -1)
-        if self.p == self.q:
-            out = fine.reshape(*fine.shape[:-1], n_out, self.p).mean(axis=-1)
+        if self.p == 1:
+            out = fine[..., :n_out]
         else:
-            cs = np.cumsum(fine, axis=-1, dtype=F32)
-            cs = np.concatenate([np.zeros_like(cs[..., :1]), cs], axis=-1)
-            starts = np.arange(n_out) * self.q
-            out = (cs[..., starts + self.p] - cs[..., starts]) / self.p
-        return np.moveaxis(out.astype(F32), -1, axis)
+            stop = (n_out - 1) * self.q + 1
+            out = fine[..., 0:stop:self.q] + fine[..., 1:stop + 1:self.q]
+            for j in range(2, self.p):
+                out += fine[..., j:stop + j:self.q]
+            out *= F32(1.0 / self.p)
+        return np.moveaxis(out.astype(F32, copy=False), -1, axis)
 
     def k_range(self, z_lo: NDArray[np.float64], z_hi: NDArray[np.float64]
                 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -107,80 +108,129 @@ def _bucket(n: NDArray[np.int64]) -> NDArray[np.int64]:
 
 def rasterize_tubes(grid: Grid, out: NDArray[np.uint8], p0: NDArray[np.float64],
                     p1: NDArray[np.float64], r0: NDArray[np.float64],
-                    r1: NDArray[np.float64], *, z_squash: float = 1.0) -> None:
+                    r1: NDArray[np.float64], *, z_squash: float = 1.0,
+                    inner: tuple[NDArray[np.uint8], float, float] | None = None
+                    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Max-accumulate the occupancy (0..255) of tapered tubes (capsules) into ``out``.
 
+    Returns the flat indices written into ``out`` and into the inner buffer (with repeats).
+
     ``z_squash`` > 1 flattens the cross-section along z (ribs are taller than thick).
+    ``inner = (out_inner, scale, add)`` also accumulates the tube of radius
+    ``r * scale + add`` (a lumen or a marrow cavity) from the same distance evaluation.
     """
+    written: tuple[list[NDArray[np.int64]], list[NDArray[np.int64]]] = ([], [])
     if len(p0) == 0:
-        return
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     ps = grid.pixel_spacing
+    p0, p1, r0, r1 = _split(p0, p1, r0, r1, ps)
     rmax = np.maximum(r0, r1)
     pad = rmax[:, None] + ps
     pad = np.concatenate([pad, pad, pad * z_squash], axis=1)
-    lo = np.minimum(p0, p1)[:, [0, 1, 2]] - pad
-    hi = np.maximum(p0, p1)[:, [0, 1, 2]] + pad
-    i_lo = np.floor((lo[:, 0] - grid.x0) / ps).astype(np.int64)
-    i_hi = np.ceil((hi[:, 0] - grid.x0) / ps).astype(np.int64)
-    j_lo = np.floor((lo[:, 1] - grid.y0) / ps).astype(np.int64)
-    j_hi = np.ceil((hi[:, 1] - grid.y0) / ps).astype(np.int64)
+    lo = np.minimum(p0, p1) - pad
+    hi = np.maximum(p0, p1) + pad
+    starts = [np.floor((lo[:, 0] - grid.x0) / ps).astype(np.int64),
+              np.floor((lo[:, 1] - grid.y0) / ps).astype(np.int64)]
+    ends = [np.ceil((hi[:, 0] - grid.x0) / ps).astype(np.int64),
+            np.ceil((hi[:, 1] - grid.y0) / ps).astype(np.int64)]
     k_lo, k_hi = grid.k_range(lo[:, 2], hi[:, 2])
     n_k, n_j, n_i = grid.shape
-    keep = (k_hi >= 0) & (k_lo < n_k) & (j_hi >= 0) & (j_lo < n_j) & (i_hi >= 0) & (i_lo < n_i)
-    keep &= (k_hi >= k_lo)
-    sizes = np.stack([_bucket(k_hi - k_lo + 1), _bucket(j_hi - j_lo + 1),
-                      _bucket(i_hi - i_lo + 1)], axis=1)
-    flat = out.reshape(-1)
-    keys = sizes[:, 0] * 1_000_000 + sizes[:, 1] * 1000 + sizes[:, 2]
+    lows = [k_lo, starts[1], starts[0]]
+    highs = [k_hi, ends[1], ends[0]]
+    dims = (n_k, n_j, n_i)
+    keep = np.ones(len(p0), dtype=bool)
+    sizes, origins = [], []
+    for lo_a, hi_a, dim in zip(lows, highs, dims, strict=True):
+        keep &= (hi_a >= 0) & (lo_a < dim) & (hi_a >= lo_a)
+        size = np.minimum(_bucket(np.maximum(hi_a - lo_a + 1, 1)), dim)
+        sizes.append(size)
+        origins.append(np.clip(lo_a, 0, dim - size))  # boxes shifted inside stay correct
+    size_arr = np.stack(sizes, axis=1)
+    origin_arr = np.stack(origins, axis=1)
+    keys = size_arr[:, 0] * 1_000_000_000 + size_arr[:, 1] * 100_000 + size_arr[:, 2]
     for key in np.unique(keys[keep]):
         members = np.flatnonzero(keep & (keys == key))
-        bk, bj, bi = (int(v) for v in sizes[members[0]])
+        bk, bj, bi = (int(v) for v in size_arr[members[0]])
         nf = grid.n_fine(bk)
         per = max(1, _CHUNK // (nf * bj * bi))
         for start in range(0, len(members), per):
             sel = members[start:start + per]
-            _render_group(grid, flat, sel, (bk, bj, bi), nf, k_lo, j_lo, i_lo,
-                          p0, p1, r0, r1, z_squash)
+            _render_group(grid, out, inner, sel, (bk, bj, bi), origin_arr[sel], p0, p1, r0, r1,
+                          z_squash, written)
+    return tuple(np.concatenate(w) if w else np.zeros(0, np.int64)  # type: ignore[return-value]
+                 for w in written)
 
 
-def _render_group(grid: Grid, flat: NDArray[np.uint8], sel: NDArray[np.int64],
-                  box: tuple[int, int, int], nf: int, k_lo: NDArray[np.int64],
-                  j_lo: NDArray[np.int64], i_lo: NDArray[np.int64],
-                  p0: NDArray[np.float64], p1: NDArray[np.float64],
-                  r0: NDArray[np.float64], r1: NDArray[np.float64], z_squash: float) -> None:
+def _split(p0: NDArray[np.float64], p1: NDArray[np.float64], r0: NDArray[np.float64],
+           r1: NDArray[np.float64], ps: float) -> tuple[NDArray[np.float64], ...]:
+    """Cut long thin capsules into short ones: their bounding boxes waste far less."""
+    length = np.linalg.norm(p1 - p0, axis=1)
+    piece = np.maximum(3.0 * ps, 4.0 * np.maximum(r0, r1))
+    n = np.clip(np.ceil(length / piece), 1, 24).astype(np.int64)
+    if (n == 1).all():
+        return p0, p1, r0, r1
+    seg = np.repeat(np.arange(len(p0)), n)
+    first = np.cumsum(n) - n
+    part = np.arange(len(seg)) - np.repeat(first, n)
+    f0 = (part / n[seg])[:, None]
+    f1 = ((part + 1) / n[seg])[:, None]
+    d = p1[seg] - p0[seg]
+    dr = (r1 - r0)[seg]
+    return (p0[seg] + d * f0, p0[seg] + d * f1, r0[seg] + dr * f0[:, 0],
+            r0[seg] + dr * f1[:, 0])
+
+
+def _render_group(grid: Grid, out: NDArray[np.uint8],
+                  inner: tuple[NDArray[np.uint8], float, float] | None, sel: NDArray[np.int64],
+                  box: tuple[int, int, int], origin: NDArray[np.int64], p0: NDArray[np.float64],
+                  p1: NDArray[np.float64], r0: NDArray[np.float64], r1: NDArray[np.float64],
+                  z_squash: float,
+                  written: tuple[list[NDArray[np.int64]], list[NDArray[np.int64]]]) -> None:
     bk, bj, bi = box
+    nf = grid.n_fine(bk)
     ps = grid.pixel_spacing
     a = p0[sel].astype(F32)
     d = (p1[sel] - p0[sel]).astype(F32)
     d[:, 2] /= z_squash
-    length2 = np.maximum((d * d).sum(1), F32(1e-6))
-    xs = (grid.x0 + (i_lo[sel, None] + np.arange(bi)) * ps).astype(F32) - a[:, 0:1]
-    ys = (grid.y0 + (j_lo[sel, None] + np.arange(bj)) * ps).astype(F32) - a[:, 1:2]
-    zs = (grid.fine_z(k_lo[sel], nf) - a[:, 2:3]) / F32(z_squash)
-    ax = xs[:, None, None, :]
-    ay = ys[:, None, :, None]
-    az = zs[:, :, None, None]
-    dx, dy, dz = (d[:, c, None, None, None] for c in range(3))
-    t = (ax * dx + ay * dy + az * dz) / length2[:, None, None, None]
-    np.clip(t, 0.0, 1.0, out=t)
-    ex = ax - t * dx
-    ey = ay - t * dy
-    ez = az - t * dz
-    dist = np.sqrt(ex * ex + ey * ey + ez * ez)
-    ra = r0[sel].astype(F32)[:, None, None, None]
-    rb = r1[sel].astype(F32)[:, None, None, None]
-    radius = ra + t * (rb - ra)
-    occ = soft_inside(radius - dist, ps)
-    thin = np.minimum(F32(1.0), radius * F32(2.0 / ps))
-    occ *= thin
-    occ_k = grid.reduce(occ, 1, bk)
-    kk = k_lo[sel, None] + np.arange(bk)
-    jj = j_lo[sel, None] + np.arange(bj)
-    ii = i_lo[sel, None] + np.arange(bi)
-    n_k, n_j, n_i = grid.shape
-    valid = ((kk >= 0) & (kk < n_k))[:, :, None, None] & ((jj >= 0) & (jj < n_j))[:, None, :, None]
-    valid = valid & ((ii >= 0) & (ii < n_i))[:, None, None, :]
-    vals = np.round(occ_k * 255.0).astype(np.uint8)
-    mask = valid & (vals > 0)
-    idx = (kk[:, :, None, None] * n_j + jj[:, None, :, None]) * n_i + ii[:, None, None, :]
-    np.maximum.at(flat, idx[mask], vals[mask])
+    len2 = np.maximum((d * d).sum(1), F32(1e-6))
+    dn = d / len2[:, None]
+    ax = (grid.x0 + (origin[:, 2, None] + np.arange(bi)) * ps).astype(F32) - a[:, 0:1]
+    ay = (grid.y0 + (origin[:, 1, None] + np.arange(bj)) * ps).astype(F32) - a[:, 1:2]
+    az = (grid.fine_z(origin[:, 0], nf) - a[:, 2:3]) / F32(z_squash)
+    ax4, ay4, az4 = ax[:, None, None, :], ay[:, None, :, None], az[:, :, None, None]
+    col = lambda v: v[:, None, None, None]  # noqa: E731
+    s_xy = ax4 * col(dn[:, 0]) + ay4 * col(dn[:, 1])
+    a2_xy = ax4 * ax4 + ay4 * ay4
+    s = s_xy + az4 * col(dn[:, 2])
+    t = np.clip(s, 0.0, 1.0)
+    # |a - t d|^2 = |a|^2 + |d|^2 t (t - 2 s)
+    dist2 = t - s
+    dist2 -= s
+    dist2 *= t
+    dist2 *= col(len2)
+    dist2 += a2_xy
+    dist2 += az4 * az4
+    dist = np.sqrt(np.maximum(dist2, 0.0, out=dist2), out=dist2)
+    ra = r0[sel].astype(F32)
+    radius = col(ra) + t * col(r1[sel].astype(F32) - ra)
+    rmax = np.maximum(r0[sel], r1[sel]).astype(F32)
+    base = (origin[:, 0] * grid.shape[1] + origin[:, 1]) * grid.shape[2] + origin[:, 2]
+    offs = ((np.arange(bk)[:, None, None] * grid.shape[1] + np.arange(bj)[:, None]) *
+            grid.shape[2] + np.arange(bi)).astype(np.int64)
+    idx = base[:, None, None, None] + offs[None]
+    targets = [(out, radius, rmax)]
+    if inner is not None:
+        buf, scale, add = inner
+        targets.append((buf, radius * F32(scale) + F32(add), rmax * F32(scale) + F32(add)))
+    for (target, rad, rtop), log in zip(targets, written, strict=False):
+        occ = rad - dist
+        occ *= F32(1.0 / ps)
+        occ += F32(0.5)
+        np.clip(occ, 0.0, 1.0, out=occ)
+        occ *= col(np.minimum(F32(1.0), np.maximum(rtop, 0.0) * F32(2.0 / ps)) * F32(255.0))
+        vals = grid.reduce(occ, 1, bk)
+        q = (vals + F32(0.5)).astype(np.uint8)
+        mask = q > 0
+        where = idx[mask]
+        np.maximum.at(target.reshape(-1), where, q[mask])
+        log.append(where)

@@ -31,10 +31,10 @@ class Kernel:
 
     def apply(self, img: NDArray[np.float32]) -> NDArray[np.float32]:
         out = ndimage.gaussian_filter(img, (0, self.sigma, self.sigma), mode="nearest",
-                                      truncate=3.0)
+                                      truncate=2.5)
         if self.boost > 0:
             low = ndimage.gaussian_filter(out, (0, self.boost_sigma, self.boost_sigma),
-                                          mode="nearest", truncate=3.0)
+                                          mode="nearest", truncate=2.5)
             out += F32(self.boost) * (out - low)
         return out
 

@@ -92,3 +92,22 @@ def distance_to_plane(seg: Segments, xs: Arr, ys: Arr, z: float) -> Arr:
         sub = distance_to(one, xs[None, i0:i1], ys[j0:j1, None], z)
         np.minimum(best[j0:j1, i0:i1], sub, out=best[j0:j1, i0:i1])
     return best
+
+
+def nearest_surface(seg: Segments, pts: NDArray[np.float64], chunk: int = 2_000_000
+                    ) -> NDArray[np.float64]:
+    """Distance from each point to the nearest capsule surface, vectorised over segments."""
+    out = np.full(len(pts), np.inf)
+    if len(seg) == 0 or len(pts) == 0:
+        return out
+    d = seg.p1 - seg.p0
+    len2 = np.maximum((d * d).sum(1), 1e-9)
+    per = max(1, chunk // len(seg))
+    for start in range(0, len(pts), per):
+        p = pts[start:start + per, None, :]
+        rel = p - seg.p0[None]
+        t = np.clip((rel * d[None]).sum(-1) / len2, 0.0, 1.0)
+        e = rel - t[..., None] * d[None]
+        dist = np.sqrt((e * e).sum(-1)) - (seg.r0 + t * (seg.r1 - seg.r0))
+        out[start:start + per] = dist.min(axis=1)
+    return out

@@ -46,8 +46,8 @@ class Plane:
     diaphragm: Arr  # z of the diaphragm surface
     heart: Arr  # in-plane part of the heart ellipsoid equation
     heart_fat: Arr  # same, grown by the mediastinal fat
-    band_low: NDArray[np.bool_]  # central mediastinum below the great vessels
-    band_high: NDArray[np.bool_]
+    band_x2: Arr  # central mediastinum: (x / a)^2 ...
+    band_y2: Arr  # ... and (y / b)^2 of an ellipse whose width grows up to the great vessels
     spine: NDArray[np.bool_]  # vertebral column region cut out of the cavity
     cap: Arr  # apex dome equation (per side)
     gravity: Arr  # 0 anterior .. 1 posterior
@@ -59,20 +59,20 @@ class Body:
     def __init__(self, h: Habitus) -> None:
         self.h = h
         self.cx, self.cy = h.center_x, h.center_y
-        self.a_c = h.half_width - 0.8 * h.fat - h.muscle - 7.0
-        self.b_ant_c = h.half_depth_ant - 0.6 * h.fat - h.muscle - 6.0
-        self.b_post_c = h.half_depth_post - 0.5 * h.fat - h.muscle - 16.0
+        self.a_c = h.half_width - 0.9 * h.fat - h.muscle - 5.0
+        self.b_ant_c = h.half_depth_ant - 0.8 * h.fat - h.muscle - 5.0
+        self.b_post_c = h.half_depth_post - 0.6 * h.fat - h.muscle - 14.0
         self.cy_c = self.cy + 0.1 * (self.b_post_c - self.b_ant_c)
         scale = h.half_width / 170.0
         self.spine_scale = scale
         self.vb_rx, self.vb_ry = 19.0 * scale, 15.5 * scale
         self.y_vb = self.cy_c + self.b_post_c * 0.72
         self.y_canal = self.y_vb + self.vb_ry + 8.0 * scale
-        self.heart_c = (self.cx + 0.16 * self.a_c, self.cy_c - 0.12 * self.b_ant_c,
-                        h.z_low + h.lung_height * (h.dome_left + 0.13))
+        self.heart_c = (self.cx + 0.2 * self.a_c, self.cy_c - 0.2 * self.b_ant_c,
+                        h.z_low + h.lung_height * (h.dome_left + 0.12))
         hs = h.heart_scale
-        self.heart_axes = (0.40 * self.a_c * hs, 0.52 * self.b_ant_c * hs,
-                           0.19 * h.lung_height * hs)
+        self.heart_axes = (0.44 * self.a_c * hs, 0.4 * self.b_ant_c * hs,
+                           0.18 * h.lung_height * hs)
         self.mediastinal: Segments = Segments.concat([])
 
     def t_of(self, z: Arr | float) -> Arr:
@@ -102,7 +102,12 @@ class Body:
         rho2 = ((x - xd) / F32(0.62 * self.a_c)) ** 2 + ((y - yd) / F32(0.9 * self.b_post_c)) ** 2
         rise = np.clip(-(y - F32(self.cy_c)) / F32(self.b_ant_c), 0.0, 1.0) * F32(0.08)
         diaphragm = F32(h.z_low) + F32(h.lung_height) * (dome * np.clip(1 - rho2, 0, 1) + rise)
-        mid = np.abs(x - F32(self.cx + 4.0))
+        mx = (x - F32(self.cx + 4.0)) / F32(self.a_c)
+        my2 = ((y - F32(self.cy_c)) / F32(1.05 * max(self.b_ant_c, self.b_post_c))) ** 2
+        sx = x - F32(self.cx)
+        sy = y - F32(self.y_vb)
+        spine = ((sx / F32(self.vb_rx + 4.0)) ** 2 + (sy / F32(self.vb_ry + 4.0)) ** 2 < 1.0) | (
+            (sy > 0) & (np.abs(sx) < F32(self.vb_rx + 4.0) + F32(0.5) * sy))
         side = np.where(right, F32(-1.0), F32(1.0))
         ex = (x - F32(self.cx) - side * F32(0.48 * self.a_c)) / F32(0.5 * self.a_c)
         ey = (y - F32(self.cy_c + 0.15 * self.b_post_c)) / F32(0.75 * self.b_post_c)
@@ -110,15 +115,13 @@ class Body:
         return Plane(
             d_body=d_b, r_body=r_b, d_cav=d_c, r_cav=r_c, diaphragm=diaphragm.astype(F32),
             heart=self._heart_uv(x, y, 0.0), heart_fat=self._heart_uv(x, y, h.mediastinal_fat),
-            band_low=mid < F32(0.045 * self.a_c), band_high=mid < F32(0.12 * self.a_c),
-            spine=(np.abs(x - F32(self.cx)) < F32(self.vb_rx + 5.0))
-            & (y > F32(self.y_vb - self.vb_ry - 4.0)),
+            band_x2=(mx * mx).astype(F32), band_y2=my2.astype(F32), spine=spine,
             cap=(ex * ex + ey * ey).astype(F32), gravity=np.clip(grav, 0.0, 1.0).astype(F32))
 
     def _heart_uv(self, x: Arr, y: Arr, grow: float) -> Arr:
         hx, hy, _ = self.heart_c
         ax, ay, _ = (a + grow for a in self.heart_axes)
-        ca, sa = F32(np.cos(0.5)), F32(np.sin(0.5))
+        ca, sa = F32(np.cos(0.65)), F32(np.sin(0.65))
         dx, dy = x - F32(hx), y - F32(hy)
         u = (dx * ca - dy * sa) / F32(ax)
         v = (dx * sa + dy * ca) / F32(ay)
@@ -140,7 +143,9 @@ class Body:
     def mediastinum(self, p: Plane, z: Arr | float, tubes: Arr | None = None
                     ) -> NDArray[np.bool_]:
         t = self.t_of(z)
-        band = np.where(t > 0.55, p.band_high, p.band_low)
+        up = np.clip((t - F32(0.42)) / F32(0.26), 0.0, 1.0)
+        width = F32(0.065) + F32(0.105) * up * up * (3 - 2 * up)
+        band = p.band_x2 / (width * width) + p.band_y2 < 1.0
         out = band | p.spine | (p.heart_fat + self.heart_w2(z, self.h.mediastinal_fat) < 1.0)
         if tubes is not None:
             out |= tubes < 2.0
@@ -159,7 +164,33 @@ class Body:
 
     def lung(self, x: Arr, y: Arr, z: Arr | float) -> NDArray[np.bool_]:
         """Lung membership of scattered points (or any broadcastable arrays)."""
-        tubes = None
-        if len(self.mediastinal):
-            tubes = distance_to(self.mediastinal, x, y, z)
-        return self.lung_in(self.plane(x, y), z, tubes=tubes)
+        xb, yb, zb = np.broadcast_arrays(np.asarray(x, dtype=F32), np.asarray(y, dtype=F32),
+                                         np.asarray(z, dtype=F32))
+        inside = np.array(self.lung_in(self.plane(xb, yb), zb), dtype=bool)
+        if len(self.mediastinal) and inside.any():
+            gap = distance_to(self.mediastinal, xb[inside], yb[inside], zb[inside])
+            inside[inside] = gap >= 2.0
+        return inside
+
+    def fissures(self, x: Arr, y: Arr) -> tuple[Arr, Arr, Arr]:
+        """Height of the major fissure (both lungs), of the right minor fissure, and the
+        major fissure's slope ``|grad z|``; the minor one is horizontal (``nan`` elsewhere)."""
+        h = self.h
+        level, tilt, minor, bend = h.fissure
+        b = 0.5 * (self.b_ant_c + self.b_post_c)
+        v = (y - F32(self.cy_c)) / F32(b)
+        side = np.where(x < F32(self.cx), F32(-1.0), F32(1.0))
+        lateral = side * (x - F32(self.cx)) / F32(self.a_c)  # 0 medial .. 1 lateral
+        ca, sa = F32(np.cos(0.6)), F32(np.sin(0.6))
+        w = v * ca - (lateral - F32(0.5)) * sa  # the fissure climbs back and toward the hilum
+        across = v * sa + (lateral - F32(0.5)) * ca
+        major = F32(h.z_low) + F32(h.lung_height) * (F32(level) + F32(tilt) * w
+                                                      + F32(bend) * F32(0.3) * w * w
+                                                      - F32(0.12) * across * across)
+        dz_dw = F32(h.lung_height) * (F32(tilt) + F32(bend * 0.6) * w)
+        dz_da = F32(h.lung_height) * F32(-0.24) * across
+        scale = np.sqrt((ca / F32(b)) ** 2 + (sa / F32(self.a_c)) ** 2)
+        slope = (np.sqrt(dz_dw * dz_dw + dz_da * dz_da) * scale).astype(F32)
+        minor_z = np.where((x < F32(self.cx)) & (v < 0.15),
+                           F32(h.z_low + h.lung_height * minor), F32(np.nan))
+        return major.astype(F32), minor_z.astype(F32), slope

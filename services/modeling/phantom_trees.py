@@ -86,12 +86,13 @@ def ribs(body: Body, rng: np.random.Generator) -> tuple[Segments, Segments]:
     for n in range(12):
         z_post = h.z_apex + 12.0 - n * h.vertebra_height * 1.02
         phi_end = np.pi * (0.93 if n < 7 else (0.75 if n < 10 else 0.5))
-        radius = float(rng.uniform(4.2, 5.6)) * b.spine_scale * (0.8 if n == 0 else 1.0)
+        radius = float(rng.uniform(3.3, 4.3)) * b.spine_scale * (0.8 if n == 0 else 1.0)
         for side in (-1.0, 1.0):
             phis = np.linspace(0.22, phi_end, 16)
             pts = []
             for phi in phis:
-                z = z_post - h.rib_drop * (1 - np.cos(phi)) / 2 * (0.6 if n < 2 else 1.0)
+                along = (phi - 0.22) / (np.pi * 0.93 - 0.22)
+                z = z_post - h.rib_drop * along ** 0.9 * (0.5 if n < 2 else 1.0)
                 ux, uy = side * np.sin(phi), np.cos(phi)
                 w = float(b.width_factor(b.t_of(z)))
                 ray = b.plane(np.array([b.cx + ux], dtype=np.float32),
@@ -131,7 +132,12 @@ def grow_tree(root: F64, points: F64, r_root: float, rng: np.random.Generator,
         parent.append(node)
         radius.append(r)
         rel = pts - centre
-        axis = np.linalg.eigh(rel.T @ rel)[1][:, -1] + rng.normal(0, 0.25, 3)
+        cov = rel.T @ rel
+        axis = cov[:, int(np.argmax(np.diag(cov)))]
+        for _ in range(3):  # power iteration: the territory's longest axis
+            axis = cov @ axis
+            axis /= max(float(np.abs(axis).max()), 1e-12)
+        axis = axis / max(float(np.linalg.norm(axis)), 1e-12) + rng.normal(0, 0.25, 3)
         proj = rel @ axis
         rank = int(rng.uniform(0.35, 0.65) * (len(proj) - 1))
         cut = np.partition(proj, rank)[rank]
@@ -141,6 +147,21 @@ def grow_tree(root: F64, points: F64, r_root: float, rng: np.random.Generator,
             if len(part):
                 stack.append((me, part))
     return Tree(np.array(pos), np.array(parent, dtype=np.int64), np.array(radius))
+
+
+def bend(tree: Tree, rng: np.random.Generator, amount: float = 0.12) -> Tree:
+    """Give every segment a gentle curve: a midpoint pushed sideways by ~``amount`` × length."""
+    child = np.flatnonzero(tree.parent >= 0)
+    par = tree.parent[child]
+    a, b = tree.pos[par], tree.pos[child]
+    length = np.linalg.norm(b - a, axis=1, keepdims=True)
+    push = rng.normal(0.0, 1.0, (len(child), 3)) * length * amount
+    mid = (a + b) / 2 + push
+    new = len(tree.pos) + np.arange(len(child))
+    parent = np.concatenate([tree.parent, par])
+    parent[child] = new
+    return Tree(np.concatenate([tree.pos, mid]), parent,
+                np.concatenate([tree.radius, tree.radius[child]]))
 
 
 def lung_points(body: Body, rng: np.random.Generator, n: int, side: float) -> F64:
