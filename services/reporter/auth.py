@@ -1,7 +1,8 @@
 """Bearer-token access: static API tokens or JWTs, SMART v2 style read scopes per resource type.
 
 - Static tokens (``API_TOKENS``) grant read and search on everything (``system/*.rs``).
-- JWTs are verified against ``JWT_PUBLIC_KEY`` (RSA/EC/Ed25519 PEM; asymmetric algorithms only,
+- JWTs are verified against ``JWT_PUBLIC_KEY``: a PEM public key or a JWKS document (keys picked
+  by ``kid``, for rotation). RSA/EC/Ed25519 only, with asymmetric algorithms only,
   so ``alg: none`` and HS256-signed-with-the-public-key are refused), with the configured
   audience (required) and issuer, ``exp`` required and ``nbf`` honoured. Scopes come from the
   ``scope`` claim (space separated) or ``scp`` (list). ``system/`` and ``user/`` scopes apply;
@@ -33,6 +34,16 @@ log = logging.getLogger(__name__)
 FULL_READ = ("system/*.rs",)
 _RSA_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 _EC_ALGS = ["ES256", "ES384", "ES512"]
+
+
+def _algorithms_for(key: Any) -> list[str]:
+    if isinstance(key, rsa.RSAPublicKey):
+        return _RSA_ALGS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return _EC_ALGS
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return ["EdDSA"]
+    return []
 
 
 class AuthError(Exception):
@@ -78,11 +89,10 @@ class Authenticator:
         self._tokens = [t.encode() for t in settings.api_tokens]
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer or None
-        self._key: Any = None
-        self._algorithms: list[str] = []
+        self._keys: dict[str | None, tuple[Any, list[str]]] = {}  # kid -> (key, algorithms)
         if settings.jwt_public_key is not None:
-            self._load_key(settings.jwt_public_key.read_bytes())
-        self.open = not self._tokens and self._key is None
+            self._load_keys(settings.jwt_public_key.read_bytes())
+        self.open = not self._tokens and not self._keys
         if self.open and not is_loopback(settings.api_host):
             raise RuntimeError(
                 "refusing to start: no API_TOKENS or JWT_PUBLIC_KEY configured and API_HOST "
@@ -92,19 +102,19 @@ class Authenticator:
             log.warning("event=open_read_access host=%s reason=no_tokens_configured",
                         settings.api_host)
 
-    def _load_key(self, pem: bytes) -> None:
+    def _load_keys(self, content: bytes) -> None:
         if not self._audience:
             raise RuntimeError("JWT_PUBLIC_KEY is set but JWT_AUDIENCE is empty")
-        key = load_pem_public_key(pem)
-        if isinstance(key, rsa.RSAPublicKey):
-            self._algorithms = _RSA_ALGS
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            self._algorithms = _EC_ALGS
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            self._algorithms = ["EdDSA"]
+        if content.lstrip().startswith(b"{"):
+            for jwk in jwt.PyJWKSet.from_json(content.decode()).keys:
+                key = jwk.key
+                if _algorithms_for(key):  # symmetric ("oct") keys are never accepted
+                    self._keys[jwk.key_id] = (key, _algorithms_for(key))
         else:
-            raise RuntimeError("JWT_PUBLIC_KEY must be an RSA, EC or Ed25519 public key")
-        self._key = key
+            key = load_pem_public_key(content)
+            self._keys[None] = (key, _algorithms_for(key))
+        if not self._keys or not all(algs for _, algs in self._keys.values()):
+            raise RuntimeError("JWT_PUBLIC_KEY must hold RSA, EC or Ed25519 public keys")
 
     def authenticate(self, authorization: str | None, client_host: str) -> Principal:
         if self.open:
@@ -118,7 +128,7 @@ class Authenticator:
         static = self._static(credential.encode())
         if static is not None:
             return static
-        if self._key is None:
+        if not self._keys:
             raise AuthError("unknown token")
         return self._jwt(credential)
 
@@ -132,12 +142,24 @@ class Authenticator:
         digest = hashlib.sha256(match).hexdigest()[:8]
         return Principal(subject=f"token-{digest}", scopes=FULL_READ, method="token")
 
+    def _select_key(self, credential: str) -> tuple[Any, list[str]]:
+        try:
+            kid = jwt.get_unverified_header(credential).get("kid")
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"jwt header: {type(exc).__name__}") from exc
+        if kid in self._keys:
+            return self._keys[kid]
+        if len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        raise AuthError("jwt kid unknown")
+
     def _jwt(self, credential: str) -> Principal:
+        key, algorithms = self._select_key(credential)
         try:
             claims = jwt.decode(
                 credential,
-                self._key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=10,

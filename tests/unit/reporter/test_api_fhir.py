@@ -173,3 +173,20 @@ def test_method_size_and_encoding_errors(client: TestClient) -> None:
     assert gz.status_code == 415
     assert client.get("/docs").status_code == 404
     assert client.get("/openapi.json").status_code == 404
+
+
+def test_rate_limit_is_429(db: Database, settings: Settings) -> None:
+    from services.reporter.middleware import RateLimiter
+
+    app = create_app(settings, db)
+    app.user_middleware[0].kwargs.update(rate=0.001, burst=3)  # GuardMiddleware options
+    with TestClient(app, client=("127.0.0.1", 1)) as c:
+        codes = [c.get("/fhir/metadata").status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        limited = c.get("/fhir/metadata")
+        assert limited.headers["retry-after"] == "1"
+        assert limited.json()["issue"][0]["code"] == "throttled"
+        assert c.get("/healthz").status_code == 200  # probes are never throttled
+    limiter = RateLimiter(rate=2.0, burst=1)
+    assert limiter.allow("a", now=0.0) and not limiter.allow("a", now=0.1)
+    assert limiter.allow("b", now=0.1) and limiter.allow("a", now=0.6)

@@ -171,3 +171,33 @@ def test_allows() -> None:
     assert not allows(["system/Observation.r"], "Observation", "s")
     assert not allows(["system/Observation.rs?category=x"], "Observation", "r")
     assert not allows(["patient/*.rs", "openid", "system/Device.rs"], "Patient", "r")
+
+
+def test_jwks_with_key_rotation(db: Database, settings: Settings, tmp_path: Path) -> None:
+    import json
+
+    from jwt.algorithms import RSAAlgorithm
+
+    jwks = {"keys": [
+        {**json.loads(RSAAlgorithm.to_jwk(KEY.public_key())), "kid": "new", "use": "sig"},
+        {**json.loads(RSAAlgorithm.to_jwk(OTHER.public_key())), "kid": "old", "use": "sig"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},  # symmetric keys are ignored
+    ]}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    configured = settings.model_copy(update={"jwt_public_key": path, "jwt_audience": AUD,
+                                             "jwt_issuer": ISS})
+    with TestClient(create_app(configured, db), client=("10.0.0.9", 1)) as c:
+        for kid, key in (("new", KEY), ("old", OTHER)):
+            now = int(time.time())
+            value = jwt.encode({"sub": "s", "aud": AUD, "iss": ISS, "exp": now + 60,
+                                "scope": "system/*.rs"}, key, algorithm="RS256",
+                               headers={"kid": kid})
+            assert c.get("/fhir/DiagnosticReport", headers=bearer(value)).status_code == 200
+        crossed = jwt.encode({"sub": "s", "aud": AUD, "iss": ISS, "exp": int(time.time()) + 60},
+                             OTHER, algorithm="RS256", headers={"kid": "new"})
+        assert c.get("/fhir/DiagnosticReport", headers=bearer(crossed)).status_code == 401
+        hmac_token = jwt.encode({"sub": "s", "aud": AUD, "iss": ISS,
+                                 "exp": int(time.time()) + 60}, "secret", algorithm="HS256",
+                                headers={"kid": "hmac"})
+        assert c.get("/fhir/DiagnosticReport", headers=bearer(hmac_token)).status_code == 401
