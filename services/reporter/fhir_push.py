@@ -25,13 +25,8 @@ from services.core.settings import Settings
 from services.reporter import fhir_common as fc
 from services.reporter import fhir_repo
 from services.reporter.delivery import SendOutcome
-from services.reporter.fhir_build import (
-    Links,
-    ReportInput,
-    build_device,
-    build_observation,
-    build_report,
-)
+from services.reporter.fhir_build import Links, ReportInput, build_observation, build_report
+from services.reporter.fhir_entities import build_device
 
 log = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)

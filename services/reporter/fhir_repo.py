@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session, defer
 
 from services.core.db import Finding, Instance, Job, Series, Study
 from services.reporter import fhir_common as fc
-from services.reporter.fhir_build import ReportInput, SeriesInfo
+from services.reporter.fhir_build import ReportInput
+from services.reporter.fhir_entities import SeriesInfo
 from services.reporter.fhir_query import DONE
 
 # Masks and slice lists are for the DICOM side; never load them to answer API reads.

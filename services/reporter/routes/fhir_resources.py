@@ -12,14 +12,8 @@ from services.reporter.auth import Principal
 from services.reporter.capability import capability_statement
 from services.reporter.deps import SessionDep, SettingsDep, StateDep, client_host, require
 from services.reporter.errors import ApiError
-from services.reporter.fhir_build import (
-    ReportInput,
-    build_device,
-    build_imaging_study,
-    build_patient,
-    local_links,
-    observation_json,
-)
+from services.reporter.fhir_build import ReportInput, local_links, observation_json
+from services.reporter.fhir_entities import build_device, build_imaging_study, build_patient
 from services.reporter.fhir_query import (
     IMAGING_STUDY_SPEC,
     OBSERVATION_SPEC,

@@ -7,6 +7,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from services.core.db import Database
 from services.reporter import fhir_build as fb
 from services.reporter import fhir_common as fc
+from services.reporter import fhir_entities as fe
 from tests.api_factories import finding_spec, make_job, make_study
 
 
@@ -75,7 +76,7 @@ def test_observation_components(db: Database) -> None:
 
 def test_patient_narrative_is_escaped(db: Database) -> None:
     data = _input(db, name="<script>alert(1)</script>^Eve")
-    patient = json.loads(fb.build_patient(data.study).model_dump_json())
+    patient = json.loads(fe.build_patient(data.study).model_dump_json())
     assert "<script>" not in patient["text"]["div"]
     assert "&lt;script&gt;" in patient["text"]["div"]
     assert patient["name"][0]["family"] == "<script>alert(1)</script>"
@@ -86,11 +87,11 @@ def test_patient_narrative_is_escaped(db: Database) -> None:
 
 def test_device_and_imaging_study(db: Database) -> None:
     data = _input(db)
-    device = json.loads(fb.build_device("nodule-seg", "1.0.0").model_dump_json())
+    device = json.loads(fe.build_device("nodule-seg", "1.0.0").model_dump_json())
     assert device["id"] == fc.device_id("nodule-seg", "1.0.0")
     assert device["version"][0]["value"] == "1.0.0"
-    series = [fb.SeriesInfo(uid="1.2.3", number=1, modality="CT", description="ax", instances=3)]
-    study = json.loads(fb.build_imaging_study(data.study, series).model_dump_json())
+    series = [fe.SeriesInfo(uid="1.2.3", number=1, modality="CT", description="ax", instances=3)]
+    study = json.loads(fe.build_imaging_study(data.study, series).model_dump_json())
     assert study["identifier"][0] == {
         "system": "urn:dicom:uid", "value": f"urn:oid:{data.study.study_instance_uid}"}
     assert study["numberOfInstances"] == 3 and study["series"][0]["modality"]["code"] == "CT"
