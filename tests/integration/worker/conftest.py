@@ -23,7 +23,7 @@ def stub_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_stub_model(tmp_path_factory.mktemp("stub-model"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     require((REAL_MODEL / "model.json").is_file(), f"trained model in {REAL_MODEL}")
     return REAL_MODEL
@@ -89,8 +89,9 @@ def real_node(
 
 
 @pytest.fixture(scope="session")
-def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A 100-slice 512×512 synthetic chest CT with three nodules and its truth."""
+def phantom_study(tmp_path_factory: pytest.TempPathFactory, real_model_dir: Path) -> Any:
+    """A 100-slice 512×512 synthetic chest CT with three nodules and its truth (made only
+    when the trained model is there to analyse it)."""
     from services.modeling.phantom import write_phantom
 
     return write_phantom(tmp_path_factory.mktemp("phantom"), seed=3, nodules=3, slices=100)

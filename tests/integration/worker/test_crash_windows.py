@@ -34,23 +34,29 @@ def test_sigkill_mid_inference_redelivers_and_completes_once(
     ]
 
 
-@pytest.mark.parametrize("fault", ["after_commit", "after_publish"])
 def test_killed_after_commit_before_ack_is_not_recomputed(
-    node: Node, chest_files: list[Path], tmp_path: Path, fault: str
+    node: Node, chest_files: list[Path], tmp_path: Path
 ) -> None:
-    seeded = node.submit(clone_study(chest_files, tmp_path / "study"))
-    first = node.worker("first", NODULEFLOW_FAULT_AT=fault)
+    """Dies after commit (result not yet published), then after publish (not yet acked)."""
+    a = node.submit(clone_study(chest_files, tmp_path / "a"))
+    first = node.worker("first", NODULEFLOW_FAULT_AT="after_commit")
     assert first.wait(timeout=120) == 137
-    job = node.job(seeded.job_id)
+    job = node.job(a.job_id)
     assert (job.state, job.attempts) == ("reporting", 1)
-    findings = [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(seeded.job_id)]
-    second = node.worker("second")
-    second.wait_log(f"event=job_not_run job={seeded.job_id} state=reporting")
-    job = node.job(seeded.job_id)
-    assert job.attempts == 1
-    assert [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(seeded.job_id)] == findings
+    findings = [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(a.job_id)]
+    b = node.submit(clone_study(chest_files, tmp_path / "b"))
+    second = node.worker("second", NODULEFLOW_FAULT_AT="after_publish")
+    assert second.wait(timeout=120) == 137  # took A's redelivery and/or B, died after B
+    third = node.worker("third")
+    third.wait_log(f"event=job_not_run job={b.job_id} state=reporting")
+    logs = second.log.read_text() + third.log.read_text()
+    assert f"event=job_not_run job={a.job_id} state=reporting" in logs
+    assert [node.job(j.job_id).attempts for j in (a, b)] == [1, 1]  # nothing recomputed
+    assert [(f.index, f.center_mm, f.diameter_mm) for f in node.findings(a.job_id)] == findings
     results = node.results()
-    assert [(r.job_id, r.status) for r in results] == [(seeded.job_id, "done")]
+    assert sorted((r.job_id, r.status) for r in results) == sorted(
+        [(a.job_id, "done"), (b.job_id, "done")]
+    )
     assert node.broker.queue_depth(INFERENCE_QUEUE) == 0
 
 

@@ -19,13 +19,14 @@ def test_poison_study_ends_failed_after_max_attempts(
     node: Node, chest_files: list[Path], tmp_path: Path
 ) -> None:
     seeded = node.submit(clone_study(chest_files, tmp_path / "poison"))
-    for n in range(3):  # job_max_attempts = 3; a supervisor restarts the worker each time
-        crashing = node.worker(f"crash{n}", NODULEFLOW_FAULT_AT="mid_infer:exit")
+    poison = {"NODULEFLOW_FAULT_AT": "mid_infer:exit", "NODULEFLOW_JOB_MAX_ATTEMPTS": "2"}
+    for n in range(2):  # a supervisor restarts the worker after each crash
+        crashing = node.worker(f"crash{n}", **poison)
         assert crashing.wait(timeout=90) == 137, crashing.tail()
-    survivor = node.worker("survivor", NODULEFLOW_FAULT_AT="mid_infer:exit")
+    survivor = node.worker("survivor", **poison)
     job = node.wait_state(seeded.job_id, "failed", "reporting", timeout=90)
-    assert (job.state, job.attempts) == ("failed", 3)
-    assert job.reason == "gave up after 3 attempts: the worker stopped while processing it"
+    assert (job.state, job.attempts) == ("failed", 2)
+    assert job.reason == "gave up after 2 attempts: the worker stopped while processing it"
     assert [(r.job_id, r.status) for r in node.results()] == [(seeded.job_id, "failed")]
     assert node.broker.queue_depth(INFERENCE_QUEUE) == 0
     assert survivor.proc.poll() is None, survivor.tail()

@@ -32,7 +32,7 @@ def test_connection_lost_mid_job_is_settled_by_redelivery_not_recomputed(
 ) -> None:
     require_tool("rabbitmqctl")
     first = node.submit(clone_study(chest_files, tmp_path / "one"))
-    worker = node.worker("flaky", NODULEFLOW_FAULT_AT="mid_infer:sleep=10:times=1")
+    worker = node.worker("flaky", NODULEFLOW_FAULT_AT="mid_infer:sleep=7:times=1")
     worker.wait_log("fault_injected point=mid_infer")
     assert close_connections(worker) >= 1
     worker.wait_log("event=broker_consume_lost")
