@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     fd, parent = int(argv[1]), int(argv[2])
     _die_with_parent(parent)
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-    setup_logging(settings.log_level, service="receiver")
+    setup_logging(settings.log_level, service=f"receiver.{os.getpid()}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -104,8 +103,8 @@ _FACTORY = _Factory()
 
 
 def temp_folder(storage_tmp: Path) -> Path:
-    """This host's folder for incoming data sets (storage may be shared by several hosts)."""
-    folder = storage_tmp / f"recv-{socket.gethostname()[:64] or 'host'}"
+    """The folder for incoming data sets inside this host's temporary folder."""
+    folder = storage_tmp / "incoming"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
