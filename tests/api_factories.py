@@ -149,10 +149,11 @@ def finding_spec(**overrides: Any) -> dict[str, Any]:
 
 
 def make_delivery(
-    session: Session, job: Job, *, kind: str = "sr", state: str = "sent", target: str = "PACS@h:104"
+    session: Session, job: Job, *, kind: str = "sr", state: str = "delivered",
+    target: str = "PACS@h:104",
 ) -> Delivery:
     row = Delivery(job_id=job.id, kind=kind, target=target, state=state, attempts=1,
-                   last_status="0x0000" if state == "sent" else "0xA700")
+                   last_status="0x0000" if state == "delivered" else "0xA700")
     session.add(row)
     session.flush()
     return row

@@ -56,9 +56,9 @@ def site(db: Database, settings: Settings) -> Iterator[tuple[str, dict, Database
         seeded = seed_reports(session)
         odd = make_study(session, patient_id="PAT-X", patient_name=HOSTILE_NAME)
         make_job(session, odd, findings=[finding_spec(diameter_mm=5.0, lung_rads="2")])
-        make_delivery(session, seeded["b1"].job, kind="sr", state="sent",
+        make_delivery(session, seeded["b1"].job, kind="sr", state="delivered",
                       target="ORTHANC@127.0.0.1:4242")
-        make_delivery(session, seeded["b1"].job, kind="fhir", state="sent",
+        make_delivery(session, seeded["b1"].job, kind="fhir", state="delivered",
                       target="http://his.example/fhir")
     uid = seeded["b1"].study.study_instance_uid
     folder = settings.outbox_dir / uid / "v1"

@@ -86,3 +86,27 @@ def test_served_resources_pass_medplum_r4_validation(medplum: str, db: Database,
         outcome = httpx.post(f"{medplum}/$validate-structure", json=body).json()
         errors = [i for i in outcome["issue"] if i["severity"] == "error"]
         assert errors == [], (body["resourceType"], errors)
+
+
+def test_delivery_outbox_pushes_through_dispatcher(medplum: str, db: Database,
+                                                   settings: Settings) -> None:
+    """The reporter's own delivery path: a pending ``fhir`` row → dispatcher → Medplum."""
+    from sqlalchemy import select
+
+    from services.core.db import Delivery
+    from services.reporter.delivery import Dispatcher, upsert_delivery
+    from services.reporter.main import default_senders, retry_policy
+
+    settings = settings.model_copy(update={"fhir_push_url": medplum})
+    with db.session() as session:
+        study = make_study(session, patient_id="OUTBOX-1")
+        job_id = make_job(session, study, findings=[finding_spec()]).job.id
+        upsert_delivery(session, job_id=job_id, kind="fhir", target=medplum)
+    dispatcher = Dispatcher(db, default_senders(db, settings), retry_policy(settings))
+    assert dispatcher.dispatch_once() == 1
+    with db.session() as session:
+        row = session.scalar(select(Delivery).where(Delivery.job_id == job_id))
+        assert row is not None and row.state == "delivered", (row.state, row.last_error)
+    found = httpx.get(f"{medplum}/DiagnosticReport",
+                      params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+    assert found["total"] == 1

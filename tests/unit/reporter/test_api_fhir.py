@@ -190,3 +190,45 @@ def test_rate_limit_is_429(db: Database, settings: Settings) -> None:
     limiter = RateLimiter(rate=2.0, burst=1)
     assert limiter.allow("a", now=0.0) and not limiter.allow("a", now=0.1)
     assert limiter.allow("b", now=0.1) and limiter.allow("a", now=0.6)
+
+
+def test_unexpected_error_is_generic_500(db: Database, settings: Settings) -> None:
+    app = create_app(settings, db)
+
+    def boom() -> None:
+        raise RuntimeError("secret detail: patient Doe^Jane at /srv/data")
+
+    app.add_api_route("/fhir/boom", boom)
+    with TestClient(app, client=("127.0.0.1", 1), raise_server_exceptions=False) as c:
+        res = c.get("/fhir/boom")
+    assert res.status_code == 500
+    body = res.json()
+    correlation = res.headers["x-correlation-id"]
+    assert body["issue"][0]["code"] == "exception"
+    assert correlation in body["issue"][0]["diagnostics"]
+    assert "secret" not in res.text and "Traceback" not in res.text
+
+
+def test_search_statement_count_does_not_grow_with_results(db: Database, settings: Settings,
+                                                           seeded) -> None:
+    """No N+1: the same number of SQL statements for 1 report as for a page of many."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with TestClient(create_app(settings, db), client=("127.0.0.1", 1)) as c:
+            job = seeded["b1"].job.id
+            sizes = []
+            for query in (f"_id={job}", "_count=50", f"_id={job}&_include=DiagnosticReport:result",
+                          "_count=50&_include=DiagnosticReport:result"):
+                statements.clear()
+                assert c.get(f"/fhir/DiagnosticReport?{query}").status_code == 200
+                sizes.append(len(statements))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert sizes[0] == sizes[1] and sizes[2] == sizes[3], sizes

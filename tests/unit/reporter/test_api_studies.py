@@ -25,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 def seeded(db: Database) -> dict[str, Made]:
     with db.session() as session:
         made = seed_reports(session)
-        make_delivery(session, made["b1"].job, kind="sr", state="sent")
+        make_delivery(session, made["b1"].job, kind="sr", state="delivered")
         make_delivery(session, made["b1"].job, kind="fhir", state="failed",
                       target="http://his/fhir")
         return made
@@ -63,7 +63,7 @@ def test_study_detail(client: TestClient, seeded, settings: Settings) -> None:
     assert body["series"][0]["instances"] == 3
     assert [j["state"] for j in body["jobs"]] == ["done"]
     assert body["jobs"][0]["timings"]["inference"] == 3.1
-    assert {(d["kind"], d["state"]) for d in body["deliveries"]} == {("sr", "sent"),
+    assert {(d["kind"], d["state"]) for d in body["deliveries"]} == {("sr", "delivered"),
                                                                     ("fhir", "failed")}
     assert body["findings"][0]["key_image"] == f"/api/studies/{uid}/key-images/1.png"
     assert body["fhir"]["report"] == f"/fhir/DiagnosticReport/{made.job.id}"
