@@ -1,8 +1,9 @@
 """A coarse lung mask and the crop box it gives (pure, works on a downsampled grid).
 
-Steps on a grid of about ``GRID_MM`` (striding, no interpolation): air (< ``AIR_HU``) that
-does not touch the in-plane image border in its own slice is inside the body (so outside
-air and the air under and around the table drop out) and thin air is opened away; 3-D
+Steps on a grid of about ``GRID_MM`` (striding, no interpolation): air regions (< ``AIR_HU``)
+lying mostly inside the convex hull of the body (per slice, the largest tissue component)
+are inside the body, so outside air, the table and its foam core drop out, while lungs that
+a large patient's reconstruction circle cuts off stay whole; thin air is opened away; 3-D
 components of that air keep the largest and any other at least ``KEEP_FRACTION`` of its
 size (both lungs, which may be joined through the trachea; bowel gas is far smaller); holes
 are filled per slice (vessels, nodules) and the mask is dilated by ``DILATE_MM`` (box) so
@@ -21,8 +22,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from services.analysis.errors import AnalysisError
+from services.analysis.measure import convex_hull
 
 AIR_HU = -400.0
+PADDING_HU = -1024.0
 GRID_MM = (2.5, 2.0, 2.0)
 KEEP_FRACTION = 0.15
 DILATE_MM = 10.0
@@ -49,6 +52,16 @@ class LungMask:
             return False
         return bool(self.mask[idx[0], idx[1], idx[2]])
 
+    def fraction_inside(self, kji: NDArray[np.integer]) -> float:
+        """Share of full-volume voxel indices ``kji`` (n × 3) that lie in the dilated lungs."""
+        points = np.asarray(kji, dtype=np.int64).reshape(-1, 3)
+        if not len(points):
+            return 0.0
+        grid = points // np.asarray(self.stride)
+        valid = np.all((grid >= 0) & (grid < np.asarray(self.mask.shape)), axis=1)
+        hits = self.mask[tuple(grid[valid].T)] if valid.any() else np.zeros(0, dtype=bool)
+        return float(hits.sum()) / len(points)
+
     def crop(self, margin_mm: float, spacing: tuple[float, float, float]) -> tuple[slice, ...]:
         """Full-resolution crop box around the mask, with ``margin_mm`` on every side."""
         nz = (
@@ -74,6 +87,73 @@ def _strides(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
     )
 
 
+def _fill_convex(
+    rows: NDArray[np.int64], cols: NDArray[np.int64], shape: tuple[int, int]
+) -> NDArray[np.bool_]:
+    """Pixels of the convex hull of the given pixel centres."""
+    hull = convex_hull(np.c_[rows, cols].astype(np.float64))
+    out = np.zeros(shape, dtype=bool)
+    if len(hull) < 3:
+        out[rows, cols] = True
+        return out
+    lo = np.full(shape[0], np.inf)
+    hi = np.full(shape[0], -np.inf)
+    every = np.arange(shape[0])
+    for (y0, x0), (y1, x1) in zip(hull, np.roll(hull, -1, axis=0), strict=True):
+        span = every[(every >= min(y0, y1)) & (every <= max(y0, y1))]
+        if y0 == y1:
+            np.minimum.at(lo, span, min(x0, x1))
+            np.maximum.at(hi, span, max(x0, x1))
+            continue
+        x = x0 + (span - y0) * (x1 - x0) / (y1 - y0)
+        np.minimum.at(lo, span, x)
+        np.maximum.at(hi, span, x)
+    columns = np.arange(shape[1])
+    return (columns[None, :] >= np.ceil(lo - 1e-6)[:, None]) & (
+        columns[None, :] <= np.floor(hi + 1e-6)[:, None]
+    )
+
+
+def body_hulls(tissue: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Per slice, the convex hull of the largest tissue component (the body).
+
+    Air inside it is inside the body even where the lungs reach the edge of the
+    reconstruction circle (large patients); outside air, the table and its foam core lie
+    outside it.
+    """
+    out = np.zeros(tissue.shape, dtype=bool)
+    structure = np.ones((3, 3), dtype=bool)
+    for k in range(tissue.shape[0]):
+        labels, count = ndimage.label(tissue[k], structure)
+        if count == 0:
+            continue
+        body = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+        present = np.flatnonzero(body.any(axis=1))
+        first = body[present].argmax(axis=1)
+        last = body.shape[1] - 1 - body[present, ::-1].argmax(axis=1)
+        rows = np.concatenate([present, present]).astype(np.int64)
+        cols = np.concatenate([first, last]).astype(np.int64)
+        out[k] = _fill_convex(rows, cols, (tissue.shape[1], tissue.shape[2]))
+    return out
+
+
+def inside_air(air: NDArray[np.bool_], padding: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Air inside the body: per slice, the air regions lying mostly within the body hull.
+
+    Whole regions are kept, so a lung that a large patient's reconstruction circle cuts off
+    (its edge lies beyond the hull) stays complete; padding (≤ -1024 HU: outside the circle,
+    or clipped) belongs to no region.
+    """
+    labels, count = ndimage.label(air & ~padding, _IN_PLANE)
+    if count == 0:
+        return np.zeros(air.shape, dtype=bool)
+    hull = body_hulls(~air)
+    total = np.bincount(labels.ravel(), minlength=count + 1)
+    within = np.bincount(labels[hull], minlength=count + 1)
+    keep = np.flatnonzero(within >= 0.5 * np.maximum(total, 1))
+    return np.asarray(np.isin(labels, keep[keep > 0]))
+
+
 def lung_mask(hu: NDArray[np.floating], spacing: tuple[float, float, float]) -> LungMask:
     """Dilated lung mask of an HU volume; ``AnalysisError`` if no lung is found."""
     stride = _strides(spacing)
@@ -81,19 +161,7 @@ def lung_mask(hu: NDArray[np.floating], spacing: tuple[float, float, float]) -> 
     grid = tuple(s * st for s, st in zip(spacing, stride, strict=True))
     voxel_ml = grid[0] * grid[1] * grid[2] / 1000.0
     air = small < AIR_HU
-    # Air touching the in-plane border of its slice is outside the body.
-    labels, _ = ndimage.label(air, _IN_PLANE)
-    border = np.unique(
-        np.concatenate(
-            [
-                labels[:, 0, :].ravel(),
-                labels[:, -1, :].ravel(),
-                labels[:, :, 0].ravel(),
-                labels[:, :, -1].ravel(),
-            ]
-        )
-    )
-    inside = air & ~np.isin(labels, border[border > 0])
+    inside = inside_air(air, small <= PADDING_HU)
     # Thin air (table cushions, gaps between clothes and skin) does not survive an opening.
     inside = ndimage.binary_opening(inside, ndimage.generate_binary_structure(3, 1))
     labels, count = ndimage.label(inside)

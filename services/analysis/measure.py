@@ -29,7 +29,7 @@ class Axes:
         return round((self.long_mm + self.short_mm) / 2 + 1e-9, 1)
 
 
-def _hull(points: NDArray[np.float64]) -> NDArray[np.float64]:
+def convex_hull(points: NDArray[np.float64]) -> NDArray[np.float64]:
     """Convex hull (Andrew's monotone chain) of 2-D points; returns hull vertices."""
     pts = np.unique(points, axis=0)
     if len(pts) <= 2:
@@ -62,7 +62,7 @@ def axes_2d(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[fl
         return 0.0, 0.0
     step = np.asarray(spacing, dtype=np.float64)
     edge = mask2d & ~ndimage.binary_erosion(mask2d)  # only edge pixels can be extreme
-    hull = _hull(np.c_[np.nonzero(edge)].astype(np.float64) * step)
+    hull = convex_hull(np.c_[np.nonzero(edge)].astype(np.float64) * step)
     if len(hull) == 1:
         return float(step.mean()), float(step.mean())
     diff = hull[:, None, :] - hull[None, :, :]

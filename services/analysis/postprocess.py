@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,7 @@ MIN_DIAMETER_MM = 3.0
 MIN_VOXELS = 4
 TOP_K = 10
 MAX_FINDINGS = 50
+MIN_LUNG_OVERLAP = 0.25
 DEFAULT_THRESHOLD = 0.5
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
@@ -155,13 +156,15 @@ def findings_from_probability(
     *,
     offset: tuple[int, int, int] = (0, 0, 0),
     threshold: float = DEFAULT_THRESHOLD,
-    inside: Callable[[Sequence[float]], bool] | None = None,
+    inside: Callable[[NDArray[np.integer]], float] | None = None,
 ) -> list[FindingResult]:
     """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
 
     Components (26-connected) smaller than ``MIN_DIAMETER_MM`` equivalent diameter are
-    dropped, and so are those whose probability-weighted centre ``inside`` rejects (the
-    dilated lung mask). At most ``MAX_FINDINGS`` are returned, most suspicious first.
+    dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels where
+    ``inside`` (the share of given voxel indices in the dilated lung mask) says lung: a
+    large juxtapleural mass reaches far from aerated lung but always touches it. At most
+    ``MAX_FINDINGS`` are returned, most suspicious first.
     """
     binary = prob >= threshold
     if not binary.any():
@@ -187,14 +190,13 @@ def findings_from_probability(
             continue
         local = [b + s.start for b, s in zip(base, region, strict=True)]
         origin = (offset[0] + local[0], offset[1] + local[1], offset[2] + local[2])
-        prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
-        finding = measure_component(mask, prob_box, volume, origin)
         if inside is not None:
-            centre_kji = volume.lps_to_index(np.asarray(finding.center_mm))
-            if not inside([float(v) for v in centre_kji]):
+            points = np.argwhere(mask)[:: max(1, voxels // 2000)] + np.asarray(origin)
+            if inside(points) < MIN_LUNG_OVERLAP:
                 log.info("event=component_outside_lung voxels=%d", voxels)
                 continue
-        results.append(finding)
+        prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
+        results.append(measure_component(mask, prob_box, volume, origin))
     ordered = suspicion_order(results)
     if len(ordered) > MAX_FINDINGS:
         log.warning("event=findings_capped found=%d kept=%d", len(ordered), MAX_FINDINGS)

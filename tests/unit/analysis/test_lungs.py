@@ -9,7 +9,7 @@ import pytest
 
 from services.analysis.errors import AnalysisError
 from services.analysis.lungs import lung_mask
-from tests.unit.analysis.chest import LUNG_HU, chest
+from tests.unit.analysis.chest import LUNG_HU, chest, ellipsoid
 
 SPACING = (1.25, 1.5, 1.5)
 
@@ -55,3 +55,32 @@ def test_fast_on_a_full_size_volume() -> None:
     elapsed = time.perf_counter() - started
     assert lungs.volume_ml > 500
     assert elapsed < 4.0, elapsed  # about 1 s on one core
+
+
+def test_juxtapleural_mass_counts_as_lung_and_chest_wall_does_not() -> None:
+    shape = (64, 128, 128)
+    hu = chest(shape, SPACING)
+    cj, ci = 128 * 0.45, 64.0
+    centre = (32.0, cj, ci + 75 / 1.5)  # 5 mm beyond the lateral edge of the right lung
+    mass = ellipsoid(shape, SPACING, centre, (15.0, 15.0, 15.0))
+    hu[mass] = 40.0
+    wall = ellipsoid(shape, SPACING, (32.0, cj - 62 / 1.5, ci), (3.0, 3.0, 3.0))
+    lungs = lung_mask(hu, SPACING)
+    assert lungs.fraction_inside(np.argwhere(mass)) > 0.5
+    assert lungs.fraction_inside(np.argwhere(wall)) == 0.0
+    box = lungs.crop(12.0, SPACING)
+    _, j, i = np.nonzero(mass)
+    assert box[2].stop >= i.max() and box[1].start <= j.min()
+
+
+def test_lungs_cut_by_the_reconstruction_circle_are_kept() -> None:
+    """A large patient: the lungs reach the edge of the reconstruction circle (padding)."""
+    shape = (64, 128, 128)
+    hu = chest(shape, SPACING)
+    jj, ii = np.mgrid[0:128, 0:128]
+    outside = np.hypot((jj - 128 * 0.45) * 1.5, (ii - 64) * 1.5) > 62.0  # lungs reach 70 mm
+    hu[:, outside] = -2000.0
+    lung = (hu == LUNG_HU).sum() * np.prod(SPACING) / 1000
+    lungs = lung_mask(hu, SPACING)
+    assert lungs.volume_ml == pytest.approx(lung, rel=0.25)
+    assert lungs.fraction_inside(np.argwhere(hu == LUNG_HU)) > 0.99
