@@ -33,7 +33,16 @@ class ReportCache:
                 model_identity(job.details, job.model_version), data.previous_job_id,
                 data.superseded_by,
                 study.patient_key, study.accession_number, study.study_date, study.study_time,
-                study.study_instance_uid, len(data.findings))
+                study.study_instance_uid, job.findings_count)
+
+    def cached_report(self, data: ReportInput) -> Encoded | None:
+        """The report if cached (needs no findings loaded: the key does not depend on them)."""
+        key = ("report", *self.key(data))
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit  # type: ignore[no-any-return]
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
@@ -54,6 +55,20 @@ def report_inputs(
                                previous_job_id=earlier[-1] if earlier else None,
                                superseded_by=later[-1] if later else None))
     return out
+
+
+def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[ReportInput]:
+    """``inputs`` with their findings loaded (one query for all)."""
+    if not inputs:
+        return []
+    findings: dict[str, list[Finding]] = defaultdict(list)
+    for finding in session.scalars(
+        select(Finding).options(*LIGHT_FINDING)
+        .where(Finding.job_id.in_([d.job.id for d in inputs]))
+        .order_by(Finding.job_id, Finding.index)
+    ):
+        findings[finding.job_id].append(finding)
+    return [replace(d, findings=findings.get(d.job.id, [])) for d in inputs]
 
 
 def get_report(*, session: Session, report_id: str) -> ReportInput | None:

@@ -17,6 +17,7 @@ from services.reporter.deps import (
     require,
 )
 from services.reporter.errors import ApiError
+from services.reporter.fhir_build import ReportInput
 from services.reporter.fhir_query import REPORT_SPEC, report_statement
 from services.reporter.fhir_response import (
     FhirResponse,
@@ -44,14 +45,22 @@ def search_reports(
     page, count = report_statement(search)
     total = int(session.scalar(count) or 0)
     found = session.execute(page).all() if search.count else []
-    rows = [(job, study) for job, study, _, _ in found]
-    supersede = {job.id: (previous, later) for job, _, previous, later in found}
+    inputs = [ReportInput(job=job, study=study, findings=[], previous_job_id=previous,
+                          superseded_by=later) for job, study, previous, later in found]
+    cached = {} if include_results else {d.job.id: state.reports.cached_report(d) for d in inputs}
+    misses = [d for d in inputs if cached.get(d.job.id) is None]
+    complete = {d.job.id: d for d in fhir_repo.attach_findings(session=session, inputs=misses)}
     matches: list[tuple[str, str, bytes]] = []
     includes: list[tuple[str, str, bytes]] = []
-    for data in fhir_repo.report_inputs(session=session, rows=rows, supersede=supersede):
-        matches.append(state.reports.report(data))
+    for data in inputs:
+        hit = cached.get(data.job.id)
+        if hit is not None:  # findings not needed: a cached report already names its results
+            matches.append(hit)
+            continue
+        full = complete[data.job.id]
+        matches.append(state.reports.report(full))
         if include_results:
-            includes.extend(state.reports.observations(data))
+            includes.extend(state.reports.observations(full))
     audit_reads.search(session, actor=principal.subject, source=client_host(request),
                        resource_type=TYPE, params=search.names, total=total)
     return searchset(request, settings, search, total, matches, includes)

@@ -102,9 +102,12 @@ def test_paging_and_sort(client: TestClient, seeded) -> None:
 
 
 def test_include_results(client: TestClient, seeded) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
     job = seeded["a1"].job.id
     bundle = client.get(
         f"/fhir/DiagnosticReport?_id={job}&_include=DiagnosticReport:result").json()
+    Bundle.model_validate(bundle)  # the whole searchset, entries included
     included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
     assert included == [f"{job}-1", f"{job}-2"]
 
