@@ -156,6 +156,8 @@ def conclusion(data: ReportInput) -> str:
     """The report's conclusion in plain words."""
     name, version = fc.model_identity(data.job.details, data.job.model_version)
     tail = f"Automated analysis by {name} {version}; to be confirmed by a radiologist."
+    if data.previous_job_id:
+        tail += f" Replaces report {data.previous_job_id} (new images arrived for this study)."
     findings = list(data.findings)
     if not findings:
         return f"No lung nodules detected. Lung-RADS 1. {tail}"

@@ -55,7 +55,9 @@ def remote_links(data: ReportInput, device_ref: str, results: list[str]) -> Link
 def _body(resource: Resource) -> dict[str, Any]:
     body = resource.model_dump(mode="json")
     body.pop("id", None)  # the receiving server assigns its own ids
-    body.pop("meta", None)
+    tags = (body.pop("meta", None) or {}).get("tag")
+    if tags:
+        body["meta"] = {"tag": tags}  # keeps the "superseded" mark; versions are the server's
     return body
 
 
@@ -88,33 +90,46 @@ def _diagnostics(response: httpx.Response) -> str:
     return str(text)[:300]
 
 
+def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, int]:
+    """Device, Observations, then the report; returns (``DiagnosticReport/<id>``, count)."""
+    name, version = fc.model_identity(data.job.details, data.job.model_version)
+    device_ref = _put(client, base, "Device", fc.DEVICE_SYSTEM, fc.device_id(name, version),
+                      build_device(name, version))
+    links = remote_links(data, device_ref, [])
+    results = [
+        _put(client, base, "Observation", fc.OBSERVATION_SYSTEM,
+             fc.observation_id(data.job.id, f.index), build_observation(data, f, links))
+        for f in data.findings
+    ]
+    report = build_report(data, remote_links(data, device_ref, results))
+    stored = _put(client, base, "DiagnosticReport", fc.REPORT_SYSTEM, data.job.id, report)
+    return stored, len(results)
+
+
 def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
-    """Send one job's report; never raises for remote trouble (the outcome says what to do)."""
+    """Send one job's report; never raises for remote trouble (the outcome says what to do).
+
+    An amended report also re-sends the report it replaces, so that the receiving server
+    sees that one tagged ``superseded`` as well.
+    """
     base = settings.fhir_push_url.rstrip("/")
     if not base:
         return SendOutcome(False, False, "not-configured", "FHIR_PUSH_URL is empty")
     with db.session() as session:
         data = fhir_repo.get_report(session=session, report_id=job_id)
+        previous = (fhir_repo.get_report(session=session, report_id=data.previous_job_id)
+                    if data is not None and data.previous_job_id else None)
     if data is None:
         return SendOutcome(False, False, "no-report", "job has no finished report")
-    name, version = fc.model_identity(data.job.details, data.job.model_version)
     headers = {"Accept": fc.FHIR_MEDIA_TYPE, "Content-Type": fc.FHIR_MEDIA_TYPE}
     try:
         with httpx.Client(timeout=TIMEOUT, headers=headers) as client:
-            device = build_device(name, version)
-            device_ref = _put(client, base, "Device", fc.DEVICE_SYSTEM,
-                              fc.device_id(name, version), device)
-            links = remote_links(data, device_ref, [])
-            results = [
-                _put(client, base, "Observation", fc.OBSERVATION_SYSTEM,
-                     fc.observation_id(data.job.id, f.index), build_observation(data, f, links))
-                for f in data.findings
-            ]
-            report = build_report(data, remote_links(data, device_ref, results))
-            stored = _put(client, base, "DiagnosticReport", fc.REPORT_SYSTEM, data.job.id, report)
+            stored, count = _push_one(client, base, data)
+            if previous is not None:
+                _push_one(client, base, previous)
     except PushError as exc:
         log.warning("event=fhir_push_failed job=%s status=%s retry=%s", job_id,
                     exc.outcome.status, exc.outcome.retry)
         return exc.outcome
-    log.info("event=fhir_pushed job=%s observations=%d", job_id, len(results))
+    log.info("event=fhir_pushed job=%s observations=%d", job_id, count)
     return SendOutcome(True, False, "200", stored)

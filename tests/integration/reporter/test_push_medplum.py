@@ -110,3 +110,29 @@ def test_delivery_outbox_pushes_through_dispatcher(medplum: str, db: Database,
     found = httpx.get(f"{medplum}/DiagnosticReport",
                       params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
     assert found["total"] == 1
+
+
+def test_amended_report_marks_the_old_one_superseded(medplum: str, db: Database,
+                                                     settings: Settings) -> None:
+    settings = settings.model_copy(update={"fhir_push_url": medplum})
+    with db.session() as session:
+        study = make_study(session, patient_id="AMEND-1")
+        first = make_job(session, study, findings=[finding_spec()]).job.id
+    assert push_report(db, settings, first).ok
+    with db.session() as session:
+        study = session.merge(study)
+        second = make_job(session, study, version=2,
+                          findings=[finding_spec(), finding_spec(lung_rads="4B")]).job.id
+    assert push_report(db, settings, second).ok
+
+    def remote(job_id: str) -> dict:
+        found = httpx.get(f"{medplum}/DiagnosticReport",
+                          params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+        assert found["total"] == 1
+        return found["entry"][0]["resource"]
+
+    old, new = remote(first), remote(second)
+    assert new["status"] == "amended" and len(new["result"]) == 2
+    assert old["status"] == "final"
+    assert [t["code"] for t in old["meta"].get("tag", [])] == ["superseded"]
+    assert "tag" not in new["meta"]

@@ -47,6 +47,7 @@ def test_amended_and_superseded(db: Database) -> None:
     data = _input(db, previous="abc", superseded_by="def")
     body = json.loads(fb.build_report(data, fb.local_links(data)).model_dump_json())
     assert body["status"] == "amended"
+    assert body["conclusion"].endswith("Replaces report abc (new images arrived for this study).")
     assert body["meta"]["tag"][0]["code"] == "superseded"
 
 
