@@ -55,7 +55,8 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
     rank = case((done, func.coalesce(agg.c.rank, lung_rads_rank("1"))), else_=literal(-1))
     status = func.coalesce(Job.state, literal(JobState.RECEIVING.value))
     stmt = (
-        select(Study, Job, func.coalesce(agg.c.nodules, 0), agg.c.largest, rank.label("rank"))
+        select(Study, Job, func.coalesce(agg.c.nodules, 0), agg.c.largest, rank.label("rank"),
+               func.count().over().label("total"))
         .outerjoin(latest, latest.c.study_id == Study.id)
         .outerjoin(Job, and_(Job.study_id == Study.id, Job.version == latest.c.version))
         .outerjoin(agg, agg.c.job_id == Job.id)
@@ -72,13 +73,16 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
         end = datetime.combine(filters.received_to, time(), tzinfo=UTC) + timedelta(days=1)
         where.append(Study.last_received_at < end)
     stmt = stmt.where(*where)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.execute(
+    rows = session.execute(  # one pass: the total comes with every row (window count)
         stmt.order_by(rank.desc(), func.coalesce(agg.c.largest, -1.0).desc(),
                       Study.last_received_at.asc(), Study.id.asc())
         .offset(filters.offset).limit(min(filters.limit, MAX_LIMIT))
     ).all()
-    return {"total": total, "items": [_item(*row) for row in rows]}
+    if rows:
+        total = rows[0].total
+    else:  # past the end (or nothing matches): count separately
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    return {"total": total, "items": [_item(*row[:5]) for row in rows]}
 
 
 def _item(study: Study, job: Job | None, nodules: int, largest: float | None,

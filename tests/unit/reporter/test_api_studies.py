@@ -90,6 +90,9 @@ def test_worklist_order_and_filters(client: TestClient, seeded, db: Database) ->
     failed = client.get("/api/worklist?status=failed").json()["items"]
     assert [i["study_uid"] for i in failed] == [seeded["c1"].study.study_instance_uid]
     assert client.get("/api/worklist?received_from=2030-01-01").json()["total"] == 0
+    past_end = client.get("/api/worklist?offset=50").json()
+    assert past_end == {"total": 6, "items": []}
+    assert client.get("/api/worklist?limit=2").json()["total"] == 6
     assert client.get("/api/worklist?status=bogus").status_code == 400
     assert client.get("/api/worklist?min_lung_rads=9").status_code == 400
     assert client.get("/api/worklist?limit=100000").status_code == 400
