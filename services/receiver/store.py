@@ -119,7 +119,7 @@ class InstanceStore:
                 return Outcome.DUPLICATE
             if not self.has_room():
                 raise NoSpaceError("storage below min_free_disk_mb")
-            self._commit_file(received.temp, key)
+            self._commit_file(received.temp, key, new=existing is None)
             try:
                 with conn.begin():
                     self._index(conn, received, key, existing, opens_study)
@@ -138,26 +138,37 @@ class InstanceStore:
 
     # ------------------------------------------------------------------ file
 
-    def _commit_file(self, temp: Path, key: str) -> None:
-        """fsync the data, rename it into place atomically, fsync the folder."""
-        target = self.storage.path(key)
+    def _commit_file(self, temp: Path, key: str, *, new: bool) -> None:
+        """Make ``temp`` durable at ``key``: data and name both fsync'ed before returning.
+
+        A new instance is renamed first, then its data and folder are fsync'ed: one journal
+        commit covers both, and nothing at that path is trusted before its row is committed
+        (a crash in between leaves an unindexed file that the sender's re-send replaces). An
+        instance that replaces an acknowledged one is fsync'ed *before* the rename, so the
+        old version stays intact until the new one is durable.
+        """
+        target = self.storage.root / key  # key is built from validated UIDs only
         folder = target.parent
         if folder not in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
+            self.storage.path(key)  # the containment check, once per folder
             self._folders.add(folder)
         fd = os.open(temp, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            if not new:
+                os.fsync(fd)
+            try:
+                os.replace(temp, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self.storage.commit(Path(shutil.copy(temp, self.storage.temp_path())), key)
+                temp.unlink(missing_ok=True)
+                return
+            if new:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.replace(temp, target)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            self.storage.commit(Path(shutil.copy(temp, self.storage.temp_path())), key)
-            temp.unlink(missing_ok=True)
-            return
         _fsync_dir(folder)
 
     def _remove_quietly(self, key: str) -> None:
