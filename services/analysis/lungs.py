@@ -44,6 +44,16 @@ class LungMask:
     stride: tuple[int, int, int]
     shape: tuple[int, int, int]
     volume_ml: float
+    filled: NDArray[np.bool_] | None = None  # the lungs before dilation, holes filled
+
+    def lung_window(self, box: tuple[slice, ...]) -> NDArray[np.bool_]:
+        """Full-resolution "inside the (undilated) lungs" for a box of the full volume."""
+        grid = self.mask if self.filled is None else self.filled
+        index = [
+            np.minimum(np.arange(b.start, b.stop) // s, n - 1)
+            for b, s, n in zip(box, self.stride, grid.shape, strict=True)
+        ]
+        return np.asarray(grid[np.ix_(*index)])
 
     def contains(self, kji: Sequence[float]) -> bool:
         """Whether a (fractional) voxel index of the full volume lies in the dilated lungs."""
@@ -179,11 +189,13 @@ def lung_mask(hu: NDArray[np.floating], spacing: tuple[float, float, float]) -> 
             f"only {volume_ml:.0f} mL of aerated lung in the chosen series (not a chest CT?)",
         )
     lungs = ndimage.binary_fill_holes(lungs, _IN_PLANE)
+    filled = np.asarray(lungs)
     # A box, not a ball: separable, so it costs a few 1-D passes instead of a 3-D stencil.
     size = tuple(2 * max(1, round(DILATE_MM / g)) + 1 for g in grid)
     lungs = ndimage.maximum_filter(lungs.view(np.uint8), size=size).view(bool)
     return LungMask(
         mask=np.asarray(lungs),
+        filled=filled,
         stride=stride,
         shape=(int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2])),
         volume_ml=volume_ml,

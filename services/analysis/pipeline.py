@@ -121,7 +121,12 @@ def analyze_volume(
     if prob.shape != tuple(b.stop - b.start for b in box):
         raise RuntimeError(f"model returned shape {prob.shape} for a crop of {box}")
     findings = findings_from_probability(
-        prob, volume, offset=offset, threshold=_threshold(engine), inside=lungs.fraction_inside
+        prob,
+        volume,
+        offset=offset,
+        threshold=_threshold(engine),
+        inside=lungs.fraction_inside,
+        lung=lungs.lung_window,
     )
     timings["postprocess"] = time.perf_counter() - t2
     log.info(

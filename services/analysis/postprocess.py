@@ -5,10 +5,11 @@ in-plane, so partial-volume rims do not count):
 
 - solid if ≥ 80 % of the interior is ≥ ``SOLID_HU`` (-300 HU);
 - otherwise the solid core is the largest connected solid part inside the nodule, after
-  discarding solid structures that continue outside it (a vessel crossing a ground-glass
-  nodule reaches well beyond the nodule's edge; a real solid component does not);
+  discarding parts that continue as solid tissue into the surrounding lung on more than
+  ``VESSEL_EXIT_FRACTION`` of their voxels (a vessel crossing a ground-glass nodule; contact
+  with the chest wall or mediastinum does not count);
 - part-solid if that core is at least ``MIN_CORE_MM`` (equivalent diameter) and covers
-  ≥ 5 % of the interior, else ground-glass. The core's mean axial diameter is the solid
+  ≥ 2 % of the interior, else ground-glass. The core's mean axial diameter is the solid
   component Lung-RADS uses.
 
 Confidence is the mean of the ``TOP_K`` highest voxel probabilities of the component.
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 
 SOLID_HU = -300.0
 SOLID_FRACTION = 0.8
-GROUND_GLASS_FRACTION = 0.05
+GROUND_GLASS_FRACTION = 0.02
 MIN_CORE_MM = 1.5
-VESSEL_RING_MM = 3.0  # how far around the nodule solid structures are followed
-VESSEL_OUTSIDE_RATIO = 0.5  # solid voxels outside / inside above which it is no core
+VESSEL_RING_MM = 2.0  # how far around the nodule the HU window reaches
+VESSEL_EXIT_FRACTION = 0.05  # share of a solid part touching solid lung outside: a vessel
 MIN_DIAMETER_MM = 3.0
 MIN_VOXELS = 4
 TOP_K = 10
@@ -50,26 +51,18 @@ _FULL = ndimage.generate_binary_structure(3, 3)
 Spacing = tuple[float, float, float]
 
 
-def _box_dilate(mask: NDArray[np.bool_], mm: float, spacing: Spacing) -> NDArray[np.bool_]:
-    size = tuple(2 * max(1, math.ceil(mm / d)) + 1 for d in spacing)
-    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=size).view(bool))
-
-
-def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    labels, count = ndimage.label(mask, _FULL)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    return np.asarray(labels == int(np.argmax(sizes)) + 1)
-
-
 def composition(
-    mask: NDArray[np.bool_], hu: NDArray[np.floating], spacing: Spacing
+    mask: NDArray[np.bool_],
+    hu: NDArray[np.floating],
+    spacing: Spacing,
+    lung: NDArray[np.bool_] | None = None,
 ) -> tuple[str, NDArray[np.bool_]]:
     """Kind of a nodule and its solid core (bool, shape of ``mask``).
 
     ``hu`` and ``mask`` should cover a few millimetres around the nodule, so that solid
-    structures leaving it (vessels) can be told from a solid component.
+    structures leaving it into the lung (vessels) can be told from a solid component;
+    ``lung`` (same shape, the undilated lung mask) keeps contact with the chest wall or
+    mediastinum from counting as such an exit.
     """
     interior = ndimage.binary_erosion(mask, _IN_PLANE)
     if interior.sum() < max(8, 0.15 * mask.sum()):
@@ -78,18 +71,22 @@ def composition(
     fraction = float(solid[interior].mean()) if interior.any() else 0.0
     if fraction >= SOLID_FRACTION:
         return "solid", mask & solid
-    near = _box_dilate(mask, VESSEL_RING_MM, spacing)
-    labels, count = ndimage.label(solid & near, _FULL)
+    # Solid voxels just outside the nodule, in the lung: vessels leaving it.
+    exits = solid & ~mask if lung is None else solid & ~mask & lung
+    touching = ndimage.binary_dilation(exits, _FULL)
+    labels, count = ndimage.label(mask & solid, _FULL)
     if count == 0:
         return "ground-glass", np.zeros_like(mask)
-    inside = np.bincount(labels[mask], minlength=count + 1)
-    outside = np.bincount(labels[~mask], minlength=count + 1)
-    enclosed = np.flatnonzero((inside > 0) & (outside <= VESSEL_OUTSIDE_RATIO * inside))
-    core = _largest_component(mask & np.isin(labels, enclosed[enclosed > 0]))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    exit_voxels = np.bincount(labels[touching], minlength=count + 1)
+    enclosed = np.flatnonzero(exit_voxels <= VESSEL_EXIT_FRACTION * sizes)
+    enclosed = enclosed[enclosed > 0]
+    if not len(enclosed):
+        return "ground-glass", np.zeros_like(mask)
+    core = labels == int(enclosed[np.argmax(sizes[enclosed])])
     voxels = int(core.sum())
     if (
-        voxels == 0
-        or equivalent_diameter(voxels, spacing) < MIN_CORE_MM
+        equivalent_diameter(voxels, spacing) < MIN_CORE_MM
         or float(core[interior].mean()) < GROUND_GLASS_FRACTION
     ):
         return "ground-glass", core
@@ -101,6 +98,7 @@ def measure_component(
     prob: NDArray[np.floating],
     volume: Volume,
     origin: tuple[int, int, int],
+    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
 ) -> FindingResult:
     """Measure one component: ``mask``/``prob`` cover its bbox, which starts at ``origin``."""
     spacing = volume.spacing
@@ -117,11 +115,12 @@ def measure_component(
     hi = [
         min(n, o + m + p) for o, m, p, n in zip(origin, mask.shape, pad, volume.shape, strict=True)
     ]
-    hu_wide = volume.hu[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    wide = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    hu_wide = volume.hu[wide]
     mask_wide = np.zeros(hu_wide.shape, dtype=bool)
     inner = tuple(slice(o - a, o - a + m) for o, a, m in zip(origin, lo, mask.shape, strict=True))
     mask_wide[inner] = mask
-    kind, core = composition(mask_wide, hu_wide, spacing)
+    kind, core = composition(mask_wide, hu_wide, spacing, None if lung is None else lung(wide))
     if kind == "solid":
         solid = axes.mean_mm
     elif kind == "part-solid":
@@ -157,6 +156,7 @@ def findings_from_probability(
     offset: tuple[int, int, int] = (0, 0, 0),
     threshold: float = DEFAULT_THRESHOLD,
     inside: Callable[[NDArray[np.integer]], float] | None = None,
+    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
 ) -> list[FindingResult]:
     """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
 
@@ -164,7 +164,8 @@ def findings_from_probability(
     dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels where
     ``inside`` (the share of given voxel indices in the dilated lung mask) says lung: a
     large juxtapleural mass reaches far from aerated lung but always touches it. At most
-    ``MAX_FINDINGS`` are returned, most suspicious first.
+    ``MAX_FINDINGS`` are returned, most suspicious first. ``lung(box)`` gives the
+    undilated lung mask of a box of the volume (see :func:`composition`).
     """
     binary = prob >= threshold
     if not binary.any():
@@ -196,7 +197,7 @@ def findings_from_probability(
                 log.info("event=component_outside_lung voxels=%d", voxels)
                 continue
         prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
-        results.append(measure_component(mask, prob_box, volume, origin))
+        results.append(measure_component(mask, prob_box, volume, origin, lung))
     ordered = suspicion_order(results)
     if len(ordered) > MAX_FINDINGS:
         log.warning("event=findings_capped found=%d kept=%d", len(ordered), MAX_FINDINGS)

@@ -106,3 +106,16 @@ def test_to_dict_is_the_design_item() -> None:
     assert all(isinstance(item[k], float) for k in ("diameter_mm", "volume_mm3", "confidence"))
     assert item["kind"] in {"solid", "part-solid", "ground-glass"}
     assert isinstance(finding, FindingResult)
+
+
+def test_solid_component_touching_the_chest_wall_is_no_vessel() -> None:
+    hu = _lung_with(((20.0, 40.0, 40.0), 6.0, GGN_HU))
+    nodule = hu > -700
+    hu[:, :, :38] = 40.0  # chest wall on one side, reaching into the nodule's solid part
+    hu[18:23, 38:43, 38:45] = 40.0
+    lung = np.ones(SHAPE, dtype=bool)
+    lung[:, :, :38] = False
+    kind, core = composition(nodule, hu, SPACING, lung)
+    assert kind == "part-solid" and core.any()
+    # Without knowing where the lung is, the same contact reads as a structure leaving it.
+    assert composition(nodule, hu, SPACING)[0] == "ground-glass"
