@@ -4,8 +4,9 @@ Policies (what a PACS administrator can rely on):
 
 * **Success means durable.** 0x0000 is answered only after the file is renamed atomically
   into ``STORAGE_DIR/<study>/<series>/<sop>.dcm``, its data and its folder are fsync'ed
-  and its index row is committed (the index is what the rest of the system trusts). Storage below ``min_free_disk_mb``, an unreachable database or any other
-  failure answers 0xA700 (Refused: Out of Resources, PS3.4 B.2.3); the sender retries.
+  and its index row is committed (the index is what the rest of the system trusts).
+  Storage below ``min_free_disk_mb``, an unreachable database or any other failure
+  answers 0xA700 (Refused: Out of Resources, PS3.4 B.2.3); the sender retries.
 * **Paths come from validated UIDs only** (``^[0-9]+(\\.[0-9]+)*$``, at most 64
   characters). A data set whose Study/Series/SOP Instance UID fails answers 0xA900 and
   raises a security alert audit event (110113); nothing is written outside the temporary

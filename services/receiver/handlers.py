@@ -8,116 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pynetdicom.events import Event
 
-from services.core import audit
-from services.core.db import Database
 from services.receiver import statuses
+from services.receiver.associations import Registry
 from services.receiver.index import HeaderError, parse_header
 from services.receiver.policy import rejection_reason
 from services.receiver.store import InstanceStore, NoSpaceError, Outcome, Received
 from services.receiver.tempfiles import HashingFile, discard
-from services.receiver.tracker import StudyTracker
 
 log = logging.getLogger("services.receiver")
-
-
-@dataclass
-class AssociationState:
-    calling_aet: str
-    peer: str
-    studies: set[str] = field(default_factory=set)
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    bytes: int = 0
-    released: bool = False
-    finished: bool = False
-
-
-class Registry:
-    """Per-association state, the tracker and the audit trail for association events."""
-
-    def __init__(
-        self, db: Database, tracker: StudyTracker, *, ae_title: str, allowed_aets: list[str]
-    ) -> None:
-        self.db = db
-        self.tracker = tracker
-        self.ae_title = ae_title
-        self.allowed_aets = allowed_aets
-        self._states: dict[int, AssociationState] = {}
-        self._lock = threading.Lock()
-
-    def open(self, assoc: Any) -> AssociationState:
-        requestor = assoc.requestor
-        state = AssociationState(
-            calling_aet=str(requestor.ae_title).strip(),
-            peer=f"{requestor.address}:{requestor.port}",
-        )
-        with self._lock:
-            self._states[id(assoc)] = state
-        return state
-
-    def get(self, assoc: Any) -> AssociationState:
-        with self._lock:
-            state = self._states.get(id(assoc))
-        return state if state is not None else self.open(assoc)
-
-    @property
-    def active(self) -> int:
-        with self._lock:
-            return len(self._states)
-
-    def finish(self, assoc: Any, *, released: bool) -> None:
-        with self._lock:
-            state = self._states.pop(id(assoc), None)
-        if state is None or state.finished:
-            return
-        state.finished = True
-        state.released = released
-        try:
-            self.tracker.association_ended(state.studies, released=released)
-        except Exception:
-            log.exception("event=association_end_not_recorded calling_aet=%s", state.calling_aet)
-        log.info(
-            "event=association_closed calling_aet=%s peer=%s released=%s stored=%d "
-            "duplicates=%d failed=%d bytes=%d studies=%d",
-            state.calling_aet,
-            state.peer,
-            released,
-            state.stored,
-            state.duplicates,
-            state.failed,
-            state.bytes,
-            len(state.studies),
-        )
-        if state.stored or state.failed:
-            self._audit(
-                audit.INSTANCES_TRANSFERRED,
-                actor=state.calling_aet,
-                source=state.peer,
-                action="C",
-                object_type="study",
-                object_id=",".join(sorted(state.studies))[:128],
-                outcome="0" if not state.failed else "4",
-                detail=f"stored={state.stored} duplicates={state.duplicates} "
-                f"failed={state.failed} released={released}",
-            )
-
-    def security_alert(self, *, actor: str, source: str, detail: str) -> None:
-        self._audit(audit.SECURITY_ALERT, actor=actor, source=source, outcome="4", detail=detail)
-
-    def _audit(self, event: str, **fields: Any) -> None:
-        try:
-            with self.db.session() as session:
-                audit.record(session, event, **fields)
-        except Exception:
-            log.warning("event=audit_not_written audit_event=%s", event)
 
 
 # --------------------------------------------------------------------------- handlers

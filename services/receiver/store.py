@@ -16,47 +16,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, DateTime, Table, bindparam, select, text
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from services.core.db import Database, Instance, Series, Study
 from services.core.storage import LocalStorage, instance_key
 from services.receiver.index import InstanceHeader
+from services.receiver.queries import (
+    FIND_INSTANCE,
+    INSERT_INSTANCE,
+    TOUCH_STUDY,
+    UPDATE_INSTANCE,
+    fsync_dir,
+)
 
 log = logging.getLogger(__name__)
 
 STUDIES = cast(Table, Study.__table__)
 SERIES = cast(Table, Series.__table__)
 INSTANCES = cast(Table, Instance.__table__)
-
-
-_NOW = bindparam("now", type_=DateTime(timezone=True))
-_FIND = text("SELECT id, sha256, path FROM instances WHERE sop_instance_uid = :sop")
-_TOUCH_STUDY = text(
-    "UPDATE studies SET last_received_at = :now,"
-    " pending_since = COALESCE(pending_since, :now),"
-    " open_associations = open_associations + :opens, revision = revision + :replaced"
-    " WHERE id = :id"
-).bindparams(_NOW)
-_INSERT_INSTANCE = text(
-    "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-    " instance_number, path, size, sha256, calling_aet, received_at) VALUES (:series_id, :sop,"
-    " :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now)"
-).bindparams(_NOW)
-_UPDATE_INSTANCE = text(
-    "UPDATE instances SET series_id = :series_id, sop_class_uid = :sop_class,"
-    " transfer_syntax_uid = :syntax, instance_number = :number, path = :path, size = :size,"
-    " sha256 = :sha, calling_aet = :aet, received_at = :now WHERE id = :id"
-).bindparams(_NOW)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outcome(enum.Enum):
@@ -108,7 +87,7 @@ class InstanceStore:
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
         with self.db.engine.connect() as conn:
-            existing = conn.execute(_FIND, {"sop": header.sop_instance_uid}).first()
+            existing = conn.execute(FIND_INSTANCE, {"sop": header.sop_instance_uid}).first()
             conn.rollback()  # end the read; the write below is its own transaction
             if (
                 existing is not None
@@ -128,7 +107,7 @@ class InstanceStore:
                 self._studies.clear()
                 self._series.clear()
                 with conn.begin():
-                    existing = conn.execute(_FIND, {"sop": header.sop_instance_uid}).first()
+                    existing = conn.execute(FIND_INSTANCE, {"sop": header.sop_instance_uid}).first()
                     if existing is not None and existing.sha256 == received.sha256:
                         return Outcome.DUPLICATE  # the same bytes, stored by a sibling
                     self._index(conn, received, key, existing, opens_study)
@@ -169,7 +148,7 @@ class InstanceStore:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     def _remove_quietly(self, key: str) -> None:
         try:
@@ -186,7 +165,7 @@ class InstanceStore:
         now = datetime.now(UTC)
         study_id = self._study_id(conn, header, now)
         conn.execute(
-            _TOUCH_STUDY,
+            TOUCH_STUDY,
             {
                 "id": study_id,
                 "now": now,
@@ -207,9 +186,9 @@ class InstanceStore:
             "now": now,
         }
         if existing is None:
-            conn.execute(_INSERT_INSTANCE, values)
+            conn.execute(INSERT_INSTANCE, values)
         else:
-            conn.execute(_UPDATE_INSTANCE, {**values, "id": existing.id})
+            conn.execute(UPDATE_INSTANCE, {**values, "id": existing.id})
 
     def _study_id(self, conn: Connection, header: InstanceHeader, now: datetime) -> int:
         uid = header.study_instance_uid
