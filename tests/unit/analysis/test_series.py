@@ -166,6 +166,10 @@ def test_enhanced_ct_has_a_clear_reason() -> None:
 
 def test_too_large_images_and_too_thick_slices() -> None:
     assert reason(stack(rows=65535)).code == "image-too-large"
+    frames = [replace(h, number_of_frames=1_000_000) for h in stack()]
+    assert reason(frames).code == "image-too-large"
+    twelve = [replace(h, bits_allocated=12) for h in stack()]
+    assert reason(twelve).code == "corrupt-pixel-data"
     error = reason(stack(n=30, step=6.0))
     assert error.code == "no-usable-series" and "6.0 mm" in error.message
 
