@@ -201,3 +201,18 @@ def test_jwks_with_key_rotation(db: Database, settings: Settings, tmp_path: Path
                                  "exp": int(time.time()) + 60}, "secret", algorithm="HS256",
                                 headers={"kid": "hmac"})
         assert c.get("/fhir/DiagnosticReport", headers=bearer(hmac_token)).status_code == 401
+
+
+def test_metrics_need_a_token_off_loopback_and_hsts_on_https(db: Database,
+                                                              settings: Settings) -> None:
+    exposed = settings.model_copy(update={"api_host": "0.0.0.0", "api_tokens": [STATIC],
+                                          "public_base_url": "https://nf.example"})
+    with TestClient(create_app(exposed, db), client=("10.0.0.7", 1),
+                    raise_server_exceptions=False) as c:
+        assert c.get("/metrics").status_code == 401
+        res = c.get("/metrics", headers=bearer(STATIC))
+        assert res.status_code == 200 and "noduleflow_database_up" in res.text
+        assert res.headers["strict-transport-security"].startswith("max-age=")
+        assert c.get("/healthz").status_code == 200
+        links = c.get("/fhir/DiagnosticReport", headers=bearer(STATIC)).json()["link"]
+        assert links[0]["url"].startswith("https://nf.example/fhir/DiagnosticReport?")
