@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -45,19 +46,19 @@ def load_engine(settings: Settings) -> ProbabilityModel:
 
 def render(result: AnalysisResult, console: Console) -> None:
     """A table of findings, most suspicious first, and a one-line summary."""
-    table = Table(title=f"{len(result.findings)} finding(s)")
-    for name in ("#", "centre LPS (mm)", "diameter", "long × short", "volume", "HU", "kind"):
-        table.add_column(name)
-    table.add_column("conf.", justify="right")
-    table.add_column("Lung-RADS", justify="center")
+    table = Table(title=f"{len(result.findings)} finding(s)", box=box.SIMPLE, pad_edge=False)
+    for name in ("#", "x, y, z LPS mm", "diam mm", "long×short", "vol mm³", "HU", "kind"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("conf", justify="right", no_wrap=True)
+    table.add_column("Lung-RADS", justify="center", no_wrap=True)
     for n, f in enumerate(result.findings, 1):
         x, y, z = f.center_mm
         table.add_row(
             str(n),
             f"{x:.1f}, {y:.1f}, {z:.1f}",
-            f"{f.diameter_mm:.1f} mm",
-            f"{f.long_axis_mm:.1f} × {f.short_axis_mm:.1f}",
-            f"{f.volume_mm3:.0f} mm³",
+            f"{f.diameter_mm:.1f}",
+            f"{f.long_axis_mm:.1f}×{f.short_axis_mm:.1f}",
+            f"{f.volume_mm3:.0f}",
             f"{f.mean_hu:.0f}",
             f.kind,
             f"{f.confidence:.2f}",
@@ -117,5 +118,6 @@ def analyze_folder(directory: Path, *, settings: Settings, as_json: bool) -> int
     if as_json:
         sys.stdout.write(json.dumps({"findings": [f.to_dict() for f in result.findings]}) + "\n")
     else:
-        render(result, Console())
+        out = Console()
+        render(result, out if out.is_terminal and out.width >= 110 else Console(width=110))
     return EXIT_OK
