@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -137,11 +138,8 @@ def main() -> int:
         report(f"CPU run {n + 1}", result, total, have_model)
         if have_model and nodules:
             print(f"  true nodules matched by a finding: {matched(result, nodules)}/{len(nodules)}")
-    if hasattr(os, "getpid"):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"  peak RSS of this process so far: {peak:.0f} MB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS of this process so far: {peak:.0f} MB")
     gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     if not gpu or not have_model:
         why = "no CUDA/TensorRT provider in this ONNX Runtime" if not gpu else "no model"
