@@ -1,0 +1,240 @@
+"""ONNX Runtime inference engine for the nodule segmentation model.
+
+One :class:`Engine` per process: it verifies the model files against ``model.json``, opens a
+single ORT session on the best provider available (TensorRT > CUDA > CPU) and turns an HU
+volume into a voxel-wise nodule probability map on the volume's own grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from services.analysis import preprocess, tiling
+from services.analysis.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
+
+_PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+#: Probabilities below this on the model grid are written as exactly 0 on the native grid.
+FLOOR = 0.02
+
+
+class ModelError(Exception):
+    """The model folder is missing, incomplete, corrupt or does not match its manifest."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def choose_providers(requested: str, available: list[str]) -> list[str]:
+    """ORT providers to try, best first: ``auto`` or a comma list of tensorrt/cuda/cpu."""
+    if requested.strip().lower() in ("", "auto"):
+        wanted = [_PROVIDER_NAMES[name] for name in ("tensorrt", "cuda", "cpu")]
+    else:
+        wanted = []
+        for name in requested.lower().split(","):
+            key = name.strip().removesuffix("executionprovider")
+            if key not in _PROVIDER_NAMES:
+                raise ModelError(f"unknown execution provider {name.strip()!r}")
+            wanted.append(_PROVIDER_NAMES[key])
+    chosen = [p for p in wanted if p in available]
+    if not chosen:
+        raise ModelError(f"none of the providers {wanted} is available (have {available})")
+    return chosen
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Engine:
+    """A loaded, verified model and its ONNX Runtime session."""
+
+    def __init__(self, session: Any, manifest: ModelManifest, provider: str, precision: str):
+        self.session = session
+        self.manifest = manifest
+        self.provider = provider
+        self.precision = precision
+        self._input = session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, model_dir: Path, providers: str = "auto", *, precision: str = "auto") -> Engine:
+        """Verify ``model_dir`` against its manifest and open an ORT session.
+
+        ``precision`` is ``fp32``, ``fp16`` or ``auto`` (fp16 on GPU providers, else fp32).
+        """
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        manifest_path = model_dir / "model.json"
+        if not manifest_path.is_file():
+            raise ModelError(f"no model manifest at {manifest_path}")
+        try:
+            manifest = ModelManifest.model_validate_json(manifest_path.read_text())
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"invalid model manifest {manifest_path}: {first}") from exc
+        chosen = choose_providers(providers, ort.get_available_providers())
+        on_gpu = chosen[0] in _GPU_PROVIDERS
+        if precision == "auto":
+            precision = "fp16" if on_gpu and "fp16" in manifest.files else "fp32"
+        if precision not in manifest.files:
+            raise ModelError(f"model manifest lists no {precision!r} file")
+        entry = manifest.files[precision]
+        path = model_dir / entry.path
+        if not path.is_file():
+            raise ModelError(f"model file missing: {path}")
+        actual = sha256_of(path)
+        if actual != entry.sha256:
+            raise ModelError(
+                f"sha256 mismatch for {path}: manifest {entry.sha256[:12]}…, file {actual[:12]}…"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = _threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # no busy-waiting worker threads: on a shared CPU spinning steals time from others
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        provider_args: list[Any] = []
+        for name in chosen:
+            if name == "TensorrtExecutionProvider":
+                cache = model_dir / ".trt-cache"
+                provider_args.append(
+                    (
+                        name,
+                        {
+                            "trt_fp16_enable": precision == "fp16",
+                            "trt_engine_cache_enable": True,
+                            "trt_engine_cache_path": str(cache),
+                        },
+                    )
+                )
+            else:
+                provider_args.append(name)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=provider_args)
+        except Exception as exc:  # ORT raises its own exception types
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"cannot load {path}: {first}") from exc
+        provider = session.get_providers()[0]
+        log.info(
+            "event=model_loaded name=%s version=%s provider=%s precision=%s",
+            manifest.name,
+            manifest.version,
+            provider,
+            precision,
+        )
+        return cls(session, manifest, provider, precision)
+
+    def _plan(
+        self, model_shape: tuple[int, int, int]
+    ) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:
+        m = self.manifest
+        return tiling.plan(model_shape, m.patch_size, m.overlap, m.multiple)
+
+    def flops(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> float:
+        """Network FLOPs (2 × multiply-adds) to process a volume of ``shape`` at ``spacing``."""
+        model_shape = preprocess.grid_shape(shape, spacing, self.manifest.spacing_mm)
+        tile, corners = self._plan(model_shape)
+        return float(len(corners) * int(np.prod(tile)) * self.manifest.flops_per_voxel)
+
+    def _run(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:
+        out = self.session.run(None, {self._input: patch[None, None]})[0]
+        return np.asarray(out[0, 0], dtype=np.float32)
+
+    def model_probability(
+        self, x: NDArray[np.float32], *, progress: Callable[[float], None] | None = None
+    ) -> NDArray[np.float32]:
+        """Sliding-window probability on the model grid for a preprocessed input ``x``."""
+        tile, corners = self._plan(x.shape)  # type: ignore[arg-type]
+        padded_shape = [max(n, max(c[a] for c in corners) + tile[a]) for a, n in enumerate(x.shape)]
+        xp = preprocess.pad_to(x, padded_shape)
+        weights = tiling.blend_weights(tile, self.manifest.overlap)
+        acc = np.zeros(xp.shape, dtype=np.float32)
+        norm = np.zeros(xp.shape, dtype=np.float32)
+        for index, (z, y, w) in enumerate(corners):
+            box = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(w, w + tile[2]))
+            logits = self._run(np.ascontiguousarray(xp[box]))
+            acc[box] += weights / (1.0 + np.exp(-logits))
+            norm[box] += weights
+            if progress is not None:
+                progress((index + 1) / len(corners))
+        prob = acc / norm
+        return prob[: x.shape[0], : x.shape[1], : x.shape[2]]
+
+    def probability(
+        self,
+        hu: NDArray[np.floating],
+        spacing: tuple[float, float, float],
+        *,
+        progress: Callable[[float], None] | None = None,
+    ) -> NDArray[np.float32]:
+        """Nodule probability in ``[0, 1]`` for every voxel of ``hu`` (same shape, ``(k, j, i)``).
+
+        The volume is windowed, resampled to the model spacing, run tile by tile with cosine
+        blending, and the map is interpolated linearly back onto the input grid. Voxels whose
+        model-grid probability is below ``FLOOR`` come back as exactly 0.
+        """
+        hu = np.asarray(hu)
+        if hu.ndim != 3 or min(hu.shape) < 1:
+            raise ValueError(f"expected a non-empty 3D volume, got shape {hu.shape}")
+        m = self.manifest
+        started = time.perf_counter()
+        x = preprocess.model_input(hu, spacing, m.spacing_mm, m.hu_window)
+        prob_model = self.model_probability(x, progress=progress)
+        out = np.zeros(hu.shape, dtype=np.float32)
+        labels, count = ndimage.label(prob_model >= FLOOR)
+        for found in ndimage.find_objects(labels):
+            if found is None:
+                continue
+            lo_m = [s.start for s in found]
+            hi_m = [s.stop for s in found]
+            lo = [
+                max(0, int(np.floor((a - 1) * t / s)))
+                for a, t, s in zip(lo_m, m.spacing_mm, spacing, strict=True)
+            ]
+            hi = [
+                min(n, int(np.ceil(b * t / s)) + 1)
+                for b, t, s, n in zip(hi_m, m.spacing_mm, spacing, hu.shape, strict=True)
+            ]
+            size = [b - a for a, b in zip(lo, hi, strict=True)]
+            if min(size) <= 0:
+                continue
+            part = preprocess.to_native(
+                prob_model, m.spacing_mm, hu.shape, spacing, offset=lo, shape=size
+            )
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            np.maximum(out[box], part, out=out[box])
+        np.clip(out, 0.0, 1.0, out=out)
+        log.debug(
+            "event=probability shape=%s model_shape=%s regions=%d seconds=%.2f",
+            hu.shape,
+            x.shape,
+            count,
+            time.perf_counter() - started,
+        )
+        return out

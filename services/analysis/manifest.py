@@ -1,0 +1,54 @@
+"""``model.json``: what a model folder holds and how its network must be fed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ModelFile(BaseModel):
+    """One ONNX file of the model and its sha256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class ModelManifest(BaseModel):
+    """The manifest (``model.json``) of a segmentation model folder."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    name: str
+    version: str
+    files: dict[str, ModelFile]
+    opset: int = Field(ge=17)
+    spacing_mm: tuple[float, float, float]
+    hu_window: tuple[float, float]
+    patch_size: tuple[int, int, int]
+    overlap: int = Field(ge=0)
+    multiple: int = Field(ge=1)
+    threshold: float = Field(gt=0.0, lt=1.0)
+    flops_per_voxel: float = Field(gt=0.0)
+    input: str = "x: float32 (1, 1, d, h, w), HU clipped to hu_window, scaled to [-1, 1]"
+    output: str = "logits: float32 (1, 1, d, h, w); sigmoid = P(voxel inside a nodule)"
+    architecture: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("spacing_mm must be positive")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _has_fp32(cls, value: dict[str, ModelFile]) -> dict[str, ModelFile]:
+        if "fp32" not in value:
+            raise ValueError("files must include an 'fp32' entry")
+        return value

@@ -1,0 +1,38 @@
+"""The fixed training recipe: model grid, network size, data seeds, sampling and loss weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a training run apart from the seed and the time budget."""
+
+    spacing_mm: tuple[float, float, float] = (1.25, 1.0, 1.0)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    channels: tuple[int, ...] = (6, 12, 24, 48)
+    train_patch: int = 48
+    batch: int = 4
+    positive_fraction: float = 0.6
+    min_cases: int = 8  # cached cases needed before training starts (the rest join later)
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    bf16: bool = True  # bfloat16 autocast on CPU (AMX/AVX-512 BF16 where the CPU has them)
+    #: inference tiling (model-grid voxels)
+    tile: tuple[int, int, int] = (128, 128, 128)
+    overlap: int = 16
+    #: phantom seeds: training ``train_seeds``, validation ``val_seeds`` (held-out evaluation
+    #: uses seeds from 100000 on, never seen here)
+    train_seeds: tuple[int, ...] = tuple(range(0, 36))
+    val_seeds: tuple[int, ...] = tuple(range(50000, 50006))
+    thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["train_seeds"] = f"{self.train_seeds[0]}..{self.train_seeds[-1]}"
+        out["val_seeds"] = f"{self.val_seeds[0]}..{self.val_seeds[-1]}"
+        return out

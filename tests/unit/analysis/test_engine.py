@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper, save_model
+
+from services.analysis import tiling
+from services.analysis.engine import Engine, ModelError, choose_providers, sha256_of
+
+
+def _pointwise_model(path: Path, gain: float = 4.0, bias: float = 0.0) -> None:
+    """logits = gain * x + bias: position independent, so tiling must not show."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "d", "h", "w"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, "d", "h", "w"])
+    g = numpy_helper.from_array(np.array(gain, np.float32), "g")
+    b = numpy_helper.from_array(np.array(bias, np.float32), "b")
+    nodes = [
+        helper.make_node("Mul", ["x", "g"], ["t"]),
+        helper.make_node("Add", ["t", "b"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "pointwise", [x], [y], [g, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save_model(model, str(path))
+
+
+def _model_dir(tmp_path: Path, *, patch=(16, 16, 16), overlap=4, spacing=(1.0, 1.0, 1.0)) -> Path:
+    _pointwise_model(tmp_path / "model.onnx")
+    manifest = {
+        "name": "test-model",
+        "version": "0.0.1",
+        "files": {
+            "fp32": {
+                "path": "model.onnx",
+                "sha256": sha256_of(tmp_path / "model.onnx"),
+                "bytes": (tmp_path / "model.onnx").stat().st_size,
+            }
+        },
+        "opset": 17,
+        "spacing_mm": list(spacing),
+        "hu_window": [-1000.0, 400.0],
+        "patch_size": list(patch),
+        "overlap": overlap,
+        "multiple": 4,
+        "threshold": 0.5,
+        "flops_per_voxel": 3.0,
+    }
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_axis_plan_covers_with_overlap():
+    for length in (1, 7, 16, 17, 40, 100, 257):
+        tile, starts = tiling.axis_plan(length, 32, 8, 4)
+        assert tile % 4 == 0 and tile <= max(32, length + 3)
+        assert starts[0] == 0 and starts[-1] + tile >= length
+        for a, b in itertools.pairwise(starts):
+            assert a + tile - b >= 8 - 1  # neighbours overlap (±1 from rounding)
+    with pytest.raises(ValueError):
+        tiling.axis_plan(10, 8, 8, 4)
+
+
+def test_blend_weights_taper_but_never_vanish():
+    w = tiling.blend_weights((16, 12, 12), 4)
+    assert w.shape == (16, 12, 12)
+    assert w.min() > 0 and w.max() == pytest.approx(1.0)
+    assert w[8, 4, 6] == pytest.approx(1.0)
+    assert w[0, 4, 6] < 0.2
+
+
+def test_sliding_window_equals_whole_volume(tmp_path):
+    engine = Engine.load(_model_dir(tmp_path), "cpu")
+    assert engine.provider == "CPUExecutionProvider"
+    assert engine.manifest.name == "test-model"
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 400, (37, 45, 29)).astype(np.float32)
+    seen: list[float] = []
+    prob = engine.model_probability(hu / 700.0 - 3.0 / 7.0, progress=seen.append)
+    expected = 1.0 / (1.0 + np.exp(-4.0 * (hu / 700.0 - 3.0 / 7.0)))
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    _, corners = tiling.plan(hu.shape, (16, 16, 16), 4, 4)
+    assert len(corners) > 8 and len(seen) == len(corners) and seen[-1] == 1.0
+
+
+def test_probability_maps_back_to_input_grid(tmp_path):
+    engine = Engine.load(_model_dir(tmp_path, spacing=(1.5, 1.0, 1.0)), "cpu")
+    hu = np.full((20, 30, 40), -1000.0, np.float32)
+    hu[5:15, 10:20, 10:30] = 400.0  # a bright box: sigmoid(4) ≈ 0.98 inside
+    prob = engine.probability(hu, (1.0, 0.8, 0.8))
+    assert prob.shape == hu.shape and prob.dtype == np.float32
+    assert prob[10, 15, 20] == pytest.approx(1 / (1 + np.exp(-4.0)), abs=1e-4)
+    assert prob[0, 0, 0] == 0.0  # sigmoid(-4) = 0.018 is under the floor
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    assert engine.flops(hu.shape, (1.0, 0.8, 0.8)) > 3.0 * 13 * 24 * 32
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(ModelError, match="no model manifest"):
+        Engine.load(tmp_path)
+    model_dir = _model_dir(tmp_path)
+    (model_dir / "model.onnx").write_bytes(b"corrupt")
+    with pytest.raises(ModelError, match="sha256 mismatch") as info:
+        Engine.load(model_dir)
+    assert "\n" not in str(info.value)
+    (model_dir / "model.json").write_text("{}")
+    with pytest.raises(ModelError, match="invalid model manifest"):
+        Engine.load(model_dir)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(ModelError, match="fp16"):
+        Engine.load(_model_dir(fresh), "cpu", precision="fp16")
+
+
+def test_choose_providers():
+    have = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", have) == have
+    assert choose_providers("cpu", have) == ["CPUExecutionProvider"]
+    assert choose_providers("tensorrt,cuda", have) == ["CUDAExecutionProvider"]
+    with pytest.raises(ModelError):
+        choose_providers("tensorrt", have)
+    with pytest.raises(ModelError):
+        choose_providers("tpu", have)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from services.modeling import evalcases
+from services.modeling.evaluate import score_case
+from services.modeling.report import markdown, summarize
+from tests.unit.modeling.fakecase import fake_case
+
+
+@dataclass
+class Finding:
+    center_mm: tuple[float, float, float]
+    confidence: float
+    mask: np.ndarray
+    bbox: tuple[int, ...]
+    diameter_mm: float
+    volume_mm3: float
+
+
+def _perfect(case: evalcases.EvalCase, index: int, score: float = 0.9) -> Finding:
+    mask, origin = case.truth_box(index)
+    n = case.nodules[index]
+    end = tuple(o + s for o, s in zip(origin, mask.shape))
+    return Finding(
+        tuple(n["center_mm"]),
+        score,
+        mask,
+        (*origin, *end),
+        n["diameter_mm"] + 0.5,
+        n["volume_mm3"] * 1.1,
+    )
+
+
+def test_cache_round_trip(tmp_path, monkeypatch):
+    case = evalcases.from_phantom(fake_case(4), 4)
+    evalcases._save(case, tmp_path / "c.npz")
+    back = evalcases._load(tmp_path / "c.npz")
+    assert back.nodules == case.nodules and back.thickness_mm == case.thickness_mm
+    np.testing.assert_array_equal(back.volume.hu, np.rint(case.volume.hu))
+    assert back.volume.spacing == case.volume.spacing
+    for a, b in zip(back.masks, case.masks):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_score_case_and_summary():
+    cases = [evalcases.from_phantom(fake_case(s), s) for s in (1, 2, 3)]
+    results = []
+    for n, case in enumerate(cases):
+        findings = [_perfect(case, 0)]
+        far = Finding(
+            (500.0, 500.0, 500.0),
+            0.95 if n == 0 else 0.2,
+            np.ones((1, 1, 1), bool),
+            (0, 0, 0, 1, 1, 1),
+            3.0,
+            10.0,
+        )
+        findings.append(far)
+        results.append(score_case(case, findings))
+    first = results[0].nodules[0]
+    assert first.dice == 1.0
+    assert first.diameter_error_mm == pytest.approx(0.5)
+    assert first.volume_error_rel == pytest.approx(0.1)
+    summary = summarize(results)
+    overall = summary["overall"]
+    total = sum(len(c.nodules) for c in cases)
+    assert overall["detected_any_score"] == 3 and overall["nodules"] == total
+    assert overall["false_positives_per_scan"] == 1.0
+    assert overall["froc"]["1.0"] == pytest.approx(3 / total)
+    assert overall["diameter_mae_mm"] == pytest.approx(0.5)
+    assert {row["value"] for row in summary["strata"]["size"]} <= {"6-8 mm", "8-15 mm"}
+    table = markdown(summary)
+    assert "| cpm |" in table and "**By size**" in table
