@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from services.core.broker import Broker
 from services.core.db import Database
@@ -30,7 +31,11 @@ class AppState:
     reports: ReportCache = field(default_factory=ReportCache)
 
 
-def get_state(request: Request) -> AppState:
+# Cheap dependencies are ``async def`` so FastAPI runs them on the event loop instead of
+# hopping to the thread pool for each; anything touching the database stays in threads.
+
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.noduleflow
     return state
 
@@ -38,7 +43,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -56,7 +61,8 @@ def client_host(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def get_principal(request: Request, state: StateDep) -> Principal:
+def authenticate(request: Request, state: AppState) -> Principal:
+    """The caller, or 401 (with an audit row, so call it from a thread)."""
     try:
         return state.authenticator.authenticate(
             request.headers.get("authorization"), client_host(request)
@@ -70,6 +76,16 @@ def get_principal(request: Request, state: StateDep) -> Principal:
         ) from exc
 
 
+async def get_principal(request: Request, state: StateDep) -> Principal:
+    try:
+        return state.authenticator.authenticate(
+            request.headers.get("authorization"), client_host(request)
+        )
+    except AuthError:
+        pass
+    return await run_in_threadpool(authenticate, request, state)  # audits, raises 401
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
@@ -77,18 +93,22 @@ def ensure_scope(request: Request, principal: Principal, *types: str, interactio
     """403 (and a security audit row) unless ``principal`` may ``interaction`` all ``types``."""
     missing = [t for t in types if not allows(principal.scopes, t, interaction)]
     if missing:
+        state: AppState = request.app.state.noduleflow
         audit_reads.access_denied(
-            get_state(request).db, actor=principal.subject, source=client_host(request),
+            state.db, actor=principal.subject, source=client_host(request),
             path=request.url.path,
         )
         raise ApiError(403, f"Insufficient scope for {', '.join(missing)} ({interaction})")
 
 
-def require(*resource_types: str, interaction: str = "r") -> Callable[..., Principal]:
+def require(*resource_types: str, interaction: str = "r") -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller must hold ``interaction`` on every one of ``resource_types``."""
 
-    def check(request: Request, principal: PrincipalDep) -> Principal:
-        ensure_scope(request, principal, *resource_types, interaction=interaction)
+    async def check(request: Request, principal: PrincipalDep) -> Principal:
+        if all(allows(principal.scopes, t, interaction) for t in resource_types):
+            return principal
+        await run_in_threadpool(ensure_scope, request, principal, *resource_types,
+                                interaction=interaction)  # audits, raises 403
         return principal
 
     return check

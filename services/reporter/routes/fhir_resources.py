@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -22,6 +23,7 @@ from services.reporter.fhir_query import (
 )
 from services.reporter.fhir_response import (
     FhirResponse,
+    encode,
     entry,
     fhir_base,
     parse_request,
@@ -40,13 +42,17 @@ PatientReader = Annotated[Principal, Depends(require("Patient", interaction="r")
 DeviceReader = Annotated[Principal, Depends(require("Device", interaction="r"))]
 
 
+@lru_cache(maxsize=16)
+def _capability(base: str, auth_open: bool, day: str) -> bytes:
+    statement = capability_statement(base, auth_open=auth_open, date=day)
+    return encode(statement.model_dump(mode="json"))
+
+
 @router.get("/metadata", response_class=FhirResponse)
 def metadata(request: Request, settings: SettingsDep, state: StateDep) -> Response:
-    statement = capability_statement(
-        fhir_base(request, settings), auth_open=state.authenticator.open,
-        date=utcnow().date().isoformat(),
-    )
-    return resource_response(statement)
+    body = _capability(fhir_base(request, settings), state.authenticator.open,
+                       utcnow().date().isoformat())
+    return resource_response(body)
 
 
 @router.get("/Observation", response_class=FhirResponse)

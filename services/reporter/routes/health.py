@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from services.core.messages import INFERENCE_QUEUE
 from services.reporter.auth import is_loopback
-from services.reporter.deps import StateDep, get_principal
+from services.reporter.deps import StateDep, authenticate
 from services.reporter.errors import RETRY_AFTER_SECONDS
 
 router = APIRouter(tags=["health"])
@@ -54,5 +54,5 @@ def readyz(state: StateDep) -> JSONResponse:
 def metrics(request: Request, state: StateDep) -> Response:
     """Public on a loopback API_HOST; any valid credential otherwise."""
     if not is_loopback(state.settings.api_host):
-        get_principal(request, state)
+        authenticate(request, state)
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
