@@ -1,4 +1,19 @@
-"""The reporter's HTTP side: FHIR R4 (read-only), study API, worklist, health and metrics."""
+"""The reporter's HTTP side: FHIR R4 (read-only), study API, worklist, health and metrics.
+
+- ``/fhir``: ``metadata``; DiagnosticReport and Observation and ImagingStudy read + search;
+  Patient and Device read. ``application/fhir+json``, searchset Bundles with ``total`` and
+  self/first/next/previous links, an OperationOutcome for every error (strict parameters).
+- ``/api``: ``studies/{uid}``, ``studies/{uid}/findings`` (DESIGN.md shape),
+  ``studies/{uid}/key-images/{index}.png``, ``jobs``, ``worklist``.
+- ``/worklist``, ``/studies/{uid}``: HTML shells; their data comes from ``/api`` with the
+  bearer token the user types in (kept in sessionStorage).
+- ``/healthz`` (alive), ``/readyz`` (database and broker), ``/metrics`` (Prometheus, from the
+  database at scrape time; needs a token when API_HOST is not loopback).
+
+Access: see :mod:`services.reporter.auth`; audit: :mod:`services.reporter.audit_reads`.
+No ``/docs`` or OpenAPI schema is served. Run behind TLS (HSTS is sent when
+``PUBLIC_BASE_URL`` is https) and with uvicorn's ``server_header=False``.
+"""
 
 from __future__ import annotations
 
