@@ -9,7 +9,6 @@ allocate gigabytes.
 
 from __future__ import annotations
 
-import functools
 import struct
 from pathlib import Path
 
@@ -173,43 +172,24 @@ def stored_values(ds: Dataset, header: SliceHeader) -> NDArray[np.integer]:
     return _encapsulated(ds, header)
 
 
-@functools.lru_cache(maxsize=16)
-def _lut16(
-    signed: bool, slope: float, intercept: float, padding: tuple[int, int] | None
-) -> NDArray[np.float32]:
-    """HU for every 16-bit stored value, indexed by the value's unsigned bit pattern."""
-    codes = np.arange(65536, dtype=np.int64)
-    values = codes.astype(np.uint16).view(np.int16).astype(np.int64) if signed else codes
-    lut = (values * slope + intercept).astype(np.float32)
-    if padding is not None:
-        lut[(values >= padding[0]) & (values <= padding[1])] = AIR_HU
-    np.maximum(lut, AIR_HU, out=lut)
-    lut.setflags(write=False)
-    return lut
-
-
 def to_hu(raw: NDArray[np.integer], header: SliceHeader, out: NDArray[np.float32]) -> None:
     """Write HU into ``out``: rescale, padding → air, and nothing below air (-1024 HU).
 
     Scanners mark pixels outside the reconstruction circle with PixelPaddingValue or with
     values like -2000 or -3024 HU; all of them become air so that lung masking and the model
-    see one consistent background. 16-bit data goes through a cached 65536-entry table (one
-    gather per slice).
+    see one consistent background. Padding values that rescale to air or below need no
+    comparison of their own: the floor at -1024 HU already takes care of them.
     """
-    if raw.dtype.itemsize == 2 and raw.dtype.kind in "iu":
-        lut = _lut16(raw.dtype.kind == "i", header.slope, header.intercept, header.padding)
-        native = raw if raw.dtype.isnative else raw.astype(raw.dtype.newbyteorder("="))
-        np.take(lut, native.view(np.uint16), out=out)
-        return
     np.copyto(out, raw, casting="unsafe")
     if header.slope != 1.0:
-        out *= np.float32(header.slope)
+        np.multiply(out, np.float32(header.slope), out=out)
     if header.intercept != 0.0:
-        out += np.float32(header.intercept)
+        np.add(out, np.float32(header.intercept), out=out)
     if header.padding is not None:
         low, high = header.padding
-        out[(raw >= low) & (raw <= high)] = AIR_HU
-    np.maximum(out, AIR_HU, out=out)
+        if max(low * header.slope, high * header.slope) + header.intercept > AIR_HU:
+            out[(raw >= low) & (raw <= high)] = AIR_HU
+    np.maximum(out, np.float32(AIR_HU), out=out)
 
 
 def load_hu(header: SliceHeader, out: NDArray[np.float32]) -> None:
