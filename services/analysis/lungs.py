@@ -29,6 +29,8 @@ PADDING_HU = -1024.0
 GRID_MM = (2.5, 2.0, 2.0)
 KEEP_FRACTION = 0.15
 DILATE_MM = 10.0
+CLOSE_MM = 15.0
+RIM_MM = 4.0
 CROP_MARGIN_MM = 12.0
 MIN_LUNG_ML = 50.0
 
@@ -45,6 +47,7 @@ class LungMask:
     shape: tuple[int, int, int]
     volume_ml: float
     filled: NDArray[np.bool_] | None = None  # the lungs before dilation, holes filled
+    region: NDArray[np.bool_] | None = None  # filled lungs, closed in-plane, plus a rim
 
     def lung_window(self, box: tuple[slice, ...]) -> NDArray[np.bool_]:
         """Full-resolution "inside the (undilated) lungs" for a box of the full volume."""
@@ -63,13 +66,19 @@ class LungMask:
         return bool(self.mask[idx[0], idx[1], idx[2]])
 
     def fraction_inside(self, kji: NDArray[np.integer]) -> float:
-        """Share of full-volume voxel indices ``kji`` (n × 3) that lie in the dilated lungs."""
+        """Share of full-volume voxel indices ``kji`` (n × 3) inside the lung region.
+
+        The region is the filled lungs closed in-plane by ``CLOSE_MM`` (so the dent a
+        juxtapleural nodule makes in the aerated lung is inside) plus a ``RIM_MM`` rim; the
+        mediastinum and chest wall beyond that are not.
+        """
+        region = self.region if self.region is not None else self.mask
         points = np.asarray(kji, dtype=np.int64).reshape(-1, 3)
         if not len(points):
             return 0.0
         grid = points // np.asarray(self.stride)
-        valid = np.all((grid >= 0) & (grid < np.asarray(self.mask.shape)), axis=1)
-        hits = self.mask[tuple(grid[valid].T)] if valid.any() else np.zeros(0, dtype=bool)
+        valid = np.all((grid >= 0) & (grid < np.asarray(region.shape)), axis=1)
+        hits = region[tuple(grid[valid].T)] if valid.any() else np.zeros(0, dtype=bool)
         return float(hits.sum()) / len(points)
 
     def crop(self, margin_mm: float, spacing: tuple[float, float, float]) -> tuple[slice, ...]:
@@ -190,12 +199,17 @@ def lung_mask(hu: NDArray[np.floating], spacing: tuple[float, float, float]) -> 
         )
     lungs = ndimage.binary_fill_holes(lungs, _IN_PLANE)
     filled = np.asarray(lungs)
-    # A box, not a ball: separable, so it costs a few 1-D passes instead of a 3-D stencil.
+    # Boxes, not balls: separable, so each costs a few 1-D passes instead of a 3-D stencil.
+    close = (1, 2 * round(CLOSE_MM / grid[1]) + 1, 2 * round(CLOSE_MM / grid[2]) + 1)
+    closed = ndimage.minimum_filter(ndimage.maximum_filter(filled.view(np.uint8), close), close)
+    rim = tuple(2 * max(1, round(RIM_MM / g)) + 1 for g in grid)
+    region = ndimage.maximum_filter(closed, size=rim).view(bool)
     size = tuple(2 * max(1, round(DILATE_MM / g)) + 1 for g in grid)
-    lungs = ndimage.maximum_filter(lungs.view(np.uint8), size=size).view(bool)
+    lungs = ndimage.maximum_filter(filled.view(np.uint8), size=size).view(bool)
     return LungMask(
         mask=np.asarray(lungs),
         filled=filled,
+        region=np.asarray(region),
         stride=stride,
         shape=(int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2])),
         volume_ml=volume_ml,

@@ -42,7 +42,7 @@ MIN_DIAMETER_MM = 3.0
 MIN_VOXELS = 4
 TOP_K = 10
 MAX_FINDINGS = 50
-MIN_LUNG_OVERLAP = 0.25
+MIN_LUNG_OVERLAP = 0.5
 DEFAULT_THRESHOLD = 0.5
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
@@ -161,9 +161,10 @@ def findings_from_probability(
     """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
 
     Components (26-connected) smaller than ``MIN_DIAMETER_MM`` equivalent diameter are
-    dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels where
-    ``inside`` (the share of given voxel indices in the dilated lung mask) says lung: a
-    large juxtapleural mass reaches far from aerated lung but always touches it. At most
+    dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels in the
+    lung region (``inside`` gives the share of given voxel indices there: the lungs with
+    their pleural dents closed, so juxtapleural nodules count and the mediastinum does
+    not). At most
     ``MAX_FINDINGS`` are returned, most suspicious first. ``lung(box)`` gives the
     undilated lung mask of a box of the volume (see :func:`composition`).
     """

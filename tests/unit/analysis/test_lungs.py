@@ -61,8 +61,8 @@ def test_juxtapleural_mass_counts_as_lung_and_chest_wall_does_not() -> None:
     shape = (64, 128, 128)
     hu = chest(shape, SPACING)
     cj, ci = 128 * 0.45, 64.0
-    centre = (32.0, cj, ci + 75 / 1.5)  # 5 mm beyond the lateral edge of the right lung
-    mass = ellipsoid(shape, SPACING, centre, (15.0, 15.0, 15.0))
+    centre = (32.0, cj, ci + 64 / 1.5)  # 6 mm inside the lateral edge of the right lung
+    mass = ellipsoid(shape, SPACING, centre, (12.0, 12.0, 12.0))  # 6 mm into the wall
     hu[mass] = 40.0
     wall = ellipsoid(shape, SPACING, (32.0, cj - 62 / 1.5, ci), (3.0, 3.0, 3.0))
     lungs = lung_mask(hu, SPACING)

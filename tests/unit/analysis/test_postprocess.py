@@ -82,9 +82,9 @@ def test_offset_and_inside_filter() -> None:
     full = volume_of(np.pad(hu, ((5, 0), (7, 0), (0, 3)), constant_values=LUNG_HU), SPACING)
     (finding,) = findings_from_probability(_prob(hu), full, offset=(5, 7, 0))
     assert finding.bbox[0] >= 5 + 16 and finding.center_mm[2] == pytest.approx(25.0, abs=0.05)
-    nowhere = findings_from_probability(_prob(hu), full, offset=(5, 7, 0), inside=lambda _: 0.2)
+    nowhere = findings_from_probability(_prob(hu), full, offset=(5, 7, 0), inside=lambda _: 0.4)
     assert nowhere == []
-    assert findings_from_probability(_prob(hu), full, offset=(5, 7, 0), inside=lambda _: 0.3)
+    assert findings_from_probability(_prob(hu), full, offset=(5, 7, 0), inside=lambda _: 0.6)
 
 
 def test_to_dict_is_the_design_item() -> None:
