@@ -112,6 +112,8 @@ def analyze_volume(
     offset = (box[0].start, box[1].start, box[2].start)
     t1 = time.perf_counter()
     timings["crop"] = t1 - t0
+    if progress is not None:
+        progress("crop", 1.0)
     step = None if progress is None else (lambda f: progress("inference", f))
     prob = engine.probability(crop, volume.spacing, progress=step)
     del crop
