@@ -101,3 +101,25 @@ def test_command_reports_a_missing_model(study, tmp_path: Path, capsys) -> None:
     settings = Settings(model_dir=tmp_path / "no-model")
     code = command.analyze_folder(paths[0].parent, settings=settings, as_json=True)
     assert code == 1 and "model" in capsys.readouterr().err
+
+
+def test_only_the_chosen_series_is_read(tmp_path: Path, monkeypatch) -> None:
+    from services.analysis import volume as volume_module
+
+    hu = chest(spacing=SPACING, nodules=NODULES)
+    study = "1.2.826.0.1.3680043.10.99"
+    thin, _ = write_volume(hu, tmp_path / "thin", spacing=SPACING, study_uid=study)
+    thick_hu = hu[::2]
+    thick, _ = write_volume(thick_hu, tmp_path / "thick", spacing=(2.5, 1.5, 1.5), study_uid=study)
+    reads: list[str] = []
+    original = volume_module.read_dataset
+
+    def counting(header):  # type: ignore[no-untyped-def]
+        reads.append(header.series_instance_uid)
+        return original(header)
+
+    monkeypatch.setattr(volume_module, "read_dataset", counting)
+    result = analyze_files([*thick, *thin], FakeModel())
+    assert len(reads) == len(thin) and set(reads) == {result.series_uid}
+    assert "best of 2 usable series" in result.series_reason
+    assert result.geometry.spacing[0] == pytest.approx(1.25)
