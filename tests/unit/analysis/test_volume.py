@@ -156,3 +156,13 @@ def test_oversized_file_refused_before_reading(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError) as info:
         assemble(choose_series(headers))
     assert info.value.code == "image-too-large"
+
+
+def test_rows_larger_than_the_pixel_data_is_corrupt(tmp_path: Path) -> None:
+    def edit(ds: pydicom.Dataset, k: int) -> None:
+        ds.Rows = 1024  # the original 24-row data stays
+
+    paths, _ = write_volume(_truth(), tmp_path, spacing=SPACING, edit=edit)
+    with pytest.raises(AnalysisError) as info:
+        _assemble(paths)
+    assert info.value.code == "corrupt-pixel-data" and "need" in info.value.message
