@@ -111,3 +111,15 @@ def test_reference_syntax_variants_equal_the_explicit_little_endian_file(variant
     if reference is None or other is None:
         pytest.skip("pydicom test files missing")
     np.testing.assert_array_equal(_hu(Path(str(other))), _hu(Path(str(reference))))
+
+
+def test_deflated_explicit_little_endian(tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    native, expected = _original(tmp_path)
+    ds = pydicom.dcmread(native)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path)
+    assert path.stat().st_size < native.stat().st_size
+    np.testing.assert_array_equal(_hu(path), expected)
