@@ -26,7 +26,7 @@ from services.analysis.errors import AnalysisError
 from services.analysis.pixels import check_image_size
 
 MIN_SLICES = 20
-MIN_COVERAGE_MM = 60.0
+MIN_COVERAGE_MM = 50.0
 MAX_SLICE_SPACING_MM = 5.0
 MAX_OBLIQUE_DEG = 10.0
 MAX_TILT_DEG = 2.0
