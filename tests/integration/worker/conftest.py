@@ -90,8 +90,16 @@ def real_node(
 
 @pytest.fixture(scope="session")
 def phantom_study(tmp_path_factory: pytest.TempPathFactory, real_model_dir: Path) -> Any:
-    """A 100-slice 512×512 synthetic chest CT with three nodules and its truth (made only
-    when the trained model is there to analyse it)."""
+    """A 100-slice 512×512 synthetic chest CT with three 8–16 mm nodules and its truth (made
+    only when the trained model is there to analyse it)."""
     from services.modeling.phantom import write_phantom
 
-    return write_phantom(tmp_path_factory.mktemp("phantom"), seed=3, nodules=3, slices=100)
+    return write_phantom(
+        tmp_path_factory.mktemp("phantom"),
+        seed=4,
+        nodules=3,
+        slices=100,
+        thickness=1.25,
+        min_diameter_mm=8.0,
+        max_diameter_mm=16.0,
+    )
