@@ -3,11 +3,11 @@
     python tests/perf/bench_worker.py [--studies 4] [--slices 100] [--workers 1]
                                       [--model-dir models/nodule-seg] [--providers cpu]
 
-A phantom chest CT (512×512, ``--slices`` slices) is stored ``--studies`` times under new
-UIDs with a queued job each; ``--workers`` ``noduleflow worker`` processes (RabbitMQ,
-PostgreSQL when reachable, else SQLite) are started and ready before every StudyReady is
-published at once; the clock stops when the last job is committed. Per-stage seconds are the
-means of the jobs' recorded timings.
+A phantom chest CT (512×512, ``--slices`` slices of 1.25 mm, three 8–16 mm nodules) is
+stored ``--studies`` times under new UIDs with a queued job each; ``--workers``
+``noduleflow worker`` processes (RabbitMQ, PostgreSQL when reachable, else SQLite) are
+started and ready before every StudyReady is published at once; the clock stops when the
+last job is committed. Per-stage seconds are the means of the jobs' recorded timings.
 
 Anchor: the analysis pipeline alone (``analyze_files`` in this process, warm, same study) —
 the ratio says what the service around the model (database, broker, storage, commit)
@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=4)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nodule-seg")
     parser.add_argument("--providers", default="cpu")
     parser.add_argument("--timeout", type=float, default=1800)
@@ -267,7 +267,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nfbench-") as tmp:
         work = Path(tmp)
-        phantom = write_phantom(work / "phantom", seed=args.seed, nodules=3, slices=args.slices)
+        phantom = write_phantom(
+            work / "phantom",
+            seed=args.seed,
+            nodules=3,
+            slices=args.slices,
+            thickness=1.25,
+            min_diameter_mm=8.0,
+            max_diameter_mm=16.0,
+        )
         files = list(phantom.files)
         cores = len(os.sched_getaffinity(0))
         engine = Engine.load(args.model_dir, args.providers)
