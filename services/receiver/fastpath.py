@@ -19,6 +19,7 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION,
     dimse,
     dimse_messages,
+    dul,
     evt,
     transport,
 )
@@ -159,8 +160,93 @@ def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
     _original_send_msg(self, primitive, context_id)
 
 
+# --------------------------------------------------------------------------- P-DATA-TF
+
+_P_DATA_TF = 0x04
+_A_RELEASE_RQ = 0x05
+_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)  # PS3.8 9.3.1
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
+def _pdv_list(body: memoryview) -> list[tuple[int, memoryview]] | None:
+    """The PDV items of a P-DATA-TF PDU body (PS3.8 9.3.5), without copying; None if the
+    item lengths do not add up."""
+    items = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            return None
+        (length,) = struct.unpack_from(">I", body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        items.append((body[offset + 4], body[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return items or None
+
+
+def release_requested(assoc: Any) -> bool:
+    """Whether the peer asked to release ``assoc`` (A-RELEASE-RQ received, PS3.8 7.2)."""
+    return bool(getattr(assoc, "is_released", False)) or bool(
+        getattr(assoc, "_noduleflow_release_requested", False)
+    )
+
+
+_ORIG_READ = dul.DULServiceProvider._read_pdu_data
+
+
+def _read_pdu_data(self: Any) -> None:
+    """pynetdicom's ``DULServiceProvider._read_pdu_data`` with a short cut for P-DATA-TF in
+    Sta6 (PS3.8 9.2, DT-2: the data goes straight to DIMSE): no PDU objects, no copies, no
+    trip through the event queue. Every other PDU, state or bound PDU/FSM event handler
+    takes pynetdicom's own path."""
+    try:
+        header = self.socket.recv(6)
+        if len(header) != 6:
+            self.event_queue.put("Evt17")  # transport connection closed
+            return
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type not in _PDU_TYPES:
+            self.event_queue.put("Evt19")  # unrecognised PDU
+            return
+        body = self.socket.recv(length) if length else bytearray()
+    except (OSError, TimeoutError):
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        self.event_queue.put("Evt17")
+        return
+    if (
+        pdu_type == _P_DATA_TF
+        and self.state_machine.current_state == "Sta6"
+        and self.event_queue.empty()
+        and self._recv_pdu.empty()
+        and not any(self.assoc.get_handlers(e) for e in _PDU_EVENTS)
+    ):
+        items = _pdv_list(memoryview(body))
+        if items is None:
+            self.event_queue.put("Evt19")
+            return
+        primitive = P_DATA()
+        primitive._presentation_data_value_list = items  # type: ignore[assignment]
+        self.assoc.dimse.receive_primitive(primitive)
+        return
+    if pdu_type == _A_RELEASE_RQ:
+        # Remembered before the reply goes out: the peer may close the connection before
+        # the association thread marks itself released (see ``release_requested``).
+        self.assoc._noduleflow_release_requested = True
+    try:
+        pdu, event = self._decode_pdu(header + body)
+    except Exception:
+        log.warning("event=pdu_undecodable type=%d length=%d", pdu_type, length)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
 def install() -> None:
     dimse_messages.create_file_meta = _create_meta  # type: ignore[assignment]
     dimse_messages.write_file_meta_info = _write_meta  # type: ignore[assignment]
     transport.AssociationSocket.recv = _recv  # type: ignore[method-assign]
     dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ from pynetdicom.events import Event
 
 from services.receiver import statuses
 from services.receiver.associations import Registry
+from services.receiver.fastpath import release_requested
 from services.receiver.index import HeaderError, parse_header
 from services.receiver.policy import rejection_reason
 from services.receiver.store import InstanceStore, NoSpaceError, Outcome, Received
@@ -50,7 +51,7 @@ def handle_conn_close(event: Event, registry: Registry) -> None:
     partial = getattr(message, "_data_set_file", None)
     if partial is not None:
         discard(partial)
-    registry.finish(event.assoc, released=bool(getattr(event.assoc, "is_released", False)))
+    registry.finish(event.assoc, released=release_requested(event.assoc))
 
 
 def handle_rejected(event: Event, registry: Registry) -> None:

@@ -84,7 +84,7 @@ def test_sigkill_mid_study_then_restart(
         "NODULEFLOW_STORAGE_DIR": str(storage),
         "NODULEFLOW_DICOM_PORT": str(port),
         "NODULEFLOW_RECEIVER_PROCESSES": "2",
-        "NODULEFLOW_STUDY_IDLE_SECONDS": "30",  # completion after the re-send, by release
+        "NODULEFLOW_STUDY_IDLE_SECONDS": "300",  # completion after the re-send, by release
         "NODULEFLOW_RELEASE_GRACE_SECONDS": "0.5",
         "NODULEFLOW_MIN_FREE_DISK_MB": "16",
         "NODULEFLOW_BROKER_URL": rabbit_url,

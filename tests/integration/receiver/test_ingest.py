@@ -48,7 +48,7 @@ def test_study_to_rabbitmq(
     sqlite_url: str,
 ) -> None:
     study, series, paths = ct_study_300
-    settings = receiver_settings(tmp_path, sqlite_url)
+    settings = receiver_settings(tmp_path, sqlite_url, study_idle_seconds=120)  # by release
     db = Database(sqlite_url)
     db.upgrade()
     with running_receiver(settings, db, rabbit_broker) as receiver:
@@ -74,7 +74,7 @@ def test_study_in_process_broker(
     sqlite_url: str,
 ) -> None:
     study, series, paths = ct_study_300
-    settings = receiver_settings(tmp_path, sqlite_url)
+    settings = receiver_settings(tmp_path, sqlite_url, study_idle_seconds=120)  # by release
     db = Database(sqlite_url)
     db.upgrade()
     with running_receiver(settings, db, inprocess_broker) as receiver:

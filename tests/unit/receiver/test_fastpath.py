@@ -37,3 +37,19 @@ def test_store_response_matches_pynetdicom(status: int) -> None:
     assert encode_store_response(CT, "1.2.3.45", 513, status) == encode(
         message.command_set, True, True
     )
+
+
+def test_pdv_list_splits_items_without_copying() -> None:
+    from services.receiver.fastpath import _pdv_list
+
+    def item(context: int, data: bytes) -> bytes:
+        return (len(data) + 1).to_bytes(4, "big") + bytes([context]) + data
+
+    body = memoryview(item(1, b"\x03command") + item(3, b"\x00" + b"x" * 100))
+    items = _pdv_list(body)
+    assert items is not None
+    assert [(c, bytes(d)) for c, d in items] == [(1, b"\x03command"), (3, b"\x00" + b"x" * 100)]
+    assert all(isinstance(d, memoryview) for _, d in items)
+    assert _pdv_list(body[:-1]) is None  # truncated item
+    assert _pdv_list(memoryview(b"")) is None
+    assert _pdv_list(memoryview(b"\x00\x00\x00\x01\x01")) is None  # item without a header
