@@ -141,9 +141,12 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int:
     if outcome is Outcome.DUPLICATE:
         state.duplicates += 1
     else:
+        opened = header.study_instance_uid not in state.studies
         state.studies.add(header.study_instance_uid)
         state.stored += 1
         state.bytes += size
+        if opened and state.finished:  # the connection closed while this one was stored
+            registry.tracker.association_ended([header.study_instance_uid], released=False)
     log.debug(
         "event=instance_%s study=%s series=%s sop=%s bytes=%d",
         outcome.value,

@@ -138,6 +138,9 @@ class InstanceStore:
                 os.fsync(fd)
             try:
                 os.replace(temp, target)
+            except FileNotFoundError:  # the folder was removed since we made it
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, target)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
