@@ -1,7 +1,7 @@
 """One SCP process of ``noduleflow receiver`` (started by the supervisor, not by hand).
 
-``python -m services.receiver.child FD PARENT_PID``; settings arrive as JSON in the
-environment, the listening socket as an inherited file descriptor.
+``python -m services.receiver.child FD PARENT_PID``; settings arrive as JSON on standard
+input, the listening socket as an inherited file descriptor.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from services.core.db import Database
 from services.core.logs import setup_logging
 from services.core.settings import Settings
 from services.receiver.main import build_scp, make_tracker
-from services.receiver.prefork import SETTINGS_ENV
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -37,7 +36,7 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> int:
     fd, parent = int(argv[1]), int(argv[2])
     _die_with_parent(parent)
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    settings = Settings.model_validate_json(sys.stdin.buffer.read())
     setup_logging(settings.log_level, service=f"receiver.{os.getpid()}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,6 @@ from services.receiver.main import Background, make_tracker, recover
 
 log = logging.getLogger(__name__)
 
-SETTINGS_ENV = "NODULEFLOW_RECEIVER_SETTINGS_JSON"
 MAX_AUTO_PROCESSES = 4
 
 
@@ -57,9 +56,14 @@ class Supervisor:
         self.children: list[subprocess.Popen[bytes] | None] = []
 
     def _spawn(self, sock: socket.socket) -> subprocess.Popen[bytes]:
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
         args = [sys.executable, "-m", "services.receiver.child", str(sock.fileno())]
-        return subprocess.Popen([*args, str(os.getpid())], pass_fds=[sock.fileno()], env=env)
+        child = subprocess.Popen(
+            [*args, str(os.getpid())], pass_fds=[sock.fileno()], stdin=subprocess.PIPE
+        )
+        assert child.stdin is not None
+        with child.stdin:  # settings (secrets included) through a pipe, not the environment
+            child.stdin.write(self.settings.model_dump_json().encode())
+        return child
 
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
