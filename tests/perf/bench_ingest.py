@@ -165,6 +165,16 @@ def send(target: Target, files: list[Path], associations: int) -> float:
     return seconds
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
@@ -184,8 +194,9 @@ def main() -> None:
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         print(
             f"study: {len(files)} CT slices {args.size}x{args.size}, {megabytes:.1f} MB; "
-            f"host: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-            f"python {platform.python_version()}"
+            f"host: {_cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}; "
+            f"python {platform.python_version()}; noduleflow receiver processes: "
+            f"{args.processes or 'default'}"
         )
         results: list[Result] = []
         for associations in [int(a) for a in args.associations.split(",")]:
@@ -201,6 +212,7 @@ def main() -> None:
                 print(f"  {name:<10} {associations} assoc: {seconds:6.2f} s", flush=True)
                 shutil.rmtree(workdir, ignore_errors=True)
         print_table(results)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 def print_table(results: list[Result]) -> None:
