@@ -14,6 +14,8 @@ import socket
 import sys
 import threading
 
+from pydicom import config as pydicom_config
+
 from services.core.db import Database
 from services.core.logs import setup_logging
 from services.core.settings import Settings
@@ -37,6 +39,9 @@ def main(argv: list[str]) -> int:
     fd, parent = int(argv[1]), int(argv[2])
     _die_with_parent(parent)
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    # This process only receives: UIDs that reach a path are checked by our own rule, so
+    # pydicom's per-value validation (some 25 UIDs per instance) is skipped here.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     setup_logging(settings.log_level, service=f"receiver.{os.getpid()}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

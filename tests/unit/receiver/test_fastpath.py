@@ -53,3 +53,18 @@ def test_pdv_list_splits_items_without_copying() -> None:
     assert _pdv_list(body[:-1]) is None  # truncated item
     assert _pdv_list(memoryview(b"")) is None
     assert _pdv_list(memoryview(b"\x00\x00\x00\x01\x01")) is None  # item without a header
+
+
+def test_context_copy_is_independent() -> None:
+    from pynetdicom.presentation import build_context
+
+    from services.receiver.fastpath import _copy_contexts
+
+    original = [build_context(CT, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])]
+    [clone] = _copy_contexts(original)
+    assert clone is not original[0]
+    assert clone.abstract_syntax == CT and clone.transfer_syntax == original[0].transfer_syntax
+    clone.transfer_syntax.append("1.2.840.10008.1.2.4.70")
+    clone.context_id = 3
+    assert len(original[0].transfer_syntax) == 2 and original[0].context_id is None
+    assert _copy_contexts({"a": [1]}) == {"a": [1]}  # anything else: a real deep copy
