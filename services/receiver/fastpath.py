@@ -26,6 +26,7 @@ from pynetdicom import (
 )
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta as _pynetdicom_create_meta
+from pynetdicom.dsutils import decode as _pynetdicom_decode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
@@ -246,6 +247,90 @@ def _read_pdu_data(self: Any) -> None:
     self._recv_pdu.put(pdu)
 
 
+# --------------------------------------------------------------------------- C-STORE-RQ
+
+#: The elements of a C-STORE-RQ command set (PS3.7 9.3.1.1): tag → (keyword, is text).
+_STORE_RQ_ELEMENTS: dict[int, tuple[str, bool]] = {
+    0x0000: ("CommandGroupLength", False),
+    0x0002: ("AffectedSOPClassUID", True),
+    0x0100: ("CommandField", False),
+    0x0110: ("MessageID", False),
+    0x0700: ("Priority", False),
+    0x0800: ("CommandDataSetType", False),
+    0x1000: ("AffectedSOPInstanceUID", True),
+    0x1030: ("MoveOriginatorApplicationEntityTitle", True),
+    0x1031: ("MoveOriginatorMessageID", False),
+}
+
+
+class _Element:
+    __slots__ = ("VM", "keyword", "tag", "value")
+
+    def __init__(self, tag: int, keyword: str, value: Any) -> None:
+        self.tag, self.keyword, self.value, self.VM = tag, keyword, value, 1
+
+
+class StoreCommand:
+    """A decoded C-STORE-RQ command set with the parts of ``pydicom.Dataset`` that
+    pynetdicom uses on it (attribute access by keyword, ``in``, iteration)."""
+
+    def __init__(self, elements: list[_Element]) -> None:
+        self._elements = elements
+        self._by_keyword = {e.keyword: e.value for e in elements}
+
+    def __getattr__(self, keyword: str) -> Any:
+        try:
+            return self.__dict__["_by_keyword"][keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self._by_keyword
+
+    def __iter__(self) -> Any:
+        return iter(self._elements)
+
+
+def decode_store_command(data: bytes) -> StoreCommand | None:
+    """Decode an Implicit VR Little Endian command set if it is a plain C-STORE-RQ (the
+    elements of PS3.7 9.3.1.1 only); None for anything else."""
+    elements = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = struct.unpack_from("<HHI", data, offset)
+        spec = _STORE_RQ_ELEMENTS.get(element) if group == 0 else None
+        if spec is None or offset + 8 + length > end:
+            return None
+        raw = data[offset + 8 : offset + 8 + length]
+        keyword, is_text = spec
+        if is_text:
+            value: Any = raw.decode("ascii", "replace").rstrip("\x00 ")
+        elif length == 2:
+            value = struct.unpack("<H", raw)[0]
+        elif length == 4:
+            value = struct.unpack("<I", raw)[0]
+        else:
+            return None
+        elements.append(_Element(group << 16 | element, keyword, value))
+        offset += 8 + length
+    command = StoreCommand(elements)
+    if getattr(command, "CommandField", None) != 0x0001:
+        return None
+    return command
+
+
+def _decode(stream: Any, is_implicit_vr: bool, is_little_endian: bool, **kw: Any) -> Any:
+    """``pynetdicom.dsutils.decode`` for command sets, with plain C-STORE-RQs decoded
+    directly; pydicom decodes everything else."""
+    if is_implicit_vr and is_little_endian and not kw.get("deflated"):
+        command = decode_store_command(stream.getvalue())
+        if command is not None:
+            return command
+    return _pynetdicom_decode(stream, is_implicit_vr, is_little_endian, **kw)
+
+
 # --------------------------------------------------------------------------- contexts
 
 
@@ -269,4 +354,5 @@ def install() -> None:
     transport.AssociationSocket.recv = _recv  # type: ignore[method-assign]
     dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
     dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+    dimse_messages.decode = _decode  # type: ignore[assignment]
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]

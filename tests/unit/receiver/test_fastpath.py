@@ -7,7 +7,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.dsutils import create_file_meta, decode, encode
 
 from services.receiver.fastpath import encode_file_meta, encode_store_response
 
@@ -68,3 +68,61 @@ def test_context_copy_is_independent() -> None:
     clone.context_id = 3
     assert len(original[0].transfer_syntax) == 2 and original[0].context_id is None
     assert _copy_contexts({"a": [1]}) == {"a": [1]}  # anything else: a real deep copy
+
+
+@pytest.mark.parametrize("originator", [None, "MOVESCU"])
+def test_store_command_decodes_like_pydicom(originator: str | None) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+
+    from services.receiver.fastpath import decode_store_command
+
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID = CT
+    req.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.739432287789959136064906826629"
+    req.Priority = 2
+    if originator:
+        req.MoveOriginatorApplicationEntityTitle = originator
+        req.MoveOriginatorMessageID = 3
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    data = encode(message.command_set, True, True)
+    assert data is not None
+    fast = decode_store_command(data)
+    assert fast is not None and fast.CommandField == 0x0001
+    assert fast.CommandDataSetType == message.command_set.CommandDataSetType
+
+    def primitive(command_set: object) -> C_STORE:
+        msg = DIMSEMessage()
+        msg.command_set = command_set  # type: ignore[assignment]
+        msg.__class__ = C_STORE_RQ
+        return msg.message_to_primitive()  # type: ignore[return-value]
+
+    reference = primitive(decode(io.BytesIO(data), True, True))
+    ours = primitive(fast)
+    for field in (
+        "MessageID",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "Priority",
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+    ):
+        assert getattr(ours, field) == getattr(reference, field), field
+
+
+def test_other_commands_are_left_to_pydicom() -> None:
+    from pynetdicom.dimse_messages import C_ECHO_RQ
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    from services.receiver.fastpath import decode_store_command
+
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    data = encode(message.command_set, True, True)
+    assert data is not None
+    assert decode_store_command(data) is None
+    assert decode_store_command(data[:-3]) is None  # truncated
