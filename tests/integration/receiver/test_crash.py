@@ -155,3 +155,36 @@ def _unpublished(db: Database) -> int:
     with db.session() as session:
         rows = session.scalars(select(OutboxMessage).where(OutboxMessage.published_at.is_(None)))
         return len(rows.all())
+
+
+def test_restart_in_idle_window_completes_once(tmp_path: Path, sqlite_url: str) -> None:
+    """R22: the completion timer lives in the database; a receiver killed during the idle
+    window still completes the study after restart, once."""
+    _, _, paths = write_ct_series(tmp_path / "ct", 10)
+    port = free_port()
+    env = {
+        **os.environ,
+        "NODULEFLOW_DATABASE_URL": sqlite_url,
+        "NODULEFLOW_STORAGE_DIR": str(tmp_path / "storage"),
+        "NODULEFLOW_DICOM_PORT": str(port),
+        "NODULEFLOW_RECEIVER_PROCESSES": "1",
+        "NODULEFLOW_STUDY_IDLE_SECONDS": "4",
+        "NODULEFLOW_RELEASE_GRACE_SECONDS": "600",  # only the idle timer can complete it
+        "NODULEFLOW_MIN_FREE_DISK_MB": "16",
+        "NODULEFLOW_BROKER_URL": "",
+    }
+    log = tmp_path / "receiver.log"
+    with receiver_process(env, log) as first:
+        assert wait_for(lambda: echo_ok(port), timeout=90), log.read_text()[-3000:]
+        assert storescu(port, paths).returncode == 0
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    db = Database(sqlite_url)
+    assert _jobs(db) == 0  # killed inside the idle window
+    with receiver_process(env, log):
+        assert wait_for(lambda: _jobs(db) == 1, timeout=90), log.read_text()[-3000:]
+    with db.session() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.instance_count == 10
+        assert session.scalars(select(Study)).one().pending_since is None
+    db.dispose()
