@@ -55,6 +55,7 @@ def _send_recording(port: int, paths: list[Path], ok: list[str], stop: threading
     """pynetdicom SCU that records every SOP Instance UID answered with 0x0000."""
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="PACS")
+    ae.dimse_timeout = ae.network_timeout = 5  # the receiver is killed under it
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
     try:
