@@ -4,7 +4,8 @@
 
 For 1 and 4 associations (4 = the files split across 4 parallel storescu processes), each
 receiver starts fresh (empty storage and index), receives the whole study, and is checked
-for every instance. Prints images/s and MB/s and the ratios to Orthanc and to storescp.
+for every instance; each case runs ``--repeat`` times and the median is kept. Prints
+images/s and MB/s and the ratios to Orthanc and to storescp.
 noduleflow runs as ``noduleflow receiver`` (multi-process, SQLite, fsync per instance);
 storescp with ``--fork`` and a 128 KiB PDU (no fsync); Orthanc with its SQLite index.
 Every DCMTK process gets ``TCP_NODELAY=1``.
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,6 +184,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=0, help="0 = receiver default")
     parser.add_argument("--associations", default="1,4")
     parser.add_argument("--targets", default="noduleflow,storescp,orthanc")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; median kept")
     args = parser.parse_args()
     servers = {
         "noduleflow": lambda w: noduleflow(w, args.processes),
@@ -201,16 +204,24 @@ def main() -> None:
         results: list[Result] = []
         for associations in [int(a) for a in args.associations.split(",")]:
             for name in args.targets.split(","):
-                workdir = root / f"{name}-{associations}"
-                workdir.mkdir()
-                with servers[name](workdir) as target:
-                    seconds = send(target, files, associations)
-                    stored = target.count()
-                if stored != len(files):
-                    raise RuntimeError(f"{name} stored {stored} of {len(files)}")
-                results.append(Result(name, associations, seconds, len(files), megabytes))
-                print(f"  {name:<10} {associations} assoc: {seconds:6.2f} s", flush=True)
-                shutil.rmtree(workdir, ignore_errors=True)
+                times = []
+                for run in range(args.repeat):
+                    workdir = root / f"{name}-{associations}-{run}"
+                    workdir.mkdir()
+                    with servers[name](workdir) as target:
+                        seconds = send(target, files, associations)
+                        stored = target.count()
+                    if stored != len(files):
+                        raise RuntimeError(f"{name} stored {stored} of {len(files)}")
+                    times.append(seconds)
+                    shutil.rmtree(workdir, ignore_errors=True)
+                median = statistics.median(times)
+                results.append(Result(name, associations, median, len(files), megabytes))
+                runs = ", ".join(f"{t:.2f}" for t in times)
+                print(
+                    f"  {name:<10} {associations} assoc: median {median:6.2f} s ({runs})",
+                    flush=True,
+                )
         print_table(results)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
