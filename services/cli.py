@@ -1,4 +1,4 @@
-"""The ``noduleflow`` command line (DESIGN.md, "Command line"). Thin: parse, then delegate."""
+"""noduleflow: a lung-nodule AI node for the hospital imaging network."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ key images and FHIR report went.
 from __future__ import annotations
 
 import json
+import math
+import sys
 import shutil
 import socket
 import time
@@ -19,10 +21,11 @@ from rich.table import Table
 from sqlalchemy import select
 
 from services.core.db import Database, Delivery, Finding, Job, JobState, Study
+from services.core.logs import setup_logging
 from services.core.settings import Settings
 
 DEMO_DIR = Path("var/demo")
-console = Console()
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)
 
 
 def _free_port(host: str, preferred: int) -> int:
@@ -99,7 +102,7 @@ def _study_uid_of(directory: Path) -> str:
     raise SystemExit(f"no DICOM study found in {directory}")
 
 
-def _print_findings(db: Database, job: Job, truth: Path | None) -> None:
+def _print_findings(db: Database, job: Job, truth: Path | None, outbox: Path) -> None:
     with db.session() as session:
         findings = list(session.scalars(select(Finding).where(Finding.job_id == job.id)))
         deliveries = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
@@ -135,11 +138,26 @@ def _print_findings(db: Database, job: Job, truth: Path | None) -> None:
         for n in nodules:
             c = n["center_mm"]
             where = f"{c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}"
-            console.print(f"  {n['kind']:>12} {n['diameter_mm']:5.1f} mm at {where}")
+            radius = max(n["diameter_mm"] / 2, 1.5)
+            hits = [f for f in findings if math.dist(f.center_mm, c) <= radius]
+            found = (
+                f"found as #{min(hits, key=lambda f: math.dist(f.center_mm, c)).index}"
+                if hits
+                else "not found"
+            )
+            console.print(f"  {n['kind']:>12} {n['diameter_mm']:5.1f} mm at {where}: {found}")
     console.print("results went to:")
-    for d in sorted(deliveries, key=lambda d: (d.kind, d.id)):
-        where = d.path or d.target
-        console.print(f"  {d.kind:>10}: {d.state:<8} {where} {d.last_error[:80]}")
+    groups: dict[str, list[Delivery]] = {}
+    for d in deliveries:
+        groups.setdefault(
+            d.kind.split("-image")[0] + ("-images" if "-image" in d.kind else ""), []
+        ).append(d)
+    for kind, rows in sorted(groups.items()):
+        states = ", ".join(sorted({r.state for r in rows}))
+        paths = sorted({str(outbox / r.path) if r.path else r.target for r in rows})
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {Path(paths[0]).parent}"
+        errors = "; ".join(sorted({r.last_error[:80] for r in rows if r.last_error}))
+        console.print(f"  {kind:>10}: {states:<8} {where} {errors}")
 
 
 def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -> int:
@@ -147,6 +165,9 @@ def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -
     from services.serve import running
 
     settings = demo_settings(settings)
+    log_file = DEMO_DIR / "noduleflow.log"
+    setup_logging(settings.log_level, log_file=log_file)
+    console.print(f"service logs: {log_file}")
     source = directory or _phantom(DEMO_DIR / "phantom")
     study_uid = _study_uid_of(source)
     with running(settings) as node:
@@ -170,7 +191,7 @@ def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -
         if job is None:
             console.print(f"[red]no result within {timeout:.0f} s[/red]")
             return 1
-        _print_findings(node.db, job, source / "truth.json")
+        _print_findings(node.db, job, source / "truth.json", settings.outbox_dir)
         base = settings.base_url
         console.print(f"FHIR report: {base}/fhir/DiagnosticReport/{job.id}")
         console.print(f"study page:  {base}/studies/{study_uid}")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 
-def setup_logging(level: str = "INFO", service: str = "noduleflow") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(
+    level: str = "INFO", service: str = "noduleflow", *, log_file: Path | None = None
+) -> None:
+    """Log to stderr, or to ``log_file`` when given."""
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(
         logging.Formatter(
             f"ts=%(asctime)s level=%(levelname)s service={service} logger=%(name)s %(message)s",
