@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
