@@ -9,7 +9,8 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
-from services.receiver.fastpath import encode_file_meta, encode_store_response
+from services.receiver.commands import encode_store_response
+from services.receiver.fastpath import encode_file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -74,7 +75,7 @@ def test_context_copy_is_independent() -> None:
 def test_store_command_decodes_like_pydicom(originator: str | None) -> None:
     from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 
-    from services.receiver.fastpath import decode_store_command
+    from services.receiver.commands import decode_store_command
 
     req = C_STORE()
     req.MessageID = 7
@@ -115,7 +116,7 @@ def test_other_commands_are_left_to_pydicom() -> None:
     from pynetdicom.dimse_messages import C_ECHO_RQ
     from pynetdicom.dimse_primitives import C_ECHO
 
-    from services.receiver.fastpath import decode_store_command
+    from services.receiver.commands import decode_store_command
 
     echo = C_ECHO()
     echo.MessageID = 1
