@@ -88,12 +88,13 @@ def test_phantom_through_receiver_and_worker_matches_truth(
     assert {"read", "assemble", "crop", "inference", "postprocess", "total"} <= set(job.timings)
     findings = real_node.findings(job_id)
     assert job.findings_count == len(findings)
-    for truth in phantom_study.nodules:
-        if truth.diameter_mm >= 6:
-            assert any(matches(truth, f) for f in findings), (
-                truth,
-                [(f.center_mm, f.diameter_mm) for f in findings],
-            )
+    big = [truth for truth in phantom_study.nodules if truth.diameter_mm >= 6]
+    assert big, "the phantom must hold a nodule of 6 mm or more"
+    for truth in big:
+        assert any(matches(truth, f) for f in findings), (
+            truth,
+            [(f.center_mm, f.diameter_mm) for f in findings],
+        )
     results = real_node.results()
     assert [(r.job_id, r.status, r.findings) for r in results] == [(job_id, "done", len(findings))]
     assert real_node.broker.queue_depth(INFERENCE_QUEUE) == 0
