@@ -65,38 +65,86 @@ def seed(url: str, reports: int) -> None:
             for n in rows:
                 pid = f"P{n % (reports // 4 or 1):06d}"  # about four studies per patient
                 received = base + timedelta(minutes=37 * n)
-                studies.append({
-                    "id": n + 1, "study_instance_uid": f"1.2.826.0.1.3680043.10.543.9.{n}",
-                    "patient_id": pid, "patient_key": patient_key(pid),
-                    "patient_name": f"Patient^{n}", "accession_number": f"A{n:07d}",
-                    "study_date": received.strftime("%Y%m%d"), "study_time": "101500",
-                    "study_description": "CT CHEST", "first_received_at": received,
-                    "last_received_at": received})
-                series.append({"id": n + 1, "study_id": n + 1, "modality": "CT",
-                               "series_instance_uid": f"1.2.826.0.1.3680043.10.543.8.{n}"})
-                instances.append({
-                    "series_id": n + 1, "sop_instance_uid": f"1.2.826.0.1.3680043.10.543.7.{n}",
-                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-                    "transfer_syntax_uid": "1.2.840.10008.1.2.1", "path": f"x/{n}.dcm",
-                    "size": 1, "sha256": "0" * 64, "received_at": received})
+                studies.append(
+                    {
+                        "id": n + 1,
+                        "study_instance_uid": f"1.2.826.0.1.3680043.10.543.9.{n}",
+                        "patient_id": pid,
+                        "patient_key": patient_key(pid),
+                        "patient_name": f"Patient^{n}",
+                        "accession_number": f"A{n:07d}",
+                        "study_date": received.strftime("%Y%m%d"),
+                        "study_time": "101500",
+                        "study_description": "CT CHEST",
+                        "first_received_at": received,
+                        "last_received_at": received,
+                    }
+                )
+                series.append(
+                    {
+                        "id": n + 1,
+                        "study_id": n + 1,
+                        "modality": "CT",
+                        "series_instance_uid": f"1.2.826.0.1.3680043.10.543.8.{n}",
+                    }
+                )
+                instances.append(
+                    {
+                        "series_id": n + 1,
+                        "sop_instance_uid": f"1.2.826.0.1.3680043.10.543.7.{n}",
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "path": f"x/{n}.dcm",
+                        "size": 1,
+                        "sha256": "0" * 64,
+                        "received_at": received,
+                    }
+                )
                 job_id = f"{n:032x}"
                 count = rng.choice([0, 1, 1, 2, 3])
-                jobs.append({
-                    "id": job_id, "study_id": n + 1, "version": 1, "state": "done",
-                    "created_at": received, "updated_at": received,
-                    "finished_at": received + timedelta(minutes=3), "timings": {"inference": 2.0},
-                    "details": {"model": {"name": "nodule-seg", "version": "1.0.0"}},
-                    "model_version": "1.0.0", "findings_count": count})
+                jobs.append(
+                    {
+                        "id": job_id,
+                        "study_id": n + 1,
+                        "version": 1,
+                        "state": "done",
+                        "created_at": received,
+                        "updated_at": received,
+                        "finished_at": received + timedelta(minutes=3),
+                        "timings": {"inference": 2.0},
+                        "details": {"model": {"name": "nodule-seg", "version": "1.0.0"}},
+                        "model_version": "1.0.0",
+                        "findings_count": count,
+                    }
+                )
                 for index in range(1, count + 1):
-                    findings.append({
-                        "job_id": job_id, "index": index, "center_x": -50.0, "center_y": 10.0,
-                        "center_z": -100.0, "diameter_mm": rng.uniform(4, 25),
-                        "long_axis_mm": 9.0, "short_axis_mm": 7.0, "volume_mm3": 300.0,
-                        "mean_hu": -10.0, "kind": "solid", "confidence": 0.9,
-                        "lung_rads": rng.choice(["2", "3", "4A", "4B"]),
-                        "mask_bbox": {}, "mask": b"", "source_sop_uids": {}})
-            for table, values in ((Study, studies), (Series, series), (Instance, instances),
-                                  (Job, jobs), (Finding, findings)):
+                    findings.append(
+                        {
+                            "job_id": job_id,
+                            "index": index,
+                            "center_x": -50.0,
+                            "center_y": 10.0,
+                            "center_z": -100.0,
+                            "diameter_mm": rng.uniform(4, 25),
+                            "long_axis_mm": 9.0,
+                            "short_axis_mm": 7.0,
+                            "volume_mm3": 300.0,
+                            "mean_hu": -10.0,
+                            "kind": "solid",
+                            "confidence": 0.9,
+                            "lung_rads": rng.choice(["2", "3", "4A", "4B"]),
+                            "mask_bbox": {},
+                            "mask": b"",
+                            "source_sop_uids": {},
+                        }
+                    )
+            for table, values in (
+                (Study, studies),
+                (Series, series),
+                (Instance, instances),
+                (Job, jobs),
+                (Finding, findings),
+            ):
                 if values:
                     conn.execute(insert(table), values)
         conn.exec_driver_sql("ANALYZE")
@@ -117,13 +165,19 @@ def queries(reports: int, rng: random.Random) -> tuple[str, str]:
         "date": f"/fhir/DiagnosticReport?date=ge{day}&date=lt2026-12-31&_count=20&_sort=-date",
         "page": f"/fhir/DiagnosticReport?_count=20&_offset={rng.randrange(0, 2000)}",
         "include": f"/fhir/DiagnosticReport?patient={patient_key(pid)}"
-                   "&_include=DiagnosticReport:result",
+        "&_include=DiagnosticReport:result",
     }[kind]
     return kind, path
 
 
-def client_thread(base: str, reports: int, deadline: float, seed_value: int,
-                  out: list[tuple[str, float, int]], interval: float = 0.0) -> None:
+def client_thread(
+    base: str,
+    reports: int,
+    deadline: float,
+    seed_value: int,
+    out: list[tuple[str, float, int]],
+    interval: float = 0.0,
+) -> None:
     """Closed loop (``interval`` 0: next request when the last one answered) or paced: one
     request every ``interval`` s, latency counted from its scheduled time (no coordinated
     omission: a late start counts as waiting)."""
@@ -131,8 +185,9 @@ def client_thread(base: str, reports: int, deadline: float, seed_value: int,
 
     rng = random.Random(seed_value)
     scheduled = time.perf_counter() + rng.random() * interval
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
-                      timeout=30) as client:
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as client:
         while time.monotonic() < deadline:
             kind, path = queries(reports, rng)
             if interval:
@@ -145,16 +200,18 @@ def client_thread(base: str, reports: int, deadline: float, seed_value: int,
             out.append((kind, (time.perf_counter() - start) * 1000, status))
 
 
-def load_process(base: str, reports: int, clients: int, seconds: float,
-                 queue: mp.Queue, rate: float = 0.0) -> None:  # type: ignore[type-arg]
+def load_process(
+    base: str, reports: int, clients: int, seconds: float, queue: mp.Queue, rate: float = 0.0
+) -> None:  # type: ignore[type-arg]
     import threading
 
     results: list[tuple[str, float, int]] = []
     deadline = time.monotonic() + seconds
     interval = clients / rate if rate else 0.0
-    threads = [threading.Thread(target=client_thread,
-                                args=(base, reports, deadline, i, results, interval))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=client_thread, args=(base, reports, deadline, i, results, interval))
+        for i in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -191,8 +248,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=25.0,
-                        help="offered load (req/s) of the final paced round; 0 skips it")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=25.0,
+        help="offered load (req/s) of the final paced round; 0 skips it",
+    )
     args = parser.parse_args()
 
     from sqlalchemy import create_engine, text
@@ -210,13 +271,33 @@ def main() -> None:
         seed(url, args.reports)
         print(f"seeded {args.reports} reports in {time.perf_counter() - t0:.1f} s")
         port = free_port()
-        env = {**os.environ, "NODULEFLOW_DATABASE_URL": url, "NODULEFLOW_API_TOKENS": TOKEN,
-               "NODULEFLOW_API_HOST": "127.0.0.1", "NODULEFLOW_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "NODULEFLOW_DATABASE_URL": url,
+            "NODULEFLOW_API_TOKENS": TOKEN,
+            "NODULEFLOW_API_HOST": "127.0.0.1",
+            "NODULEFLOW_LOG_LEVEL": "WARNING",
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.perf.bench_api:app_factory", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-             "--no-access-log", "--log-level", "warning"],
-            cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.perf.bench_api:app_factory",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         if not wait_port("127.0.0.1", port, timeout=60):
             raise SystemExit("server did not start")
         base = f"http://127.0.0.1:{port}"
@@ -228,27 +309,36 @@ def main() -> None:
             server.terminate()
             server.wait(30)
         with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = :n"), {"n": name})
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 
-    print(f"\nFHIR search on PostgreSQL, {args.reports} DiagnosticReports, uvicorn "
-          f"--workers {args.workers}, {args.clients} client threads in a second process, "
-          f"{args.seconds:.0f} s per round, {os.cpu_count()} CPUs visible")
+    print(
+        f"\nFHIR search on PostgreSQL, {args.reports} DiagnosticReports, uvicorn "
+        f"--workers {args.workers}, {args.clients} client threads in a second process, "
+        f"{args.seconds:.0f} s per round, {os.cpu_count()} CPUs visible"
+    )
     for number, (results, elapsed, server_cpu, load) in enumerate(rounds, start=1):
-        label = ("closed loop, per-worker report caches empty" if number == 1
-                 else "closed loop, caches hold what earlier rounds built")
+        label = (
+            "closed loop, per-worker report caches empty"
+            if number == 1
+            else "closed loop, caches hold what earlier rounds built"
+        )
         if number > args.rounds:
             label = f"paced: {args.rate:.0f} req/s offered, latency from scheduled send time"
         report(f"round {number} ({label})", results, elapsed, server_cpu, load)
 
 
-def measure(base: str, server_pid: int, args: argparse.Namespace, rate: float = 0.0) -> tuple[
-        list[tuple[str, float, int]], float, float, list[str]]:
+def measure(
+    base: str, server_pid: int, args: argparse.Namespace, rate: float = 0.0
+) -> tuple[list[tuple[str, float, int]], float, float, list[str]]:
     queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    proc = mp.Process(target=load_process,
-                      args=(base, args.reports, args.clients, args.seconds, queue, rate))
+    proc = mp.Process(
+        target=load_process, args=(base, args.reports, args.clients, args.seconds, queue, rate)
+    )
     cpu_before = tree_cpu_seconds(server_pid)
     start = time.perf_counter()
     proc.start()
@@ -261,27 +351,43 @@ def measure(base: str, server_pid: int, args: argparse.Namespace, rate: float = 
     return results, elapsed, server_cpu, load
 
 
-def report(title: str, results: list[tuple[str, float, int]], elapsed: float,
-           server_cpu: float, load: list[str]) -> None:
+def report(
+    title: str,
+    results: list[tuple[str, float, int]],
+    elapsed: float,
+    server_cpu: float,
+    load: list[str],
+) -> None:
     errors = [r for r in results if r[2] != 200]
     latencies = [r[1] for r in results]
     print(f"\n{title}")
     print(f"{'query':<12}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
     for kind in sorted({r[0] for r in results}):
         values = [r[1] for r in results if r[0] == kind]
-        print(f"{kind:<12}{len(values):>7}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}"
-              f"{pct(values, 99):>9.1f}")
+        print(
+            f"{kind:<12}{len(values):>7}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}"
+            f"{pct(values, 99):>9.1f}"
+        )
     p95 = pct(latencies, 95)
-    print(f"{'all':<12}{len(latencies):>7}{pct(latencies, 50):>9.1f}{p95:>9.1f}"
-          f"{pct(latencies, 99):>9.1f}")
-    print(f"throughput {len(latencies) / elapsed:.1f} req/s, errors {len(errors)}, "
-          f"mean {statistics.fmean(latencies):.1f} ms")
+    print(
+        f"{'all':<12}{len(latencies):>7}{pct(latencies, 50):>9.1f}{p95:>9.1f}"
+        f"{pct(latencies, 99):>9.1f}"
+    )
+    print(
+        f"throughput {len(latencies) / elapsed:.1f} req/s, errors {len(errors)}, "
+        f"mean {statistics.fmean(latencies):.1f} ms"
+    )
     cpu_ms = server_cpu * 1000 / max(len(latencies), 1)
-    print(f"API server CPU {cpu_ms:.1f} ms per request (all uvicorn workers; PostgreSQL not "
-          f"included) -> at most {2000 / cpu_ms:.0f} req/s on 2 dedicated cores")
+    print(
+        f"API server CPU {cpu_ms:.1f} ms per request (all uvicorn workers; PostgreSQL not "
+        f"included) -> at most {2000 / cpu_ms:.0f} req/s on 2 dedicated cores"
+    )
     print(f"machine load average at the end: {' '.join(load)} (on {os.cpu_count()} CPUs)")
-    print(f"anchor: p95 < {TARGET_P95_MS:.0f} ms -> p95/target = {p95 / TARGET_P95_MS:.2f} "
-          f"({'met' if p95 < TARGET_P95_MS else 'NOT met'})")
+    print(
+        f"anchor: p95 < {TARGET_P95_MS:.0f} ms -> p95/target = {p95 / TARGET_P95_MS:.2f} "
+        f"({'met' if p95 < TARGET_P95_MS else 'NOT met'})"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -26,12 +26,16 @@ def main(n_cases: int = 3) -> None:
         cpu = time.process_time() - cpu
         wall = time.perf_counter() - wall
         cpu_per_300.append(cpu * 300 / case.volume.shape[0])
-        print(f"seed={seed} shape={case.volume.shape} thickness={case.meta['thickness']} "
-              f"cpu={cpu:.2f}s wall={wall:.2f}s stages={case.meta['timing_s']}")
+        print(
+            f"seed={seed} shape={case.volume.shape} thickness={case.meta['thickness']} "
+            f"cpu={cpu:.2f}s wall={wall:.2f}s stages={case.meta['timing_s']}"
+        )
     mean = sum(cpu_per_300) / len(cpu_per_300)
-    print(f"phantom 512x512x300 on {os.cpu_count()} cpus (load {os.getloadavg()[0]:.1f}): "
-          f"mean cpu {mean:.2f}s per case, ratio to the {ANCHOR_S:.0f}s anchor "
-          f"{mean / ANCHOR_S:.2f}")
+    print(
+        f"phantom 512x512x300 on {os.cpu_count()} cpus (load {os.getloadavg()[0]:.1f}): "
+        f"mean cpu {mean:.2f}s per case, ratio to the {ANCHOR_S:.0f}s anchor "
+        f"{mean / ANCHOR_S:.2f}"
+    )
 
 
 if __name__ == "__main__":

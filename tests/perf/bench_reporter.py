@@ -61,21 +61,28 @@ def main() -> None:
     from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
 
     work = Path(tempfile.mkdtemp(prefix="nf-bench-reporter-"))
-    settings = Settings(database_url=f"sqlite:///{work / 'nf.db'}",
-                        storage_dir=work / "storage", outbox_dir=work / "outbox")
+    settings = Settings(
+        database_url=f"sqlite:///{work / 'nf.db'}",
+        storage_dir=work / "storage",
+        outbox_dir=work / "outbox",
+    )
     db = Database(settings.database_url)
     db.upgrade()
     n, size = args.slices, args.size
     spheres = [
-        Sphere((n * (i + 1) // (args.nodules + 1), size // 3 + 40 * i, size // 2 - 30 * i),
-               3.0 + 2.0 * i)
+        Sphere(
+            (n * (i + 1) // (args.nodules + 1), size // 3 + 40 * i, size // 2 - 30 * i),
+            3.0 + 2.0 * i,
+        )
         for i in range(args.nodules)
     ]
     started = time.perf_counter()
     series = nodule_series(n_slices=n, rows=size, cols=size, spheres=spheres)
     job_id = seed_reporting_job(db, settings.storage_dir, series)
-    print(f"setup: {n} slices {size}x{size}, {args.nodules} nodules, "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"setup: {n} slices {size}x{size}, {args.nodules} nodules, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     paths = list(series.paths)
     del series
 
@@ -90,25 +97,50 @@ def main() -> None:
 
     loaded = inputs()
     t_load = best(args.repeat, inputs)
-    t_seg = best(args.repeat, lambda: build_seg(
-        source_images=loaded.headers, findings=loaded.findings, algorithm=loaded.algorithm,
-        uids=loaded.uids))
+    t_seg = best(
+        args.repeat,
+        lambda: build_seg(
+            source_images=loaded.headers,
+            findings=loaded.findings,
+            algorithm=loaded.algorithm,
+            uids=loaded.uids,
+        ),
+    )
 
     def keys() -> None:
         for f in loaded.findings:
             k = f.largest_slice()
-            build_key_image(source=loaded.read_slice(k), header=loaded.headers[k], finding=f,
-                            algorithm=loaded.algorithm, uids=loaded.uids)
+            build_key_image(
+                source=loaded.read_slice(k),
+                header=loaded.headers[k],
+                finding=f,
+                algorithm=loaded.algorithm,
+                uids=loaded.uids,
+            )
 
     t_keys = best(args.repeat, keys)
-    t_sr = best(args.repeat, lambda: build_sr(
-        source_images=loaded.headers, findings=loaded.findings, algorithm=loaded.algorithm,
-        uids=loaded.uids))
+    t_sr = best(
+        args.repeat,
+        lambda: build_sr(
+            source_images=loaded.headers,
+            findings=loaded.findings,
+            algorithm=loaded.algorithm,
+            uids=loaded.uids,
+        ),
+    )
     t_write = best(args.repeat, lambda: write_artefacts(settings, loaded))
 
     consumer = ResultConsumer(db, settings)
-    body = StudyResult(job_id=job_id, study_instance_uid=loaded.study_instance_uid,
-                       status="done", findings=len(loaded.findings)).to_json().encode()
+    body = (
+        StudyResult(
+            job_id=job_id,
+            study_instance_uid=loaded.study_instance_uid,
+            status="done",
+            findings=len(loaded.findings),
+        )
+        .to_json()
+        .encode()
+    )
 
     def handle() -> None:
         with db.session() as session:
@@ -152,9 +184,11 @@ def send_to_orthanc(work: Path, settings, artefacts, anchor: float, repeat: int)
 
         t_send = best(repeat, send)
         count = orthanc.instance_count()
-    print(f"{'C-STORE all artefacts to Orthanc (1 assoc each)':<52} {t_send * 1000:8.1f} ms  "
-          f"ratio to anchor {t_send / anchor:5.2f}; Orthanc holds {count} instances "
-          f"after {repeat} sends of {len(artefacts)} (same UIDs)")
+    print(
+        f"{'C-STORE all artefacts to Orthanc (1 assoc each)':<52} {t_send * 1000:8.1f} ms  "
+        f"ratio to anchor {t_send / anchor:5.2f}; Orthanc holds {count} instances "
+        f"after {repeat} sends of {len(artefacts)} (same UIDs)"
+    )
 
 
 if __name__ == "__main__":
