@@ -105,3 +105,16 @@ def settings(tmp_path: Path, sqlite_url: str) -> Settings:
         study_idle_seconds=2.0,
         release_grace_seconds=0.5,
     )
+
+
+@pytest.fixture(autouse=True)
+def _pynetdicom_receive_defaults() -> Iterator[None]:
+    """The receiver switches this process's pynetdicom to receive-to-file into its own
+    storage; SCPs that stand in for a foreign PACS in other tests need the defaults back."""
+    import tempfile
+
+    from pynetdicom import _config, dimse_messages
+
+    _config.STORE_RECV_CHUNKED_DATASET = False
+    dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
+    yield

@@ -160,8 +160,37 @@ def send_paths(
     associations: int = 1,
     progress: bool = False,
 ) -> SendReport:
-    """Send every DICOM file under ``paths`` by C-STORE; see :class:`SendReport`."""
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send files as they are, without decoding
+    """Send every DICOM file under ``paths`` by C-STORE; see :class:`SendReport`.
+
+    Files go out as they are, without decoding (pynetdicom's chunked send). That switch is
+    process-wide, so it is restored afterwards for other senders in the same process.
+    """
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return _send_all(
+            paths,
+            host=host,
+            port=port,
+            aet=aet,
+            called_aet=called_aet,
+            associations=associations,
+            progress=progress,
+        )
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def _send_all(
+    paths: Sequence[Path],
+    *,
+    host: str,
+    port: int,
+    aet: str,
+    called_aet: str,
+    associations: int,
+    progress: bool,
+) -> SendReport:
     files, skipped = scan(paths)
     report = SendReport(total=len(files), skipped_non_dicom=skipped)
     if not files:
