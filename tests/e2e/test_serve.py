@@ -86,3 +86,68 @@ def test_serve_end_to_end_with_storescu(tmp_path: Path) -> None:
         assert report.json()["resourceType"] == "DiagnosticReport"
         sr_files = list((tmp_path / "outbox").rglob("sr.dcm"))
         assert len(sr_files) == 1
+
+
+AUTOROUTE_LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if origin['RequestOrigin'] ~= 'Lua' and tags['Modality'] == 'CT' then
+    SendToModality(instanceId, 'noduleflow')
+  end
+end
+"""
+
+
+@pytest.mark.integration
+def test_pacs_autoroutes_to_noduleflow_and_gets_results_back(
+    tmp_path: Path, postgres_url: str, rabbit_url: str, rabbit_prefix: str
+) -> None:
+    """The hospital flow, distributed form: scanner → Orthanc (PACS) auto-routes CT to
+    noduleflow on RabbitMQ + PostgreSQL; SR, SEG and key images come back into Orthanc."""
+    from services.serve import running
+    from tests.orthanc import running_orthanc
+
+    storescu = require_tool("storescu")
+    phantom = _phantom(tmp_path)
+    port = free_port()
+    lua = tmp_path / "autoroute.lua"
+    lua.write_text(AUTOROUTE_LUA)
+    modalities: dict[str, list[object]] = {"noduleflow": ["NODULEFLOW", "127.0.0.1", port]}
+    with running_orthanc(
+        tmp_path / "orthanc", modalities=modalities, lua_scripts=[str(lua)]
+    ) as pacs:
+        settings = Settings(
+            database_url=postgres_url,
+            broker_url=rabbit_url,
+            broker_prefix=rabbit_prefix,
+            storage_dir=tmp_path / "storage",
+            outbox_dir=tmp_path / "outbox",
+            dicom_port=port,
+            api_port=free_port(),
+            study_idle_seconds=4,
+            release_grace_seconds=1,
+            pacs=pacs.address,
+        )
+        with running(settings) as node:
+            files = [str(p) for p in phantom.files]
+            sent = subprocess.run(
+                [storescu, "-aec", pacs.aet, "127.0.0.1", str(pacs.dicom_port), *files],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert sent.returncode == 0, sent.stderr[-2000:]
+            job = _wait_done(node, timeout=300)
+            assert job.state == JobState.DONE, job.reason
+            with node.db.session() as session:
+                rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
+            assert rows and all(r.state == "delivered" for r in rows), [(r.kind, r.state) for r in rows]
+            modalities_in_pacs = sorted(
+                str(pacs.get(f"/series/{s}")["MainDicomTags"]["Modality"])  # type: ignore[index]
+                for s in pacs.get("/series")  # type: ignore[union-attr]
+            )
+            assert modalities_in_pacs.count("SR") == 1
+            assert modalities_in_pacs.count("SEG") == 1
+            assert "CT" in modalities_in_pacs
+            key_images = [r for r in rows if r.kind.startswith("key-image")]
+            assert len(key_images) == (job.findings_count or 0)
