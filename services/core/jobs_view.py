@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +28,10 @@ def job_dict(job: Job, study_uid: str) -> dict[str, Any]:
         "timings": job.timings,
         "findings": job.findings_count,
         "model_version": job.model_version,
-        "details": job.details,
+        "details": {
+            key: (len(value) if key == "sop_uids" else value)
+            for key, value in (job.details or {}).items()
+        },
     }
 
 
@@ -50,11 +54,10 @@ def job_rows(settings: Settings, *, study_uid: str | None, limit: int) -> list[d
 
 
 def render_jobs(rows: list[dict[str, Any]]) -> None:
-    table = Table("job", "study", "v", "state", "findings", "timings (s)", "reason")
+    table = Table("job", "study", "v", "state", "findings", "seconds by stage", "reason")
     for row in rows:
-        timings = " ".join(
-            f"{k}={v:.2f}" for k, v in (row["timings"] or {}).items() if isinstance(v, int | float)
-        )
+        numbers = {k: v for k, v in (row["timings"] or {}).items() if isinstance(v, int | float)}
+        timings = " ".join(f"{k} {v:.1f}" for k, v in numbers.items() if k != "total")
         table.add_row(
             row["job_id"][:8],
             "…" + row["study_uid"][-16:],
@@ -64,4 +67,4 @@ def render_jobs(rows: list[dict[str, Any]]) -> None:
             timings,
             row["reason"][:60],
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
