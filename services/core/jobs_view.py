@@ -38,7 +38,11 @@ def job_dict(job: Job, study_uid: str) -> dict[str, Any]:
 def query_jobs(
     session: Session, *, study_uid: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    query = select(Job, Study.study_instance_uid).join(Study).order_by(Job.created_at.desc())
+    query = (
+        select(Job, Study.study_instance_uid)
+        .join(Study)
+        .order_by(Job.created_at.desc(), Job.version.desc())
+    )
     if study_uid:
         query = query.where(Study.study_instance_uid == study_uid)
     return [job_dict(job, uid) for job, uid in session.execute(query.limit(limit))]
