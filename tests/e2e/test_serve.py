@@ -141,7 +141,9 @@ def test_pacs_autoroutes_to_noduleflow_and_gets_results_back(
             assert job.state == JobState.DONE, job.reason
             with node.db.session() as session:
                 rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
-            assert rows and all(r.state == "delivered" for r in rows), [(r.kind, r.state) for r in rows]
+            assert rows and all(r.state == "delivered" for r in rows), [
+                (r.kind, r.state) for r in rows
+            ]
             modalities_in_pacs = sorted(
                 str(pacs.get(f"/series/{s}")["MainDicomTags"]["Modality"])  # type: ignore[index]
                 for s in pacs.get("/series")  # type: ignore[union-attr]
