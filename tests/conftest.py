@@ -115,6 +115,9 @@ def _pynetdicom_receive_defaults() -> Iterator[None]:
 
     from pynetdicom import _config, dimse_messages
 
+    send_chunked = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_RECV_CHUNKED_DATASET = False
+    _config.STORE_SEND_CHUNKED_DATASET = False
     dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
     yield
+    _config.STORE_SEND_CHUNKED_DATASET = send_chunked
