@@ -10,7 +10,7 @@ export TCP_NODELAY := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,train]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,7 +41,6 @@ bench: $(STAMP) system
 	$(BIN)/python tests/perf/bench_api.py
 
 train: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[train]'
 	$(BIN)/noduleflow train
 
 evaluate: $(STAMP)
