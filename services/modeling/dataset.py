@@ -161,6 +161,60 @@ def _window(
     )
 
 
+@dataclass(frozen=True)
+class Emphasis:
+    """Sampling emphasis on hard nodules and hard negatives (1.0 / 0.0: uniform, as before).
+
+    Nodule kind and location are read from the cached image itself (no phantom metadata):
+    a nodule whose core is below ``SUBSOLID_X`` (≈ -350 HU) is sub-solid (ground-glass or
+    part-solid); one whose surrounding shell is mostly dense tissue is juxtapleural.
+    """
+
+    subsolid: float = 1.0  # weight of ground-glass / part-solid nodules (solid: 1)
+    pleural: float = 1.0  # extra factor for juxtapleural nodules
+    mediastinum: float = 0.0  # fraction of negatives centred on mediastinal / hilar tissue
+
+
+SUBSOLID_X = -0.07  # normalised core intensity (≈ -350 HU) below which a nodule is sub-solid
+DENSE_X = -0.3  # normalised intensity (≈ -490 HU) above which a voxel is tissue, not lung
+PLEURAL_SHELL = 0.2  # dense fraction of the shell around a nodule that marks it juxtapleural
+
+
+def nodule_traits(case: CachedCase) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """``(subsolid, juxtapleural)`` per nodule of ``case``, measured on the model grid."""
+    shape = np.asarray(case.x.shape)
+    subsolid = np.zeros(len(case.centers), dtype=bool)
+    pleural = np.zeros(len(case.centers), dtype=bool)
+    for n, (center, radius) in enumerate(zip(case.centers, case.radii, strict=True)):
+        reach = int(np.ceil(radius + 6))
+        lo = np.clip(np.floor(center).astype(int) - reach, 0, shape - 1)
+        hi = np.clip(np.floor(center).astype(int) + reach + 1, 1, shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        x = np.asarray(case.x[box], dtype=np.float32)
+        y = case.y[box]
+        grid = np.indices(x.shape, dtype=np.float32)
+        dist = np.sqrt(sum((grid[a] + lo[a] - center[a]) ** 2 for a in range(3)))
+        core = y >= 128
+        if core.any():
+            subsolid[n] = float(x[core].mean()) < SUBSOLID_X
+        shell = (dist >= radius + 2) & (dist <= radius + 5) & (y < 26)
+        if shell.any():
+            pleural[n] = float((x[shell] > DENSE_X).mean()) > PLEURAL_SHELL
+    return subsolid, pleural
+
+
+def mediastinum_points(case: CachedCase, rng: np.random.Generator, n: int = 20000) -> NDArray[Any]:
+    """Soft-tissue voxels (no nodule) in the middle third across the body: mediastinum, hila."""
+    width = case.x.shape[2]
+    a, b = int(width * 0.33), int(width * 0.67)
+    x = case.x[::2, ::2, a:b:2]
+    y = case.y[::2, ::2, a:b:2]
+    idx = np.argwhere((x > DENSE_X) & (x < 0.7) & (y == 0))
+    if len(idx) > n:
+        idx = idx[rng.choice(len(idx), n, replace=False)]
+    return (idx * 2 + np.array([0, 0, a])).astype(np.int32).reshape(-1, 3)
+
+
 class PatchSampler:
     """Draws (image, soft target) patches: ``positive`` of them centred near a nodule."""
 
@@ -171,29 +225,57 @@ class PatchSampler:
         *,
         positive: float = 0.6,
         augment: Augment | None = None,
+        emphasis: Emphasis | None = None,
         seed: int = 0,
     ) -> None:
-        self.cases = list(cases)
         self.patch = patch
         self.positive = positive
         self.augment = augment or Augment()
+        self.emphasis = emphasis or Emphasis()
         self.rng = np.random.default_rng(seed)
-        self.with_nodules = [c for c in self.cases if len(c.centers)]
+        self.cases: list[CachedCase] = []
+        self.with_nodules: list[CachedCase] = []
+        self.weights: list[NDArray[np.float64]] = []  # per nodule, per case in with_nodules
+        self.medi: dict[int, NDArray[Any]] = {}
+        for case in cases:
+            self.add(case)
 
     def add(self, case: CachedCase) -> None:
-        """A case that arrived while training runs."""
+        """A case (also one that arrived while training runs)."""
         self.cases.append(case)
+        emph = self.emphasis
+        if emph.mediastinum > 0:
+            self.medi[id(case)] = mediastinum_points(case, self.rng)
         if len(case.centers):
             self.with_nodules.append(case)
+            weights = np.ones(len(case.centers))
+            if emph.subsolid != 1.0 or emph.pleural != 1.0:
+                subsolid, pleural = nodule_traits(case)
+                weights = np.where(subsolid, emph.subsolid, 1.0) * np.where(
+                    pleural, emph.pleural, 1.0
+                )
+                log.info(
+                    "event=sampler_case seed=%d nodules=%d subsolid=%d juxtapleural=%d",
+                    case.seed,
+                    len(weights),
+                    int(subsolid.sum()),
+                    int(pleural.sum()),
+                )
+            self.weights.append(weights)
 
     def _center(self) -> tuple[CachedCase, NDArray[np.float64], bool]:
         rng = self.rng
         if self.with_nodules and rng.random() < self.positive:
-            case = self.with_nodules[rng.integers(len(self.with_nodules))]
-            k = rng.integers(len(case.centers))
+            totals = np.array([w.sum() for w in self.weights])
+            c = int(rng.choice(len(totals), p=totals / totals.sum()))
+            case, weights = self.with_nodules[c], self.weights[c]
+            k = int(rng.choice(len(weights), p=weights / weights.sum()))
             jitter = rng.uniform(-1.0, 1.0, 3) * max(0.0, self.patch / 2 - case.radii[k] - 4)
             return case, case.centers[k] + jitter * 0.8, True
         case = self.cases[rng.integers(len(self.cases))]
+        medi = self.medi.get(id(case))
+        if medi is not None and len(medi) and rng.random() < self.emphasis.mediastinum:
+            return case, medi[rng.integers(len(medi))].astype(np.float64), False
         if len(case.lung) and rng.random() < 0.7:
             return case, case.lung[rng.integers(len(case.lung))].astype(np.float64), False
         return case, rng.uniform(0, 1, 3) * (np.asarray(case.x.shape) - 1), False

@@ -20,6 +20,14 @@ class Recipe:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
+    #: sampling emphasis (see ``dataset.Emphasis``): ground-glass / part-solid and
+    #: juxtapleural nodules drawn this many times more often than solid isolated ones, and
+    #: this fraction of negative patches centred on mediastinal / hilar soft tissue
+    subsolid_weight: float = 3.0
+    pleural_weight: float = 3.0
+    mediastinum_fraction: float = 0.4
+    #: peak learning rate when training continues from saved weights (``NODULEFLOW_TRAIN_RESUME``)
+    finetune_lr: float = 1e-3
     bf16: bool = True  # bfloat16 autocast on CPU (AMX/AVX-512 BF16 where the CPU has them)
     #: inference tiling (model-grid voxels)
     tile: tuple[int, int, int] = (128, 128, 128)
@@ -27,7 +35,7 @@ class Recipe:
     #: phantom seeds: training ``train_seeds``, validation ``val_seeds`` (held-out evaluation
     #: uses seeds from 100000 on, never seen here)
     train_seeds: tuple[int, ...] = tuple(range(0, 36))
-    val_seeds: tuple[int, ...] = tuple(range(50000, 50006))
+    val_seeds: tuple[int, ...] = tuple(range(50000, 50012))
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
     extra: dict[str, Any] = field(default_factory=dict)
 
