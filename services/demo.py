@@ -197,4 +197,9 @@ def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -
         console.print(f"study page:  {base}/studies/{study_uid}")
         console.print(f"worklist:    {base}/worklist")
         console.print(f"findings:    {base}/api/studies/{study_uid}/findings")
+        console.print(
+            "(these stop with the demo; to browse them again: "
+            f"NODULEFLOW_DATABASE_URL={settings.database_url} "
+            f"NODULEFLOW_STORAGE_DIR={settings.storage_dir} noduleflow serve)"
+        )
         return 0 if job.state == JobState.DONE else 1
