@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_rate_limit: float = 50.0  # requests/s per client address and API process; 0 = off
+    api_rate_burst: int = 200
     jwt_public_key: Path | None = None
     jwt_audience: str = ""
     jwt_issuer: str = ""

@@ -46,13 +46,19 @@ def create_app(settings: Settings, db: Database, broker: Broker | None = None) -
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.noduleflow = AppState(settings=settings, db=db, authenticator=authenticator,
-                                    broker=broker)
+    app.state.noduleflow = AppState(
+        settings=settings, db=db, authenticator=authenticator, broker=broker
+    )
     app.state.metrics = make_registry(db, broker)
     errors.install(app)
     for module in (fhir_resources, fhir_reports, studies, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
-    app.add_middleware(GuardMiddleware, hsts=settings.base_url.startswith("https://"))
+    app.add_middleware(
+        GuardMiddleware,
+        hsts=settings.base_url.startswith("https://"),
+        rate=settings.api_rate_limit,
+        burst=settings.api_rate_burst,
+    )
     log.info("event=api_ready auth=%s", "open" if authenticator.open else "bearer")
     return app

@@ -12,8 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.reporter.errors import outcome
 
 MAX_BODY_BYTES = 64 * 1024  # read-only API: requests carry no meaningful body
-_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 class RateLimiter:
@@ -33,7 +35,8 @@ class RateLimiter:
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
             if len(self._buckets) > self.max_clients:  # forget the idlest half
                 for key, _ in sorted(self._buckets.items(), key=lambda kv: kv[1][1])[
-                        : self.max_clients // 2]:
+                    : self.max_clients // 2
+                ]:
                     del self._buckets[key]
             return allowed
 
@@ -45,8 +48,9 @@ class GuardMiddleware:
     """413 for oversized bodies, 415 for compressed bodies, 429 beyond the per-client rate;
     security headers on every answer."""
 
-    def __init__(self, app: ASGIApp, *, hsts: bool = False, rate: float = 50.0,
-                 burst: int = 200) -> None:
+    def __init__(
+        self, app: ASGIApp, *, hsts: bool = False, rate: float = 50.0, burst: int = 200
+    ) -> None:
         self.app = app
         self.hsts = hsts
         self.limiter = RateLimiter(rate, burst)
@@ -65,9 +69,11 @@ class GuardMiddleware:
             return
         path: str = scope.get("path", "")
         client = (scope.get("client") or ("", 0))[0]
-        if not path.startswith(_UNLIMITED) and not self.limiter.allow(client):
-            await self._refuse(scope, send, 429, "throttled", "Too many requests; slow down",
-                               retry_after=1)
+        limited = self.limiter.rate > 0 and not path.startswith(_UNLIMITED)
+        if limited and not self.limiter.allow(client):
+            await self._refuse(
+                scope, send, 429, "throttled", "Too many requests; slow down", retry_after=1
+            )
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -86,12 +92,21 @@ class GuardMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, text: str,
-                      retry_after: int | None = None) -> None:
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        code: str,
+        text: str,
+        retry_after: int | None = None,
+    ) -> None:
         body = json.dumps(outcome(code, text)).encode()
-        headers = [(b"content-type", b"application/fhir+json"),
-                   (b"content-length", str(len(body)).encode()),
-                   (b"x-content-type-options", b"nosniff")]
+        headers = [
+            (b"content-type", b"application/fhir+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-content-type-options", b"nosniff"),
+        ]
         if retry_after is None:
             headers.append((b"connection", b"close"))
         else:

@@ -277,6 +277,7 @@ def main() -> None:
             "NODULEFLOW_API_TOKENS": TOKEN,
             "NODULEFLOW_API_HOST": "127.0.0.1",
             "NODULEFLOW_LOG_LEVEL": "WARNING",
+            "NODULEFLOW_API_RATE_LIMIT": "0",  # measure the server, not the limiter
         }
         server = subprocess.Popen(
             [
