@@ -164,7 +164,11 @@ def declare_topology(channel: BlockingChannel, topology: Topology) -> None:
                 "x-delivery-limit": topology.delivery_limit,
                 "x-dead-letter-exchange": topology.dead_letter_exchange,
                 "x-dead-letter-routing-key": name,
-                "x-dead-letter-strategy": "at-least-once",
+                # Dead letters use RabbitMQ's default (at-most-once) strategy: the at-least-once
+                # dead-letter worker of RabbitMQ 3.10 crashes when such a queue is deleted and
+                # leaves every quorum queue of the node unusable until a restart. Nothing is
+                # lost by this: a job's failure is committed to the database before its message
+                # is rejected; the dead-letter copy is for diagnosis.
                 "x-overflow": "reject-publish",
             },
         )
