@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from services.core.broker import InProcessBroker, RabbitBroker, Topology
+from services.core.broker import InProcessBroker, RabbitBroker, Topology, delete_topology
 from services.core.db import Database
 from services.core.settings import Settings
 from tests.services import PG_ADMIN_URL, RABBIT_URL, port_open, require, unique
@@ -70,12 +70,7 @@ def rabbit_prefix(rabbit_url: str) -> Iterator[str]:
     try:
         conn = pika.BlockingConnection(pika.URLParameters(rabbit_url))
         channel = conn.channel()
-        topology = Topology(prefix=prefix)
-        for name in topology.routing_keys().values():
-            channel.queue_delete(name)
-            channel.queue_delete(f"{name}.dead")
-        channel.exchange_delete(topology.exchange)
-        channel.exchange_delete(topology.dead_letter_exchange)
+        delete_topology(channel, Topology(prefix=prefix))
         conn.close()
     except Exception:
         pass

@@ -175,6 +175,15 @@ def declare_topology(channel: BlockingChannel, topology: Topology) -> None:
         channel.queue_bind(name, topology.exchange, routing_key=routing_key)
 
 
+def delete_topology(channel: BlockingChannel, topology: Topology) -> None:
+    """Delete what :func:`declare_topology` declared (queues, dead-letter queues, exchanges)."""
+    for name in topology.routing_keys().values():
+        channel.queue_delete(name)
+        channel.queue_delete(f"{name}.dead")
+    channel.exchange_delete(topology.exchange)
+    channel.exchange_delete(topology.dead_letter_exchange)
+
+
 class RabbitBroker:
     """pika-based broker. Publishing is thread-safe (one lock); consuming owns its connection."""
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from services.core.broker import RabbitBroker, Topology  # noqa: E402
+from services.core.broker import RabbitBroker, Topology, delete_topology  # noqa: E402
 from services.core.db import Database  # noqa: E402
 from services.core.outbox import Relay  # noqa: E402
 from services.core.storage import LocalStorage  # noqa: E402
@@ -202,12 +202,7 @@ def delete_queues(prefix: str) -> None:
     try:
         conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
         channel = conn.channel()
-        topology = Topology(prefix=prefix)
-        for name in topology.routing_keys().values():
-            channel.queue_delete(name)
-            channel.queue_delete(f"{name}.dead")
-        channel.exchange_delete(topology.exchange)
-        channel.exchange_delete(topology.dead_letter_exchange)
+        delete_topology(channel, Topology(prefix=prefix))
         conn.close()
     except Exception as exc:
         print(f"(queue clean-up failed: {exc})")
