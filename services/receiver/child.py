@@ -1,7 +1,8 @@
 """One SCP process of ``noduleflow receiver`` (started by the supervisor, not by hand).
 
-``python -m services.receiver.child FD PARENT_PID``; settings arrive as JSON on standard
-input, the listening socket as an inherited file descriptor.
+``python -m services.receiver.child FD PARENT_PID [BOARD_FD SLOTS SLOT]``; settings arrive
+as JSON on standard input, the listening socket and the siblings' load table
+(:mod:`services.receiver.balance`) as inherited file descriptors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydicom import config as pydicom_config
 from services.core.db import Database
 from services.core.logs import setup_logging
 from services.core.settings import Settings
+from services.receiver.balance import LoadBoard
 from services.receiver.main import build_scp, make_tracker
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,14 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     db = Database(settings.database_url)
     listen_socket = socket.socket(fileno=fd)
-    scp = build_scp(settings, db, make_tracker(settings, db), listen_socket=listen_socket)
+    board = None
+    if len(argv) >= 6:
+        board_fd, slots, slot = (int(a) for a in argv[3:6])
+        board = LoadBoard(board_fd, slots, slot)
+        os.close(board_fd)  # the mapping stays
+    scp = build_scp(
+        settings, db, make_tracker(settings, db), listen_socket=listen_socket, board=board
+    )
     scp.start()
     stop.wait()
     scp.stop()

@@ -15,6 +15,7 @@ from services.core.outbox import Relay
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
 from services.receiver import fastpath, tempfiles, wakeups
+from services.receiver.balance import LoadBoard
 from services.receiver.handlers import Registry
 from services.receiver.scp import StorageSCP
 from services.receiver.store import InstanceStore
@@ -44,6 +45,7 @@ def build_scp(
     tracker: StudyTracker,
     *,
     listen_socket: socket.socket | None = None,
+    board: LoadBoard | None = None,
 ) -> StorageSCP:
     storage, incoming = prepare_storage(settings)
     tempfiles.install(incoming)
@@ -53,7 +55,7 @@ def build_scp(
     registry = Registry(
         db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
     )
-    return StorageSCP(settings, store, registry, listen_socket=listen_socket)
+    return StorageSCP(settings, store, registry, listen_socket=listen_socket, board=board)
 
 
 def recover(settings: Settings, tracker: StudyTracker) -> None:

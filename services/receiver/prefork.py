@@ -1,8 +1,9 @@
 """``noduleflow receiver``: one listening socket shared by several SCP processes.
 
 One Python process is CPU-bound near 200 images/s, so the supervisor binds the port once,
-starts ``receiver_processes`` children that all accept on that socket (the kernel hands
-each connection to one of them), and runs the study tracker and the outbox relay itself.
+starts ``receiver_processes`` children that all accept on that socket (the least loaded one
+takes each connection, see :mod:`services.receiver.balance`), and runs the study tracker and
+the outbox relay itself.
 Children die with the supervisor (``PR_SET_PDEATHSIG``); a child that dies alone is
 restarted. SIGTERM stops everything cleanly.
 """
@@ -22,6 +23,7 @@ from services.core.broker import make_broker
 from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.settings import Settings
+from services.receiver.balance import LoadBoard, shared_table
 from services.receiver.main import Background, make_tracker, recover
 
 log = logging.getLogger(__name__)
@@ -54,11 +56,17 @@ class Supervisor:
         self.count = process_count(settings)
         self.stop_event = threading.Event()
         self.children: list[subprocess.Popen[bytes] | None] = []
+        self.board_fd = shared_table(self.count)
+        self.board = LoadBoard(self.board_fd, self.count, 0)
 
-    def _spawn(self, sock: socket.socket) -> subprocess.Popen[bytes]:
+    def _spawn(self, sock: socket.socket, slot: int) -> subprocess.Popen[bytes]:
+        self.board.set(0, slot)  # a restarted child starts with no connections
         args = [sys.executable, "-m", "services.receiver.child", str(sock.fileno())]
+        board = [str(self.board_fd), str(self.count), str(slot)]
         child = subprocess.Popen(
-            [*args, str(os.getpid())], pass_fds=[sock.fileno()], stdin=subprocess.PIPE
+            [*args, str(os.getpid()), *board],
+            pass_fds=[sock.fileno(), self.board_fd],
+            stdin=subprocess.PIPE,
         )
         assert child.stdin is not None
         with child.stdin:  # settings (secrets included) through a pipe, not the environment
@@ -75,7 +83,7 @@ class Supervisor:
         tracker = make_tracker(self.settings, db, relay)
         recover(self.settings, tracker)
         sock = listen(self.settings.dicom_host, self.settings.dicom_port)
-        self.children = [self._spawn(sock) for _ in range(self.count)]
+        self.children = [self._spawn(sock, slot) for slot in range(self.count)]
         background = Background(tracker, relay)
         background.start()
         log.info("event=receiver_started processes=%d port=%s", self.count, sock.getsockname()[1])
@@ -85,6 +93,8 @@ class Supervisor:
             self._stop_children()
             background.stop()
             sock.close()
+            self.board.close()
+            os.close(self.board_fd)
             broker.close()
             db.dispose()
             log.info("event=receiver_stopped")
@@ -99,7 +109,7 @@ class Supervisor:
                 if time.monotonic() - restarts[i] < 2.0:
                     time.sleep(2.0)
                 restarts[i] = time.monotonic()
-                self.children[i] = self._spawn(sock)
+                self.children[i] = self._spawn(sock, i)
 
     def _stop_children(self) -> None:
         alive = [c for c in self.children if c is not None and c.poll() is None]

@@ -16,6 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.core.settings import Settings
 from services.receiver import handlers
+from services.receiver.balance import LoadBoard
 from services.receiver.handlers import Registry
 from services.receiver.policy import ACCEPTED_TRANSFER_SYNTAXES, tls_context
 from services.receiver.store import InstanceStore
@@ -29,14 +30,22 @@ NETWORK_TIMEOUT = 60.0
 
 class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, optionally on a listening socket shared by several
-    processes (pre-fork): each process accepts when it can; a busy one waits a moment so an
-    idle sibling takes the connection first."""
+    processes (pre-fork): each process accepts when it can, after deferring to a sibling
+    that holds fewer connections (see :mod:`services.receiver.balance`)."""
 
     daemon_threads = True
 
-    def __init__(self, *args: Any, listen_socket: socket.socket | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        listen_socket: socket.socket | None = None,
+        board: LoadBoard | None = None,
+        **kw: Any,
+    ) -> None:
         self._shared = listen_socket
-        self.registry: Registry | None = None
+        self.board = board
+        self._clients: list[socket.socket] = []
+        self._clients_lock = threading.Lock()
         super().__init__(*args, **kw)
 
     def server_bind(self) -> None:
@@ -60,15 +69,32 @@ class ReceiverServer(ThreadedAssociationServer):
             assert self.socket is not None
             self.socket.close()
 
+    def connections(self) -> int:
+        """Connections accepted by this process and not closed yet."""
+        with self._clients_lock:
+            self._clients = [c for c in self._clients if c.fileno() != -1]
+            return len(self._clients)
+
+    def publish(self, *_: Any) -> None:
+        """Tell the siblings how many connections this process holds."""
+        if self.board is not None:
+            self.board.set(self.connections())
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        if self._shared is not None and self.registry is not None:
-            busy = self.registry.active
-            if busy:
-                time.sleep(min(0.003 * busy, 0.03))
+        if self.board is not None:
+            self.publish()
+            self.board.defer()
         client, address = super().get_request()
         with contextlib.suppress(OSError):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._clients_lock:
+            self._clients.append(client)
+        self.publish()
         return client, address
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.publish()
 
 
 def build_ae(settings: Settings) -> AE:
@@ -110,12 +136,14 @@ class StorageSCP:
         registry: Registry,
         *,
         listen_socket: socket.socket | None = None,
+        board: LoadBoard | None = None,
     ) -> None:
         self.settings = settings
         self.ae = build_ae(settings)
         self.store = store
         self.registry = registry
         self.listen_socket = listen_socket
+        self.board = board
         self.server: ReceiverServer | None = None
         self._thread: threading.Thread | None = None
         if not settings.allowed_aets:
@@ -137,8 +165,10 @@ class StorageSCP:
             evt_handlers=event_handlers(self.store, self.registry),
             server_class=ReceiverServer,
             listen_socket=self.listen_socket,
+            board=self.board,
         )
-        server.registry = self.registry
+        if self.board is not None:  # a closed connection frees this process's slot at once
+            server.bind(evt.EVT_CONN_CLOSE, server.publish)
         self.server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="noduleflow-scp"
