@@ -5,7 +5,9 @@
 For 1 and 4 associations (4 = the files split across 4 parallel storescu processes), each
 receiver starts fresh (empty storage and index), receives the whole study, and is checked
 for every instance; each case runs ``--repeat`` times and the median is kept. Prints
-images/s and MB/s and the ratios to Orthanc and to storescp.
+images/s and MB/s and the ratios to Orthanc and to storescp, and each receiver's CPU time
+per image (user + system, over its whole process tree, from ``/proc``): unlike the rate, that
+figure barely moves when other work shares the machine.
 noduleflow runs as ``noduleflow receiver`` (multi-process, SQLite, fsync per instance);
 storescp with ``--fork`` and a 128 KiB PDU (no fsync); Orthanc with its SQLite index.
 Every DCMTK process gets ``TCP_NODELAY=1``.
@@ -44,6 +46,7 @@ class Target:
     aet: str
     port: int
     count: Callable[[], int]
+    pid: int
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Result:
     seconds: float
     images: int
     megabytes: float
+    cpu_seconds: float = float("nan")
 
     @property
     def images_per_s(self) -> float:
@@ -61,6 +65,44 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.megabytes / self.seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000 * self.cpu_seconds / self.images
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every live descendant, plus the children
+    ``root`` has already reaped (nan where ``/proc`` is not available)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    if root not in parents:
+        return float("nan")
+    total = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if pid == root:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total / _TICK
 
 
 def _echo(port: int, aet: str) -> bool:
@@ -113,7 +155,7 @@ def noduleflow(workdir: Path, processes: int) -> Iterator[Target]:
 
     try:
         _wait_echo(port, "NODULEFLOW")
-        yield Target("noduleflow", "NODULEFLOW", port, count)
+        yield Target("noduleflow", "NODULEFLOW", port, count, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -134,7 +176,7 @@ def storescp(workdir: Path) -> Iterator[Target]:
     try:
         wait_port("127.0.0.1", port)
         _wait_echo(port, "ANY-SCP")
-        yield Target("storescp", "ANY-SCP", port, lambda: len(list(out.iterdir())))
+        yield Target("storescp", "ANY-SCP", port, lambda: len(list(out.iterdir())), proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -144,7 +186,10 @@ def storescp(workdir: Path) -> Iterator[Target]:
 def orthanc(workdir: Path) -> Iterator[Target]:
     with running_orthanc(workdir / "orthanc") as server:
         _wait_echo(server.dicom_port, server.aet)
-        yield Target("orthanc", server.aet, server.dicom_port, server.instance_count)
+        assert server.process is not None
+        yield Target(
+            "orthanc", server.aet, server.dicom_port, server.instance_count, server.process.pid
+        )
 
 
 def send(target: Target, files: list[Path], associations: int) -> float:
@@ -204,22 +249,28 @@ def main() -> None:
         results: list[Result] = []
         for associations in [int(a) for a in args.associations.split(",")]:
             for name in args.targets.split(","):
-                times = []
+                times, cpus = [], []
                 for run in range(args.repeat):
                     workdir = root / f"{name}-{associations}-{run}"
                     workdir.mkdir()
                     with servers[name](workdir) as target:
+                        cpu_before = tree_cpu_seconds(target.pid)
                         seconds = send(target, files, associations)
                         stored = target.count()
+                        time.sleep(0.5)  # connection close-down and reaped children count too
+                        cpus.append(tree_cpu_seconds(target.pid) - cpu_before)
                     if stored != len(files):
                         raise RuntimeError(f"{name} stored {stored} of {len(files)}")
                     times.append(seconds)
                     shutil.rmtree(workdir, ignore_errors=True)
                 median = statistics.median(times)
-                results.append(Result(name, associations, median, len(files), megabytes))
+                cpu = statistics.median(cpus)
+                results.append(Result(name, associations, median, len(files), megabytes, cpu))
                 runs = ", ".join(f"{t:.2f}" for t in times)
+                cpu_runs = ", ".join(f"{1000 * c / len(files):.2f}" for c in cpus)
                 print(
-                    f"  {name:<10} {associations} assoc: median {median:6.2f} s ({runs})",
+                    f"  {name:<10} {associations} assoc: median {median:6.2f} s ({runs}); "
+                    f"CPU ms/image {1000 * cpu / len(files):.2f} ({cpu_runs})",
                     flush=True,
                 )
         print_table(results)
@@ -233,8 +284,8 @@ def print_table(results: list[Result]) -> None:
         )
 
     print()
-    print("| receiver | assoc | images/s | MB/s | vs Orthanc | vs storescp |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| receiver | assoc | images/s | MB/s | vs Orthanc | vs storescp | CPU ms/image |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         ratios = []
         for anchor in ("orthanc", "storescp"):
@@ -242,7 +293,7 @@ def print_table(results: list[Result]) -> None:
             ratios.append(f"{r.images_per_s / base.images_per_s:.2f}x" if base else "-")
         print(
             f"| {r.target} | {r.associations} | {r.images_per_s:.0f} | {r.mb_per_s:.1f} | "
-            f"{ratios[0]} | {ratios[1]} |"
+            f"{ratios[0]} | {ratios[1]} | {r.cpu_ms_per_image:.2f} |"
         )
 
 
