@@ -3,6 +3,7 @@ directly (PS3.7 9.3.1, E.1; Implicit VR Little Endian, PS3.7 6.3.1)."""
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any
 
@@ -42,11 +43,39 @@ def encode_store_response(
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
 
+def command_pdu(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying one whole command set in one PDV (PS3.8 9.3.5, E.2)."""
+    item = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command  # last command
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
 _original_send_msg = dimse.DIMSEServiceProvider.send_msg
+_SEND_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
+
+
+def _send_now(dul: Any, pdu: bytes) -> bool:
+    """Send ``pdu`` from the calling (association) thread, sparing the hand-over to the DUL
+    thread, where that changes nothing: plain TCP (an SSL socket is not shared between
+    threads), data transfer state (Sta6, where DT-1 sends and stays), nothing queued before
+    it, no handler that would watch the send."""
+    sock = getattr(dul.socket, "socket", None)
+    if (
+        type(sock) is not socket.socket
+        or dul.state_machine.current_state != "Sta6"
+        or not dul.to_provider_queue.empty()
+        or any(dul.assoc.get_handlers(e) for e in _SEND_EVENTS)
+    ):
+        return False
+    try:
+        sock.sendall(pdu)
+    except OSError:
+        dul.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
+    return True
 
 
 def send_msg(self: Any, primitive: Any, context_id: int) -> None:
-    """Encode plain C-STORE responses directly; everything else as pynetdicom does."""
+    """Encode plain C-STORE responses directly (and send them at once where that is safe);
+    everything else as pynetdicom does."""
     if (
         isinstance(primitive, C_STORE)
         and primitive.MessageIDBeingRespondedTo is not None
@@ -64,6 +93,8 @@ def send_msg(self: Any, primitive: Any, context_id: int) -> None:
             int(primitive.Status),
         )
         if len(command) + 6 <= (self.maximum_pdu_size or 1 << 30):
+            if _send_now(self.dul, command_pdu(context_id, command)):
+                return
             pdata = P_DATA()
             pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
             self.dul.send_pdu(pdata)

@@ -22,13 +22,13 @@ from sqlalchemy.exc import IntegrityError
 
 from services.core.db import Database, Instance, Series, Study
 from services.core.storage import LocalStorage, instance_key
+from services.receiver.dirsync import DirSyncer
 from services.receiver.index import InstanceHeader
 from services.receiver.queries import (
     FIND_INSTANCE,
     INSERT_INSTANCE,
     TOUCH_STUDY,
     UPDATE_INSTANCE,
-    fsync_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class InstanceStore:
         self._studies: dict[str, int] = {}
         self._series: dict[str, int] = {}
         self._folders: set[Path] = set()
+        self._dirsync = DirSyncer()
         self._insert: Any = sqlite.insert if db.is_sqlite else postgresql.insert
 
     def has_room(self) -> bool:
@@ -151,7 +152,7 @@ class InstanceStore:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        fsync_dir(folder)
+        self._dirsync.sync(folder)  # shared with concurrent renames into the same folder
 
     def _remove_quietly(self, key: str) -> None:
         try:

@@ -127,3 +127,15 @@ def test_other_commands_are_left_to_pydicom() -> None:
     assert data is not None
     assert decode_store_command(data) is None
     assert decode_store_command(data[:-3]) is None  # truncated
+
+
+def test_command_pdu_matches_pynetdicom() -> None:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from services.receiver.commands import command_pdu
+
+    command = encode_store_response(CT, "1.2.3.45", 7, 0x0000)
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[5, b"\x03" + command]]  # type: ignore[list-item]
+    assert command_pdu(5, command) == P_DATA_TF(primitive).encode()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from services.receiver import dirsync
+from services.receiver.dirsync import DirSyncer
+
+
+def test_single_caller_fsyncs_every_time(tmp_path: Path) -> None:
+    syncer = DirSyncer()
+    syncer.sync(tmp_path)
+    syncer.sync(tmp_path)
+    assert syncer.fsyncs == 2
+    assert not syncer._folders  # nothing kept for idle folders
+
+
+def test_concurrent_callers_share_an_fsync_that_started_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one fsync runs, later callers wait for one more fsync, which covers them all."""
+    started: list[float] = []
+    release = threading.Event()
+
+    def slow_fsync(path: Path) -> None:
+        started.append(time.monotonic())
+        if len(started) == 1:
+            release.wait(5)
+
+    monkeypatch.setattr(dirsync, "fsync_dir", slow_fsync)
+    syncer = DirSyncer()
+    finished: dict[int, float] = {}
+    requested: dict[int, float] = {}
+
+    def caller(i: int) -> None:
+        requested[i] = time.monotonic()
+        syncer.sync(tmp_path)
+        finished[i] = time.monotonic()
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    while not started:
+        time.sleep(0.001)
+    others = [threading.Thread(target=caller, args=(i,)) for i in range(1, 5)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.05)
+    assert not finished  # nobody is covered by the fsync that started before them
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert len(finished) == 5
+    assert syncer.fsyncs == 2  # one for the first caller, one shared by the other four
+    for i in range(1, 5):
+        assert started[1] >= requested[i]  # the shared fsync started after each request
+
+
+def test_failed_fsync_is_retried_by_a_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def failing_once(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("I/O error")
+
+    monkeypatch.setattr(dirsync, "fsync_dir", failing_once)
+    syncer = DirSyncer()
+    with pytest.raises(OSError):
+        syncer.sync(tmp_path)
+    syncer.sync(tmp_path)  # not counted as covered by the failed one
+    assert len(calls) == 2
