@@ -137,8 +137,18 @@ def train(
     minutes: Annotated[float, typer.Option(help="training time budget")] = 60.0,
     seed: int = 0,
     device: str = "auto",
+    rescore_only: Annotated[
+        bool, typer.Option(help="only refit the candidate rescoring of the model in --out")
+    ] = False,
 ) -> None:
     """Train the nodule segmentation model on synthetic chest CT and export it to ONNX."""
+    if rescore_only:
+        from services.core.logs import setup_logging
+        from services.modeling.rescoring import rescore_model
+
+        setup_logging("INFO", service="train")
+        typer.echo(json.dumps(rescore_model(out), indent=2))
+        return
     from services.modeling.train import main
 
     main(out=out, minutes=minutes, seed=seed, device=device)

@@ -34,6 +34,8 @@ class FindingResult:
     mask: np.ndarray = field(repr=False, compare=False)
     source_sop_uids: tuple[str, ...] = ()
     solid_diameter_mm: float = 0.0
+    #: candidate features (``services.analysis.rescore.FEATURES``); not part of ``to_dict``
+    features: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The DESIGN.md ``findings`` item (JSON-ready; no mask, no bbox)."""

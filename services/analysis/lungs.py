@@ -58,6 +58,16 @@ class LungMask:
         ]
         return np.asarray(grid[np.ix_(*index)])
 
+    def lateral(self, k: int, i: float) -> float:
+        """In-plane distance of column ``i`` from the lungs' midline on slice ``k``, over their
+        half width (0 at the midline, 1 at the outer edge of a lung; 1 if no lung there)."""
+        row = min(max(0, int(k) // self.stride[0]), self.mask.shape[0] - 1)
+        cols = np.flatnonzero(self.mask[row].any(axis=0))
+        if not len(cols):
+            return 1.0
+        lo, hi = cols[0] * self.stride[2], (cols[-1] + 1) * self.stride[2]
+        return float(abs(float(i) - (lo + hi) / 2.0) / max(1.0, (hi - lo) / 2.0))
+
     def contains(self, kji: Sequence[float]) -> bool:
         """Whether a (fractional) voxel index of the full volume lies in the dilated lungs."""
         idx = [round(float(v)) // s for v, s in zip(kji, self.stride, strict=True)]

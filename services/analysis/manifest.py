@@ -38,6 +38,8 @@ class ModelManifest(BaseModel):
     architecture: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    #: candidate rescoring (``services.analysis.rescore.Rescorer``); absent: network confidence
+    rescoring: dict[str, Any] | None = None
 
     @field_validator("spacing_mm")
     @classmethod

@@ -23,6 +23,7 @@ from services.analysis.findings import FindingResult
 from services.analysis.geometry import Volume
 from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
 from services.analysis.postprocess import DEFAULT_THRESHOLD, findings_from_probability
+from services.analysis.rescore import Rescorer
 from services.analysis.series import choose_series
 from services.analysis.volume import assemble
 
@@ -90,6 +91,12 @@ def _threshold(engine: object) -> float:
     return threshold if 0.0 < threshold < 1.0 else DEFAULT_THRESHOLD
 
 
+def _rescorer(engine: object) -> Rescorer | None:
+    """The model's candidate rescoring, if its manifest carries one."""
+    data = getattr(getattr(engine, "manifest", None), "rescoring", None)
+    return Rescorer.from_dict(data) if isinstance(data, dict) else None
+
+
 def analyze_volume(
     volume: Volume,
     engine: ProbabilityModel,
@@ -128,6 +135,8 @@ def analyze_volume(
         threshold=_threshold(engine),
         inside=lungs.fraction_inside,
         lung=lungs.lung_window,
+        lateral=lungs.lateral,
+        rescore=_rescorer(engine),
     )
     timings["postprocess"] = time.perf_counter() - t2
     log.info(

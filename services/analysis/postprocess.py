@@ -12,14 +12,17 @@ in-plane, so partial-volume rims do not count):
   ≥ 2 % of the interior, else ground-glass. The core's mean axial diameter is the solid
   component Lung-RADS uses.
 
-Confidence is the mean of the ``TOP_K`` highest voxel probabilities of the component.
+Confidence is the mean of the ``TOP_K`` highest voxel probabilities of the component, or,
+when the model carries a candidate rescoring, that rescoring's probability
+(:mod:`services.analysis.rescore`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,6 +32,7 @@ from services.analysis.findings import FindingResult, suspicion_order
 from services.analysis.geometry import Volume
 from services.analysis.lungrads import category
 from services.analysis.measure import axial_axes, equivalent_diameter
+from services.analysis.rescore import candidate_features, ring_features
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ TOP_K = 10
 MAX_FINDINGS = 50
 MIN_LUNG_OVERLAP = 0.5
 DEFAULT_THRESHOLD = 0.5
+WEAK_FRACTION = 0.5  # mask of a weak candidate: voxels at ≥ this share of its peak
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -99,8 +104,12 @@ def measure_component(
     volume: Volume,
     origin: tuple[int, int, int],
     lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
+    lateral: Callable[[int, float], float] | None = None,
 ) -> FindingResult:
-    """Measure one component: ``mask``/``prob`` cover its bbox, which starts at ``origin``."""
+    """Measure one component: ``mask``/``prob`` cover its bbox, which starts at ``origin``.
+
+    ``lateral(k, i)`` (the lungs' :meth:`LungMask.lateral`) feeds the candidate features.
+    """
     spacing = volume.spacing
     grids = np.nonzero(mask)
     w = prob[grids].astype(np.float64)
@@ -120,7 +129,8 @@ def measure_component(
     mask_wide = np.zeros(hu_wide.shape, dtype=bool)
     inner = tuple(slice(o - a, o - a + m) for o, a, m in zip(origin, lo, mask.shape, strict=True))
     mask_wide[inner] = mask
-    kind, core = composition(mask_wide, hu_wide, spacing, None if lung is None else lung(wide))
+    lung_wide = None if lung is None else lung(wide)
+    kind, core = composition(mask_wide, hu_wide, spacing, lung_wide)
     if kind == "solid":
         solid = axes.mean_mm
     elif kind == "part-solid":
@@ -132,43 +142,50 @@ def measure_component(
     k0, j0, i0 = origin
     k1, j1, i1 = k0 + mask.shape[0], j0 + mask.shape[1], i0 + mask.shape[2]
     uids = volume.sop_uids[k0:k1] if volume.sop_uids else ()
+    volume_mm3 = round(float(mask.sum()) * spacing[0] * spacing[1] * spacing[2], 1)
+    mean_hu = round(float(hu_wide[mask_wide].mean()), 1)
+    confidence = round(float(top.mean()), 4)
+    features = candidate_features(
+        confidence=confidence,
+        mean_probability=float(probs.mean()),
+        volume_mm3=volume_mm3,
+        mean_hu=mean_hu,
+        long_axis_mm=axes.long_mm,
+        short_axis_mm=axes.short_mm,
+        ring=ring_features(mask_wide, hu_wide, lung_wide),
+        lateral=1.0 if lateral is None else lateral(round(centroid[0]), centroid[2]),
+    )
     return FindingResult(
         center_mm=(float(center[0]), float(center[1]), float(center[2])),
         diameter_mm=axes.mean_mm,
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
-        volume_mm3=round(float(mask.sum()) * spacing[0] * spacing[1] * spacing[2], 1),
-        mean_hu=round(float(hu_wide[mask_wide].mean()), 1),
+        volume_mm3=volume_mm3,
+        mean_hu=mean_hu,
         kind=kind,
-        confidence=round(float(top.mean()), 4),
+        confidence=confidence,
         lung_rads=category(kind, axes.mean_mm, solid),
         bbox=(k0, j0, i0, k1, j1, i1),
         mask=mask.copy(),
         source_sop_uids=tuple(uids),
         solid_diameter_mm=solid,
+        features=features,
     )
 
 
-def findings_from_probability(
-    prob: NDArray[np.floating],
-    volume: Volume,
-    *,
-    offset: tuple[int, int, int] = (0, 0, 0),
-    threshold: float = DEFAULT_THRESHOLD,
-    inside: Callable[[NDArray[np.integer]], float] | None = None,
-    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
-) -> list[FindingResult]:
-    """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
+def _regions(
+    prob: NDArray[np.floating], threshold: float, detect: float
+) -> list[tuple[NDArray[np.bool_], tuple[int, int, int]]]:
+    """Candidate masks with their box origins (voxel indices of ``prob``).
 
-    Components (26-connected) smaller than ``MIN_DIAMETER_MM`` equivalent diameter are
-    dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels in the
-    lung region (``inside`` gives the share of given voxel indices there: the lungs with
-    their pleural dents closed, so juxtapleural nodules count and the mediastinum does
-    not). At most
-    ``MAX_FINDINGS`` are returned, most suspicious first. ``lung(box)`` gives the
-    undilated lung mask of a box of the volume (see :func:`composition`).
+    Every 26-connected component of ``prob >= threshold`` is a candidate. With ``detect``
+    below ``threshold`` (hysteresis), a component of ``prob >= detect`` that holds no voxel at
+    ``threshold`` is a candidate too — a nodule the model sees but is unsure of — with the
+    voxels at or above ``max(detect, WEAK_FRACTION * its peak)`` as its mask; its
+    confidence (from its own probabilities) stays below ``threshold``.
     """
-    binary = prob >= threshold
+    low = min(threshold, detect)
+    binary = prob >= low
     if not binary.any():
         return []
     # Label only the box holding positive voxels: the label image is int32.
@@ -182,15 +199,59 @@ def findings_from_probability(
     )
     labels, _ = ndimage.label(binary[box], _FULL)
     base = [s.start for s in box]
-    results: list[FindingResult] = []
+    out: list[tuple[NDArray[np.bool_], tuple[int, int, int]]] = []
     for index, region in enumerate(ndimage.find_objects(labels), 1):
         if region is None:
             continue
-        mask = labels[region] == index
+        component = labels[region] == index
+        at = tuple(b + s.start for b, s in zip(base, region, strict=True))
+        part = prob[tuple(slice(a, a + n) for a, n in zip(at, component.shape, strict=True))]
+        strong = component & (part >= threshold)
+        if low >= threshold:
+            out.append((component, (at[0], at[1], at[2])))
+        elif strong.any():
+            sub, _ = ndimage.label(strong, _FULL)
+            for n, piece in enumerate(ndimage.find_objects(sub), 1):
+                if piece is not None:
+                    o = tuple(a + s.start for a, s in zip(at, piece, strict=True))
+                    out.append((sub[piece] == n, (o[0], o[1], o[2])))
+        else:
+            peak = float(part[component].max())
+            weak = component & (part >= max(low, WEAK_FRACTION * peak))
+            out.append((weak, (at[0], at[1], at[2])))
+    return out
+
+
+def findings_from_probability(
+    prob: NDArray[np.floating],
+    volume: Volume,
+    *,
+    offset: tuple[int, int, int] = (0, 0, 0),
+    threshold: float = DEFAULT_THRESHOLD,
+    detect: float | None = None,
+    inside: Callable[[NDArray[np.integer]], float] | None = None,
+    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
+    lateral: Callable[[int, float], float] | None = None,
+    rescore: Callable[[Mapping[str, float]], float] | None = None,
+) -> list[FindingResult]:
+    """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
+
+    Candidates are the components of ``prob >= threshold`` and, with ``detect`` below it,
+    the weaker ones of :func:`_regions`. Components (26-connected) smaller than
+    ``MIN_DIAMETER_MM`` equivalent diameter are dropped, and so are those with less than
+    ``MIN_LUNG_OVERLAP`` of their voxels in the lung region (``inside`` gives the share of
+    given voxel indices there: the lungs with their pleural dents closed, so juxtapleural
+    nodules count and the mediastinum does not). At most ``MAX_FINDINGS`` are returned,
+    most suspicious first. ``lung(box)`` gives the undilated lung mask of a box of the
+    volume (see :func:`composition`). With ``rescore`` (a fitted
+    :class:`services.analysis.rescore.Rescorer`), each finding's confidence is the rescored
+    probability of its candidate features instead of the network's own.
+    """
+    results: list[FindingResult] = []
+    for mask, local in _regions(prob, threshold, threshold if detect is None else detect):
         voxels = int(mask.sum())
         if voxels < MIN_VOXELS or equivalent_diameter(voxels, volume.spacing) < MIN_DIAMETER_MM:
             continue
-        local = [b + s.start for b, s in zip(base, region, strict=True)]
         origin = (offset[0] + local[0], offset[1] + local[1], offset[2] + local[2])
         if inside is not None:
             points = np.argwhere(mask)[:: max(1, voxels // 2000)] + np.asarray(origin)
@@ -198,7 +259,10 @@ def findings_from_probability(
                 log.info("event=component_outside_lung voxels=%d", voxels)
                 continue
         prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
-        results.append(measure_component(mask, prob_box, volume, origin, lung))
+        found = measure_component(mask, prob_box, volume, origin, lung, lateral)
+        if rescore is not None:
+            found = dataclasses.replace(found, confidence=round(rescore(found.features), 4))
+        results.append(found)
     ordered = suspicion_order(results)
     if len(ordered) > MAX_FINDINGS:
         log.warning("event=findings_capped found=%d kept=%d", len(ordered), MAX_FINDINGS)

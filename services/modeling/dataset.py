@@ -173,6 +173,10 @@ class Emphasis:
     subsolid: float = 1.0  # weight of ground-glass / part-solid nodules (solid: 1)
     pleural: float = 1.0  # extra factor for juxtapleural nodules
     mediastinum: float = 0.0  # fraction of negatives centred on mediastinal / hilar tissue
+    small: float = 1.0  # extra factor for nodules under SMALL_MM
+
+
+SMALL_MM = 6.0  # nodules below this diameter get ``Emphasis.small``
 
 
 SUBSOLID_X = -0.07  # normalised core intensity (≈ -350 HU) below which a nodule is sub-solid
@@ -249,10 +253,15 @@ class PatchSampler:
         if len(case.centers):
             self.with_nodules.append(case)
             weights = np.ones(len(case.centers))
+            if emph.small != 1.0:
+                # radii are in model voxels of the finest axis (1 mm on the default grid)
+                weights = weights * np.where(2.0 * case.radii < SMALL_MM, emph.small, 1.0)
             if emph.subsolid != 1.0 or emph.pleural != 1.0:
                 subsolid, pleural = nodule_traits(case)
-                weights = np.where(subsolid, emph.subsolid, 1.0) * np.where(
-                    pleural, emph.pleural, 1.0
+                weights = (
+                    weights
+                    * np.where(subsolid, emph.subsolid, 1.0)
+                    * np.where(pleural, emph.pleural, 1.0)
                 )
                 log.info(
                     "event=sampler_case seed=%d nodules=%d subsolid=%d juxtapleural=%d",

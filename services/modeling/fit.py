@@ -13,16 +13,31 @@ from services.modeling.recipe import Recipe
 log = logging.getLogger(__name__)
 
 
+#: target mass (voxels) above which a patch counts as holding a nodule for the per-patch Dice
+POSITIVE_VOXELS = 8.0
+
+
 def loss_fn(logits: Any, target: Any, dice_weight: float) -> Any:
-    """BCE on soft targets + batch soft Dice (foreground)."""
+    """BCE on soft targets + soft Dice (foreground).
+
+    The Dice is the mean over the patches that hold a nodule, each patch scored on its own,
+    so a 4 mm nodule weighs as much as a 25 mm one (a batch-pooled Dice is dominated by the
+    largest nodule in the batch); patches without a nodule add their predicted foreground
+    as a false-positive penalty through the pooled term.
+    """
     import torch
     import torch.nn.functional as F
 
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
-    inter = (prob * target).sum()
-    dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
-    return bce + dice_weight * dice
+    dims = tuple(range(1, prob.dim()))
+    inter = (prob * target).sum(dim=dims)
+    total = prob.sum(dim=dims) + target.sum(dim=dims)
+    per_patch = 1.0 - (2.0 * inter + 1.0) / (total + 1.0)
+    positive = target.sum(dim=dims) >= POSITIVE_VOXELS
+    pooled = 1.0 - (2.0 * inter.sum() + 1.0) / (total.sum() + 1.0)
+    dice = per_patch[positive].mean() if bool(positive.any()) else pooled
+    return bce + dice_weight * 0.5 * (dice + pooled)
 
 
 def fit(
@@ -42,6 +57,10 @@ def fit(
     import torch
 
     net.to(device).train()
+    if getattr(net, "frozen_batchnorm", False):
+        from services.modeling.warmstart import freeze_batchnorm
+
+        freeze_batchnorm(net)
     channels_last = device == "cpu"
     if channels_last:
         net.to(memory_format=torch.channels_last_3d)

@@ -26,6 +26,8 @@ class Recipe:
     subsolid_weight: float = 3.0
     pleural_weight: float = 3.0
     mediastinum_fraction: float = 0.4
+    #: nodules under ``SMALL_MM`` (3–6 mm, the hardest to find) drawn this many times more often
+    small_weight: float = 3.0
     #: peak learning rate when training continues from saved weights (``NODULEFLOW_TRAIN_RESUME``)
     finetune_lr: float = 1e-3
     bf16: bool = True  # bfloat16 autocast on CPU (AMX/AVX-512 BF16 where the CPU has them)
@@ -34,7 +36,7 @@ class Recipe:
     overlap: int = 16
     #: phantom seeds: training ``train_seeds``, validation ``val_seeds`` (held-out evaluation
     #: uses seeds from 100000 on, never seen here)
-    train_seeds: tuple[int, ...] = tuple(range(0, 36))
+    train_seeds: tuple[int, ...] = tuple(range(0, 72))
     val_seeds: tuple[int, ...] = tuple(range(50000, 50012))
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
     extra: dict[str, Any] = field(default_factory=dict)

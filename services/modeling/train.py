@@ -78,8 +78,9 @@ def main(out: Path, minutes: float, seed: int, device: str) -> None:
     """Train, export and validate; writes ``model.onnx``, ``model.fp16.onnx``, ``model.json``.
 
     With ``NODULEFLOW_TRAIN_RESUME`` set to a ``weights-*.pt`` file that an earlier run saved
-    in the cache folder, training continues from those weights (fine-tuning at
-    ``recipe.finetune_lr``) instead of starting from scratch.
+    in the cache folder, or to a shipped ``model.onnx`` (batch norm folded, then kept
+    frozen), training continues from those weights (fine-tuning at ``recipe.finetune_lr``)
+    instead of starting from scratch.
     """
     _setup_logging()
     resume = os.environ.get("NODULEFLOW_TRAIN_RESUME") or None
@@ -169,13 +170,20 @@ def run(
         subsolid=recipe.subsolid_weight,
         pleural=recipe.pleural_weight,
         mediastinum=recipe.mediastinum_fraction,
+        small=recipe.small_weight,
     )
     sampler = dataset.PatchSampler(
         cases, recipe.train_patch, positive=recipe.positive_fraction, emphasis=emphasis, seed=seed
     )
     net = UNet3D(recipe.channels)
     fit_recipe = recipe
-    if resume is not None:
+    if resume is not None and resume.suffix == ".onnx":
+        from services.modeling.warmstart import load_onnx
+
+        load_onnx(net, resume)  # batch norm folded: trained frozen from here on
+        fit_recipe = dataclasses.replace(recipe, lr=recipe.finetune_lr)
+        log.info("event=train_resume onnx=%s lr=%g", resume.name, fit_recipe.lr)
+    elif resume is not None:
         net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True))
         fit_recipe = dataclasses.replace(recipe, lr=recipe.finetune_lr)
         log.info("event=train_resume weights=%s lr=%g", resume.name, fit_recipe.lr)

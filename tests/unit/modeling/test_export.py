@@ -53,3 +53,21 @@ def test_onnx_matches_torch_with_dynamic_shapes(exported, precision, tol):
         with torch.no_grad():
             ref = net(torch.from_numpy(x)[None, None]).numpy()[0, 0]
         np.testing.assert_allclose(engine._run(x), ref, atol=tol, rtol=tol)
+
+
+def test_training_continues_from_the_exported_onnx(exported):
+    from services.modeling.warmstart import freeze_batchnorm, load_onnx
+
+    net, out, _ = exported
+    x = torch.from_numpy(np.random.default_rng(3).normal(0, 0.5, (2, 1, 16, 24, 32)).astype("f4"))
+    with torch.no_grad():
+        expected = net.eval()(x)
+    again = UNet3D(net.channels)
+    load_onnx(again, out / "model.onnx")
+    again.train()
+    freeze_batchnorm(again)  # batch statistics would undo the folded normalisation
+    with torch.no_grad():
+        got = again(x)
+    assert torch.allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="convolutions"):
+        load_onnx(UNet3D((4, 8)), out / "model.onnx")

@@ -1,0 +1,142 @@
+"""Fit the candidate rescoring (``model.json`` → ``rescoring``) on validation phantoms.
+
+Full-length phantoms with validation seeds (``VAL_SEEDS``: never training, never the
+held-out evaluation seeds from 100000 on) go through the analysis pipeline; every candidate
+it reports is labelled true (it hits a nodule, LUNA16 rule) or false, and a logistic model on
+the candidate features (:mod:`services.analysis.rescore`) is fitted. The manifest records
+the coefficients and the validation CPM with the network's confidence, with the rescoring
+in-sample and in a two-fold cross-validation (fit on odd seeds, score even ones and back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.analysis.rescore import Rescorer, fit_logistic
+from services.modeling import froc
+
+log = logging.getLogger(__name__)
+
+VAL_SEEDS: tuple[int, ...] = tuple(range(50000, 50030))
+CACHE_DIR = Path(os.environ.get("NODULEFLOW_VAL_CACHE", "var/cache/valfull"))
+
+
+@dataclass
+class Candidates:
+    """One validation scan: its truth, and each candidate's features and hit label."""
+
+    seed: int
+    truths: tuple[froc.TrueNodule, ...]
+    centers: list[tuple[float, float, float]]
+    features: list[dict[str, float]]
+    hits: list[bool]
+
+
+def collect(
+    engine: Any,
+    seeds: Sequence[int] = VAL_SEEDS,
+    *,
+    cache_dir: Path | None = CACHE_DIR,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Candidates]:
+    """Run the pipeline on the validation phantoms and label each candidate."""
+    from services.analysis.pipeline import analyze_volume
+    from services.modeling.evalcases import eval_case
+    from services.modeling.evaluate import score_case
+
+    out = []
+    for n, seed in enumerate(seeds):
+        case = eval_case(seed, cache_dir=cache_dir)
+        findings = analyze_volume(case.volume, engine)
+        scan = score_case(case, findings).scan
+        hits = froc.match(scan)
+        out.append(
+            Candidates(
+                seed,
+                scan.truths,
+                [f.center_mm for f in findings],
+                [dict(f.features) for f in findings],
+                [h >= 0 for h in hits],
+            )
+        )
+        if progress is not None:
+            progress(n + 1, len(seeds))
+    return out
+
+
+Score = Callable[[dict[str, float]], float]
+
+
+def scored(scans: Sequence[Candidates], score: Score) -> list[froc.Scan]:
+    """The scans with each candidate scored by ``score``."""
+    out = []
+    for s in scans:
+        pairs = zip(s.centers, s.features, strict=True)
+        out.append(froc.Scan(s.truths, tuple(froc.Detection(c, float(score(f))) for c, f in pairs)))
+    return out
+
+
+def cpm_with(scans: Sequence[Candidates], score: Score) -> float:
+    """CPM of the validation scans with candidates scored by ``score``."""
+    return froc.cpm(froc.froc(scored(scans, score)))
+
+
+def _fit(scans: Sequence[Candidates]) -> Rescorer:
+    rows = [f for s in scans for f in s.features]
+    labels = [int(h) for s in scans for h in s.hits]
+    return fit_logistic(rows, labels)
+
+
+def fit(scans: Sequence[Candidates]) -> tuple[Rescorer, dict[str, float]]:
+    """The rescoring fitted on all ``scans``, and validation CPMs to judge it by."""
+    rescorer = _fit(scans)
+    odd = [s for s in scans if s.seed % 2]
+    even = [s for s in scans if not s.seed % 2]
+    cv_scans: list[froc.Scan] = []
+    for train, test in ((odd, even), (even, odd)):
+        cv_scans += scored(test, _fit(train))
+    metrics = {
+        "scans": float(len(scans)),
+        "candidates": float(sum(len(s.hits) for s in scans)),
+        "true_candidates": float(sum(sum(s.hits) for s in scans)),
+        "cpm_network_confidence": round(cpm_with(scans, lambda f: f["confidence"]), 4),
+        "cpm_rescored_in_sample": round(cpm_with(scans, rescorer), 4),
+        "cpm_rescored_2fold": round(froc.cpm(froc.froc(cv_scans)), 4),
+    }
+    return rescorer, metrics
+
+
+def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str, float]:
+    """Fit the rescoring for the model in ``model_dir`` and write it into its ``model.json``.
+
+    Kept only if the two-fold cross-validated CPM beats the network's own confidence;
+    otherwise ``rescoring`` is removed, so the pipeline ranks by the network's confidence.
+    """
+    from services.analysis.engine import Engine
+    from services.modeling.export import write_manifest
+
+    engine = Engine.load(model_dir, "cpu")
+    engine.manifest.rescoring = None  # candidates with the network's own confidence
+    scans = collect(
+        engine,
+        seeds,
+        progress=lambda n, total: log.info("event=rescore_collect done=%d/%d", n, total),
+    )
+    rescorer, metrics = fit(scans)
+    manifest = engine.manifest
+    keep = metrics["cpm_rescored_2fold"] > metrics["cpm_network_confidence"]
+    manifest.rescoring = rescorer.to_dict() if keep else None
+    manifest.metrics = {**manifest.metrics, "rescoring": {**metrics, "kept": keep}}
+    write_manifest(manifest, model_dir)
+    log.info(
+        "event=rescoring_fitted kept=%s cpm_network=%.4f cpm_2fold=%.4f",
+        keep,
+        metrics["cpm_network_confidence"],
+        metrics["cpm_rescored_2fold"],
+    )
+    return metrics
