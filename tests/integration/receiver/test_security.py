@@ -58,6 +58,7 @@ def test_ae_policy(tmp_path: Path, db: Database, sqlite_url: str) -> None:
         assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
         assert assoc.is_rejected
         rj = assoc.acceptor.primitive
+        assert rj is not None
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
     alerts = _alerts(db)
     assert len(alerts) == 3

@@ -135,10 +135,13 @@ def test_association_limit_and_garbage(tmp_path: Path, db: Database, sqlite_url:
         extra = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
         assert extra.is_rejected
         rj = extra.acceptor.primitive
+        assert rj is not None
         assert (rj.result_source, rj.diagnostic) == (0x03, 0x02)  # local limit exceeded
         for assoc in held:
             assoc.release()
-        assert wait_for(lambda: not receiver.scp.server.active_associations, timeout=10)
+        server = receiver.scp.server
+        assert server is not None
+        assert wait_for(lambda: not server.active_associations, timeout=10)
         # An unknown PDU type, and a PDU claiming 4 GiB: closed without allocating it. Each
         # holds a slot until the ACSE timeout; the third slot still serves a legitimate peer.
         for payload in (b"\x09" + b"\x00" * 9, b"\x01\x00\xff\xff\xff\xff" + b"x" * 10):

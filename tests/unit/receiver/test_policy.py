@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 from pathlib import Path
+from typing import Any
 
 from services.core.settings import Settings
 from services.receiver.policy import rejection_reason, tls_context
@@ -10,7 +11,7 @@ from services.receiver.prefork import process_count
 
 
 def test_rejection_reasons() -> None:
-    common = {"ae_title": "NODULEFLOW", "allowed_aets": ["PACS"]}
+    common: dict[str, Any] = {"ae_title": "NODULEFLOW", "allowed_aets": ["PACS"]}
     assert rejection_reason(calling_aet="PACS", called_aet="WRONG", **common) == (
         "called-ae-title-not-recognized"
     )
