@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     dicom_tls_key: Path | None = None
     dicom_tls_ca: Path | None = None
     min_free_disk_mb: int = 512
+    reconcile_margin_seconds: float = Field(default=3600.0, ge=0)  # see receiver/reconcile.py
 
     study_idle_seconds: float = 10.0
     release_grace_seconds: float = 2.0

@@ -17,6 +17,7 @@ from services.core.storage import LocalStorage
 from services.receiver import fastpath, tempfiles, wakeups
 from services.receiver.balance import LoadBoard
 from services.receiver.handlers import Registry
+from services.receiver.reconcile import ReconcileReport, reconcile
 from services.receiver.scp import StorageSCP
 from services.receiver.store import InstanceStore
 from services.receiver.tracker import StudyTracker
@@ -58,12 +59,15 @@ def build_scp(
     return StorageSCP(settings, store, registry, listen_socket=listen_socket, board=board)
 
 
-def recover(settings: Settings, tracker: StudyTracker) -> None:
-    """Start-up clean-up after a crash: half-received files, stale association counts."""
+def recover(settings: Settings, tracker: StudyTracker) -> ReconcileReport:
+    """Start-up clean-up after a crash, before the SCP accepts anything: half-received
+    files, stale association counts, stored files whose row was never committed."""
     storage, incoming = prepare_storage(settings)
     removed = tempfiles.clean(incoming) + storage.clean_temp()
     reset = tracker.reset_open_associations()
     log.info("event=receiver_recovered temp_removed=%d open_associations_reset=%d", removed, reset)
+    store = InstanceStore(tracker.db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
+    return reconcile(store, margin_seconds=settings.reconcile_margin_seconds)
 
 
 class Background:
@@ -102,6 +106,7 @@ class Receiver:
         self.tracker = make_tracker(settings, db, self.relay)
         self.scp = build_scp(settings, db, self.tracker)
         self.background = Background(self.tracker, self.relay)
+        self.reconciled: ReconcileReport | None = None
 
     @property
     def port(self) -> int:
@@ -109,7 +114,7 @@ class Receiver:
 
     def start(self) -> None:
         """Non-blocking: recovers, then starts the SCP, tracker and relay threads."""
-        recover(self.settings, self.tracker)
+        self.reconciled = recover(self.settings, self.tracker)
         self.scp.start()
         self.background.start()
 
