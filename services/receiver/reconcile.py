@@ -12,7 +12,8 @@ new job, like a late instance). Files that cannot be indexed are moved to
 
 Only series folders modified since the last successful scan (minus a margin for clock
 skew and coarse timestamps) are read; the time of that scan is kept in
-``STORAGE_DIR/.reconciled``. No watermark, or an empty index, means a full scan.
+``STORAGE_DIR/.reconciled`` (not written while storage holds no series). No watermark,
+or an empty index, means a full scan.
 """
 
 from __future__ import annotations
@@ -190,8 +191,8 @@ class Reconciler:
         for study, series, folder in series_folders(self.root, since, report):
             report.series_scanned += 1
             self._series(study, series, folder, report)
-        if report.failed == 0:
-            write_watermark(self.root, started)
+        if report.failed == 0 and report.series_scanned + report.series_skipped > 0:
+            write_watermark(self.root, started)  # (an empty storage needs none)
         level = logging.INFO if report.failed == 0 else logging.ERROR
         log.log(
             level,

@@ -118,7 +118,7 @@ def test_indexed_files_are_not_duplicated_by_a_full_scan(
     with running_receiver(settings, db, broker) as receiver:
         assert storescu(receiver.port, paths).returncode == 0
         assert wait_for(lambda: counts(db) == (5, 1, 1))
-    (settings.storage_dir / WATERMARK).unlink()
+    assert not (settings.storage_dir / WATERMARK).exists()  # storage was empty at start
     with running_receiver(settings, db, broker) as receiver:
         report = receiver.reconciled
         assert report is not None and report.full

@@ -164,3 +164,4 @@ def test_other_folders_are_not_scanned(tmp_path: Path, db: Database) -> None:
         _place(root / name, study, series, paths[0])
     report = reconcile(_store(db, root), margin_seconds=0)
     assert report.series_scanned == 0 and report.indexed == 0 and _instances(db) == 0
+    assert read_watermark(root) is None  # no series at all: nothing to remember
