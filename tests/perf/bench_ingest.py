@@ -3,11 +3,11 @@
     python tests/perf/bench_ingest.py [--slices 300] [--size 512] [--processes 0]
 
 For 1 and 4 associations (4 = the files split across 4 parallel storescu processes), each
-receiver starts fresh (empty storage and index), receives the whole study, and is checked
-for every instance; each case runs ``--repeat`` times and the median is kept. Prints
-images/s and MB/s and the ratios to Orthanc and to storescp, and each receiver's CPU time
-per image (user + system, over its whole process tree, from ``/proc``): unlike the rate, that
-figure barely moves when other work shares the machine.
+receiver starts fresh (empty storage and index, in a new folder; all are removed at the end),
+receives the whole study, and is checked for every instance; each case runs ``--repeat``
+times and the median is kept. Prints images/s and MB/s and the ratios to Orthanc and to
+storescp, and each receiver's CPU time per image (user + system, over its whole process tree,
+from ``/proc``): unlike the rate, that figure barely moves when other work shares the machine.
 noduleflow runs as ``noduleflow receiver`` (multi-process, SQLite, fsync per instance);
 storescp with ``--fork`` and a 128 KiB PDU (no fsync); Orthanc with its SQLite index.
 Every DCMTK process gets ``TCP_NODELAY=1``.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -262,7 +261,10 @@ def main() -> None:
                     if stored != len(files):
                         raise RuntimeError(f"{name} stored {stored} of {len(files)}")
                     times.append(seconds)
-                    shutil.rmtree(workdir, ignore_errors=True)
+                    # Finished runs stay on disk until the end: on ext4 without a journal,
+                    # files deleted in the last ~15 s slow down every file creation near
+                    # them, so deleting one run right before the next would bill the next
+                    # receiver for this cleanup.
                 median = statistics.median(times)
                 cpu = statistics.median(cpus)
                 results.append(Result(name, associations, median, len(files), megabytes, cpu))
