@@ -97,14 +97,30 @@ def _rescorer(engine: object) -> Rescorer | None:
     return Rescorer.from_dict(data) if isinstance(data, dict) else None
 
 
+def _report_min(engine: object) -> float:
+    """The rescored confidence below which a candidate is not reported (0: report all)."""
+    data = getattr(getattr(engine, "manifest", None), "rescoring", None)
+    value = data.get("report_min_confidence", 0.0) if isinstance(data, dict) else 0.0
+    try:
+        return min(max(float(value), 0.0), 1.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def analyze_volume(
     volume: Volume,
     engine: ProbabilityModel,
     *,
     timings: dict[str, float] | None = None,
     progress: Progress | None = None,
+    all_candidates: bool = False,
 ) -> list[FindingResult]:
     """Findings of an HU volume: lung crop, model probability, components, measurements.
+
+    Candidates whose rescored confidence is below the model's operating point
+    (``rescoring.report_min_confidence`` in ``model.json``) are not reported, so a likely
+    false positive does not raise a study's Lung-RADS category; ``all_candidates`` keeps them
+    (evaluation scores the whole FROC curve).
 
     ``timings`` (if given) receives ``crop``, ``inference`` and ``postprocess`` seconds.
     Raises ``AnalysisError("no-usable-series")`` when the volume holds no aerated lung.
@@ -138,6 +154,16 @@ def analyze_volume(
         lateral=lungs.lateral,
         rescore=_rescorer(engine),
     )
+    floor = 0.0 if all_candidates else _report_min(engine)
+    if floor > 0.0:
+        kept = [f for f in findings if f.confidence >= floor]
+        if len(kept) < len(findings):
+            log.info(
+                "event=candidates_below_operating_point dropped=%d min_confidence=%.4f",
+                len(findings) - len(kept),
+                floor,
+            )
+        findings = kept
     timings["postprocess"] = time.perf_counter() - t2
     log.info(
         "event=volume_analyzed shape=%s crop=%s lung_ml=%.0f findings=%d "

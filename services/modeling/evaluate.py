@@ -88,7 +88,7 @@ def run(
         case = eval_case(case_seed, **case_kwargs)
         t1 = time.perf_counter()
         timings: dict[str, float] = {}
-        findings = analyze_volume(case.volume, engine, timings=timings)
+        findings = analyze_volume(case.volume, engine, timings=timings, all_candidates=True)
         outcome = score_case(case, findings)
         outcome.seconds = {"case": t1 - t0, **timings, "slices": float(case.volume.shape[0])}
         results.append(outcome)

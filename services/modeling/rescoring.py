@@ -23,6 +23,9 @@ from services.modeling import froc
 log = logging.getLogger(__name__)
 
 VAL_SEEDS: tuple[int, ...] = tuple(range(50000, 50030))
+#: operating point: the lowest rescored confidence that keeps validation false positives at or
+#: below this many per scan; weaker candidates are not reported (evaluation still sees them)
+REPORT_FP_PER_SCAN = 2.0
 CACHE_DIR = Path(os.environ.get("NODULEFLOW_VAL_CACHE", "var/cache/valfull"))
 
 
@@ -52,7 +55,7 @@ def collect(
     out = []
     for n, seed in enumerate(seeds):
         case = eval_case(seed, cache_dir=cache_dir)
-        findings = analyze_volume(case.volume, engine)
+        findings = analyze_volume(case.volume, engine, all_candidates=True)
         scan = score_case(case, findings).scan
         hits = froc.match(scan)
         out.append(
@@ -84,6 +87,17 @@ def scored(scans: Sequence[Candidates], score: Score) -> list[froc.Scan]:
 def cpm_with(scans: Sequence[Candidates], score: Score) -> float:
     """CPM of the validation scans with candidates scored by ``score``."""
     return froc.cpm(froc.froc(scored(scans, score)))
+
+
+def operating_point(scans: Sequence[Candidates], score: Score, fp_per_scan: float) -> float:
+    """The smallest confidence at which at most ``fp_per_scan`` false positives per scan of
+    ``scans`` score at or above it (0.0 when even all candidates stay within that)."""
+    pairs = [pair for s in scans for pair in zip(s.features, s.hits, strict=True)]
+    fps = sorted((float(score(f)) for f, hit in pairs if not hit), reverse=True)
+    allowed = int(fp_per_scan * len(scans))
+    if allowed >= len(fps):
+        return 0.0
+    return round(fps[allowed] + 1e-4, 4)
 
 
 def _fit(scans: Sequence[Candidates]) -> Rescorer:
@@ -130,7 +144,12 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
     rescorer, metrics = fit(scans)
     manifest = engine.manifest
     keep = metrics["cpm_rescored_2fold"] > metrics["cpm_network_confidence"]
-    manifest.rescoring = rescorer.to_dict() if keep else None
+    floor = operating_point(scans, rescorer, REPORT_FP_PER_SCAN)
+    metrics["report_min_confidence"] = floor
+    metrics["sensitivity_at_operating_point"] = round(
+        froc.froc(scored(scans, rescorer), [REPORT_FP_PER_SCAN])[0], 4
+    )
+    manifest.rescoring = {**rescorer.to_dict(), "report_min_confidence": floor} if keep else None
     manifest.metrics = {**manifest.metrics, "rescoring": {**metrics, "kept": keep}}
     write_manifest(manifest, model_dir)
     log.info(

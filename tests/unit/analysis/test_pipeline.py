@@ -123,3 +123,29 @@ def test_only_the_chosen_series_is_read(tmp_path: Path, monkeypatch) -> None:
     assert len(reads) == len(thin) and set(reads) == {result.series_uid}
     assert "best of 2 usable series" in result.series_reason
     assert result.geometry.spacing[0] == pytest.approx(1.25)
+
+
+def test_candidates_below_the_operating_point_are_not_reported(study) -> None:
+    _, _, hu = study
+    model = FakeModel()
+
+    class Manifest:
+        name, version, threshold = "fake", "0", 0.5
+        # scores by attenuation: the solid nodule high, the ground-glass one near 0
+        rescoring = {
+            "features": ["mean_hu"],
+            "mean": [-0.6],  # solid (0 HU) → σ(6), ground glass (-600 HU) → σ(-6)
+            "scale": [0.1],
+            "weights": [1.0],
+            "bias": 0.0,
+            "report_min_confidence": 0.5,
+        }
+
+    model.manifest = Manifest()  # type: ignore[assignment]
+    volume = volume_of(hu, SPACING)
+    reported = analyze_volume(volume, model)
+    assert [f.kind for f in reported] == ["solid"]
+    assert reported[0].confidence > 0.99
+    everything = analyze_volume(volume, model, all_candidates=True)
+    assert [f.kind for f in everything] == ["solid", "ground-glass"]
+    assert everything[1].confidence < 0.01

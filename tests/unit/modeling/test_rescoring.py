@@ -47,3 +47,15 @@ def test_fit_beats_network_confidence_out_of_sample() -> None:
     assert metrics["cpm_rescored_in_sample"] >= metrics["cpm_rescored_2fold"] - 0.05
     fresh = _scans(10, seed=1)
     assert cpm_with(fresh, rescorer) > cpm_with(fresh, lambda f: f["confidence"])
+
+
+def test_operating_point_bounds_false_positives_per_scan() -> None:
+    from services.modeling.rescoring import operating_point
+
+    scans = _scans(10)
+    score = lambda f: f["confidence"]  # noqa: E731
+    floor = operating_point(scans, score, 1.0)
+    fps = [score(f) for s in scans for f, hit in zip(s.features, s.hits, strict=True) if not hit]
+    assert sum(v >= floor for v in fps) <= 10
+    assert sum(v >= floor - 2e-4 for v in fps) == 11  # the next one down would exceed it
+    assert operating_point(scans, score, 100.0) == 0.0
