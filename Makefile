@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system
 	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 

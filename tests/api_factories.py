@@ -149,11 +149,21 @@ def finding_spec(**overrides: Any) -> dict[str, Any]:
 
 
 def make_delivery(
-    session: Session, job: Job, *, kind: str = "sr", state: str = "delivered",
+    session: Session,
+    job: Job,
+    *,
+    kind: str = "sr",
+    state: str = "delivered",
     target: str = "PACS@h:104",
 ) -> Delivery:
-    row = Delivery(job_id=job.id, kind=kind, target=target, state=state, attempts=1,
-                   last_status="0x0000" if state == "delivered" else "0xA700")
+    row = Delivery(
+        job_id=job.id,
+        kind=kind,
+        target=target,
+        state=state,
+        attempts=1,
+        last_status="0x0000" if state == "delivered" else "0xA700",
+    )
     session.add(row)
     session.flush()
     return row
@@ -162,25 +172,59 @@ def make_delivery(
 def seed_reports(session: Session) -> dict[str, Made]:
     """A small, varied data set: two patients, an amended report, a failed and a pending job."""
     out: dict[str, Made] = {}
-    a1 = make_study(session, patient_id="PAT-A", patient_name="Able^Ann", accession="ACC-A1",
-                    study_date="20260110")
-    out["a1"] = make_job(session, a1, findings=[
-        finding_spec(diameter_mm=9.0, lung_rads="4A"), finding_spec(diameter_mm=4.0,
-                                                                     lung_rads="2")])
-    out["a1v2"] = make_job(session, a1, version=2, findings=[
-        finding_spec(diameter_mm=9.5, lung_rads="4A")],
-        finished_at=a1.last_received_at + timedelta(hours=1))
-    b1 = make_study(session, patient_id="PAT-B", patient_name="Baker^Bob", accession="ACC-B1",
-                    study_date="20260220")
+    a1 = make_study(
+        session,
+        patient_id="PAT-A",
+        patient_name="Able^Ann",
+        accession="ACC-A1",
+        study_date="20260110",
+    )
+    out["a1"] = make_job(
+        session,
+        a1,
+        findings=[
+            finding_spec(diameter_mm=9.0, lung_rads="4A"),
+            finding_spec(diameter_mm=4.0, lung_rads="2"),
+        ],
+    )
+    out["a1v2"] = make_job(
+        session,
+        a1,
+        version=2,
+        findings=[finding_spec(diameter_mm=9.5, lung_rads="4A")],
+        finished_at=a1.last_received_at + timedelta(hours=1),
+    )
+    b1 = make_study(
+        session,
+        patient_id="PAT-B",
+        patient_name="Baker^Bob",
+        accession="ACC-B1",
+        study_date="20260220",
+    )
     out["b1"] = make_job(session, b1, findings=[finding_spec(diameter_mm=16.0, lung_rads="4B")])
-    b2 = make_study(session, patient_id="PAT-B", patient_name="Baker^Bob", accession="ACC-B2",
-                    study_date="20260305")
+    b2 = make_study(
+        session,
+        patient_id="PAT-B",
+        patient_name="Baker^Bob",
+        accession="ACC-B2",
+        study_date="20260305",
+    )
     out["b2"] = make_job(session, b2, findings=[])
-    c1 = make_study(session, patient_id="PAT-C", patient_name="Cole^Cy", accession="ACC-C1",
-                    study_date="20260306")
+    c1 = make_study(
+        session,
+        patient_id="PAT-C",
+        patient_name="Cole^Cy",
+        accession="ACC-C1",
+        study_date="20260306",
+    )
     out["c1"] = make_job(session, c1, state="failed", reason="no axial CT series")
-    d1 = make_study(session, patient_id="PAT-D", patient_name="Dunn^Di", accession="ACC-D1",
-                    study_date="20260307")
+    d1 = make_study(
+        session,
+        patient_id="PAT-D",
+        patient_name="Dunn^Di",
+        accession="ACC-D1",
+        study_date="20260307",
+    )
     out["d1"] = make_job(session, d1, state="inferring")
     return out
 
@@ -193,8 +237,9 @@ def running_api(app: Any) -> Iterator[str]:
     from tests.services import free_port, wait_port
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                            access_log=False, server_header=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, server_header=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

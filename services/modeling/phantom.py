@@ -47,8 +47,14 @@ from services.modeling.phantom_shapes import Body
 from services.modeling.phantom_truth import NoduleTruth, measure
 from services.modeling.phantom_tubes import build_tubes, paint_tubes
 
-__all__ = ["NoduleTruth", "PhantomCase", "PhantomResult", "generate_case", "write_case",
-           "write_phantom"]
+__all__ = [
+    "NoduleTruth",
+    "PhantomCase",
+    "PhantomResult",
+    "generate_case",
+    "write_case",
+    "write_phantom",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +78,44 @@ class PhantomResult:
     files: list[Path]
 
 
-def generate_case(seed: int, *, nodules: int | None = None, slices: int | None = None,
-                  pixel_spacing: float | None = None, thickness: float | None = None,
-                  matrix: int = 512, min_diameter_mm: float = 3.0,
-                  max_diameter_mm: float = 30.0) -> PhantomCase:
+def generate_case(
+    seed: int,
+    *,
+    nodules: int | None = None,
+    slices: int | None = None,
+    pixel_spacing: float | None = None,
+    thickness: float | None = None,
+    matrix: int = 512,
+    min_diameter_mm: float = 3.0,
+    max_diameter_mm: float = 30.0,
+) -> PhantomCase:
     """One synthetic chest CT with its nodules; the same arguments give the same voxels."""
     started = time.perf_counter()
     rng = np.random.default_rng([seed, 0x7068616E])
     habitus = sample_habitus(rng)
-    scanner = sample_scanner(rng, habitus, matrix=matrix, slices=slices,
-                             pixel_spacing=pixel_spacing, thickness=thickness)
+    scanner = sample_scanner(
+        rng, habitus, matrix=matrix, slices=slices, pixel_spacing=pixel_spacing, thickness=thickness
+    )
     ps = scanner.pixel_spacing
     x0 = scanner.fov_center_x - (matrix - 1) / 2.0 * ps
     y0 = scanner.fov_center_y - (matrix - 1) / 2.0 * ps
-    grid = Grid.build(scanner.n_slices, matrix, ps, x0, y0, scanner.z_first, scanner.spacing,
-                      scanner.thickness)
+    grid = Grid.build(
+        scanner.n_slices, matrix, ps, x0, y0, scanner.z_first, scanner.spacing, scanner.thickness
+    )
     body = Body(habitus)
     # vessels far below the pixel size only cost time: coarse grids get a sparser tree
     points = int(2400 * min(1.0, max(0.12, (0.95 / ps) ** 2)))
     tubes = build_tubes(body, rng, points_per_lung=points)
-    body.mediastinal = Segments.concat([tubes.mediastinal[name] for name in
-                                        ("aorta", "pulmonary", "svc", "trachea", "oesophagus")])
+    body.mediastinal = Segments.concat(
+        [tubes.mediastinal[name] for name in ("aorta", "pulmonary", "svc", "trachea", "oesophagus")]
+    )
     texture = TextureField(rng, grid)
     fine = TextureField(rng, grid, cell=3.0)
     renderer = SliceRenderer(body, grid, texture, fine, table_image(body, grid, rng))
     hu, lungs, cavity = render_anatomy(renderer, grid)
     t_anatomy = time.perf_counter()
     count = choose_count(rng) if nodules is None else nodules
-    specs = place_nodules(rng, body, grid, count, tubes.vessels, min_diameter_mm,
-                          max_diameter_mm)
+    specs = place_nodules(rng, body, grid, count, tubes.vessels, min_diameter_mm, max_diameter_mm)
     labels = np.zeros(grid.shape, dtype=np.uint8)
     kept: list[NoduleSpec] = []
     for spec in specs:
@@ -111,8 +126,9 @@ def generate_case(seed: int, *, nodules: int | None = None, slices: int | None =
     t_tubes = time.perf_counter()
     kernel = choose_kernel(scanner, rng)
     padding_hu = scanner.padding_stored * 1.0 + scanner.rescale_intercept
-    apply_scanner(hu, grid, scanner, kernel, rng, (body.cx, body.cy), habitus.half_width,
-                  padding_hu)
+    apply_scanner(
+        hu, grid, scanner, kernel, rng, (body.cx, body.cy), habitus.half_width, padding_hu
+    )
     volume = Volume(hu=hu, spacing=(grid.spacing, ps, ps), origin=(x0, y0, grid.z0))
     truths = []
     for label, spec in enumerate(kept, start=1):
@@ -133,14 +149,23 @@ def generate_case(seed: int, *, nodules: int | None = None, slices: int | None =
         "rescale_intercept": scanner.rescale_intercept,
         "padding_hu": padding_hu,
         "scanner": scanner.as_dict(),
-        "habitus": {k: (list(np.round(v, 3).tolist()) if isinstance(v, tuple) else round(v, 3))
-                    for k, v in vars(habitus).items()},
-        "timing_s": {"anatomy": round(t_anatomy - started, 3),
-                     "nodules_tubes": round(t_tubes - t_anatomy, 3),
-                     "total": round(elapsed, 3)},
+        "habitus": {
+            k: (list(np.round(v, 3).tolist()) if isinstance(v, tuple) else round(v, 3))
+            for k, v in vars(habitus).items()
+        },
+        "timing_s": {
+            "anatomy": round(t_anatomy - started, 3),
+            "nodules_tubes": round(t_tubes - t_anatomy, 3),
+            "total": round(elapsed, 3),
+        },
     }
-    log.info("event=phantom_case seed=%s shape=%s nodules=%d seconds=%.2f", seed, grid.shape,
-             len(truths), elapsed)
+    log.info(
+        "event=phantom_case seed=%s shape=%s nodules=%d seconds=%.2f",
+        seed,
+        grid.shape,
+        len(truths),
+        elapsed,
+    )
     return PhantomCase(volume=volume, labels=labels, lungs=lungs, nodules=truths, meta=meta)
 
 
@@ -148,12 +173,24 @@ def write_case(case: PhantomCase, outdir: Path, *, seed: int) -> PhantomResult:
     """DICOM series, ``truth.json`` and ``mask.npz`` into ``outdir``; fills ``sop_uids``."""
     study_uid, series_uid, files, volume = write_series(case, Path(outdir), seed=seed)
     case.volume = volume
-    return PhantomResult(outdir=Path(outdir), n_slices=volume.shape[0], nodules=case.nodules,
-                         study_uid=study_uid, series_uid=series_uid, files=files)
+    return PhantomResult(
+        outdir=Path(outdir),
+        n_slices=volume.shape[0],
+        nodules=case.nodules,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        files=files,
+    )
 
 
-def write_phantom(outdir: Path, *, seed: int = 0, nodules: int | None = None,
-                  slices: int | None = None, **kw: object) -> PhantomResult:
+def write_phantom(
+    outdir: Path,
+    *,
+    seed: int = 0,
+    nodules: int | None = None,
+    slices: int | None = None,
+    **kw: object,
+) -> PhantomResult:
     """``noduleflow phantom``: generate one case and write it."""
     case = generate_case(seed, nodules=nodules, slices=slices, **kw)  # type: ignore[arg-type]
     return write_case(case, Path(outdir), seed=seed)

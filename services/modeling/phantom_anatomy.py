@@ -47,8 +47,9 @@ class TextureField:
         return (across[j0] * (1 - ay)[:, None] + across[j0 + 1] * ay[:, None]).astype(F32)
 
 
-def _interp_index(pos: NDArray[np.float32], start: float, cell: float, n: int
-                  ) -> tuple[NDArray[np.int64], Arr]:
+def _interp_index(
+    pos: NDArray[np.float32], start: float, cell: float, n: int
+) -> tuple[NDArray[np.int64], Arr]:
     f = (pos - start) / cell
     i0 = np.clip(np.floor(f).astype(np.int64), 0, n - 2)
     a = np.clip(f - i0, 0.0, 1.0)
@@ -74,19 +75,25 @@ def table_image(body: Body, grid: Grid, rng: np.random.Generator) -> Arr:
 class SliceRenderer:
     """Renders the static anatomy of one axial plane inside the body's bounding window."""
 
-    def __init__(self, body: Body, grid: Grid, texture: TextureField, fine: TextureField,
-                 table: Arr) -> None:
+    def __init__(
+        self, body: Body, grid: Grid, texture: TextureField, fine: TextureField, table: Arr
+    ) -> None:
         self.b, self.grid, self.tex, self.fine, self.table = body, grid, texture, fine, table
         self.sub_thickness = grid.thickness / sub_slices(grid)
         h = body.h
         xs, ys = grid.xs(), grid.ys()
         reach_x = h.half_width + 4.0
         cols = np.flatnonzero(np.abs(xs - F32(body.cx)) <= reach_x)
-        rows = np.flatnonzero((ys >= F32(body.cy - h.half_depth_ant - 4.0))
-                              & (ys <= F32(body.cy + h.half_depth_post + 4.0)))
+        rows = np.flatnonzero(
+            (ys >= F32(body.cy - h.half_depth_ant - 4.0))
+            & (ys <= F32(body.cy + h.half_depth_post + 4.0))
+        )
         empty = len(cols) == 0 or len(rows) == 0
-        self.window = (slice(0, 0), slice(0, 0)) if empty else (
-            slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        self.window = (
+            (slice(0, 0), slice(0, 0))
+            if empty
+            else (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        )
         self.xs, self.ys = xs[self.window[1]], ys[self.window[0]]
         x, y = self.xs[None, :], self.ys[:, None]
         self.p = body.plane(x, y)
@@ -94,19 +101,27 @@ class SliceRenderer:
         d = np.sqrt(dx * dx + dy * dy) + F32(1e-3)
         c, sn = dx / d, dy / d
         w2c, w2s, w3c, w3s = h.wall_wave
-        wave = (w2c * (c * c - sn * sn) + w2s * 2 * c * sn + w3c * (4 * c ** 3 - 3 * c)
-                + w3s * (3 * sn - 4 * sn ** 3))
-        self.fat_depth = (F32(h.fat) * np.maximum(F32(0.75) + F32(0.35) * c * c + wave, 0.25)
-                          + F32(1.5)).astype(F32)
-        self.fascia = (self.fat_depth + F32(h.muscle) * (F32(0.55) + F32(0.5) * np.abs(sn))
-                       ).astype(F32)
+        wave = (
+            w2c * (c * c - sn * sn)
+            + w2s * 2 * c * sn
+            + w3c * (4 * c**3 - 3 * c)
+            + w3s * (3 * sn - 4 * sn**3)
+        )
+        self.fat_depth = (
+            F32(h.fat) * np.maximum(F32(0.75) + F32(0.35) * c * c + wave, 0.25) + F32(1.5)
+        ).astype(F32)
+        self.fascia = (self.fat_depth + F32(h.muscle) * (F32(0.55) + F32(0.5) * np.abs(sn))).astype(
+            F32
+        )
         self.scapula_sector = (sn > 0.3) & (np.abs(c) > 0.35) & (np.abs(c) < 0.93)
         self.major, self.minor, slope = body.fissures(x, y)
         # a 0.4 mm sheet crossing a slab of thickness T fills ~0.4 * sqrt(1 + g^2) / T of it
-        self.fissure_fill = np.minimum(F32(0.4) * np.sqrt(1 + slope * slope)
-                                       / F32(self.sub_thickness), F32(1.0)).astype(F32)
-        self.fissure_reach = (F32(self.sub_thickness / 2)
-                              + slope * F32(grid.pixel_spacing / 2)).astype(F32)
+        self.fissure_fill = np.minimum(
+            F32(0.4) * np.sqrt(1 + slope * slope) / F32(self.sub_thickness), F32(1.0)
+        ).astype(F32)
+        self.fissure_reach = (
+            F32(self.sub_thickness / 2) + slope * F32(grid.pixel_spacing / 2)
+        ).astype(F32)
         u, v = dx / F32(body.vb_rx), (y - F32(body.y_vb)) / F32(body.vb_ry)
         r = np.sqrt(u * u + v * v)
         sc = body.spine_scale
@@ -161,15 +176,23 @@ class SliceRenderer:
         paren = F32(h.lung_hu) + boost * p.gravity * p.gravity + F32(22.0) * tex
         paren += F32(10.0) * fine
         if h.emphysema > 0:
-            holes = np.clip((fine + F32(0.6) * tex - F32(2.2 - 3.0 * h.emphysema)) * F32(2.0),
-                            0.0, 1.0)
+            holes = np.clip(
+                (fine + F32(0.6) * tex - F32(2.2 - 3.0 * h.emphysema)) * F32(2.0), 0.0, 1.0
+            )
             paren -= holes * F32(95.0)
         fz = F32(z)
         sheet = np.clip((self.fissure_reach - np.abs(fz - self.major)) / F32(0.5), 0.0, 1.0)
         if 0.4 < t < 0.8:
-            sheet = np.maximum(sheet, np.nan_to_num(np.clip(
-                (F32(self.sub_thickness / 2) - np.abs(fz - self.minor)) / F32(0.5), 0.0, 1.0)
-                * F32(0.4 / self.sub_thickness), nan=0.0))
+            sheet = np.maximum(
+                sheet,
+                np.nan_to_num(
+                    np.clip(
+                        (F32(self.sub_thickness / 2) - np.abs(fz - self.minor)) / F32(0.5), 0.0, 1.0
+                    )
+                    * F32(0.4 / self.sub_thickness),
+                    nan=0.0,
+                ),
+            )
         paren += sheet * self.fissure_fill * (F32(-40.0) - paren)
         np.copyto(img, paren, where=lung)
         self._spine(img, z, tex)
@@ -200,8 +223,9 @@ def sub_slices(grid: Grid) -> int:
     return max(1, int(np.ceil(grid.thickness / 1.25)))
 
 
-def render_anatomy(renderer: SliceRenderer, grid: Grid) -> tuple[Arr, NDArray[np.bool_],
-                                                                   NDArray[np.bool_]]:
+def render_anatomy(
+    renderer: SliceRenderer, grid: Grid
+) -> tuple[Arr, NDArray[np.bool_], NDArray[np.bool_]]:
     """HU volume, lung mask and cavity (lung + mediastinum) mask on the output grid."""
     m = sub_slices(grid)
     offsets = (np.arange(m) + 0.5) / m * grid.thickness - grid.thickness / 2.0

@@ -29,8 +29,7 @@ _FIRST = ("ALEX", "SAM", "ROBIN", "KIM", "JO", "CHRIS", "PAT", "LEE", "NOA", "MI
 _LAST = ("PHANTOM", "SYNTH", "MODEL", "TESTCASE", "SIMUL")
 
 
-def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_uid: str
-          ) -> Dataset:
+def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_uid: str) -> Dataset:
     rng = np.random.default_rng([seed, 0x44434D])
     sc = case.meta["scanner"]
     assert isinstance(sc, dict)
@@ -95,8 +94,9 @@ def _instance_order(n: int, feet_first: bool, shuffled: bool, seed: int) -> list
     return numbers
 
 
-def write_series(case: PhantomCase, outdir: Path, *, seed: int
-                 ) -> tuple[str, str, list[Path], Volume]:
+def write_series(
+    case: PhantomCase, outdir: Path, *, seed: int
+) -> tuple[str, str, list[Path], Volume]:
     outdir.mkdir(parents=True, exist_ok=True)
     study_uid = derived_uid("noduleflow-phantom", str(seed), "study")
     series_uid = derived_uid("noduleflow-phantom", str(seed), "series")
@@ -138,10 +138,15 @@ def write_series(case: PhantomCase, outdir: Path, *, seed: int
     return study_uid, series_uid, files, volume
 
 
-def _write_truth(case: PhantomCase, volume: Volume, outdir: Path, seed: int, study_uid: str,
-                 series_uid: str) -> None:
-    geometry = {"origin": list(volume.origin), "row_dir": list(volume.row_dir),
-                "col_dir": list(volume.col_dir), "slice_dir": list(volume.slice_dir)}
+def _write_truth(
+    case: PhantomCase, volume: Volume, outdir: Path, seed: int, study_uid: str, series_uid: str
+) -> None:
+    geometry = {
+        "origin": list(volume.origin),
+        "row_dir": list(volume.row_dir),
+        "col_dir": list(volume.col_dir),
+        "slice_dir": list(volume.slice_dir),
+    }
     truth = {
         "seed": seed,
         "study_uid": study_uid,
@@ -154,7 +159,13 @@ def _write_truth(case: PhantomCase, volume: Volume, outdir: Path, seed: int, stu
         "meta": {k: v for k, v in case.meta.items() if k not in ("scanner", "timing_s")},
     }
     (outdir / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
-    np.savez_compressed(outdir / "mask.npz", labels=case.labels, lungs=case.lungs,
-                        spacing=np.asarray(volume.spacing), origin=np.asarray(volume.origin),
-                        row_dir=np.asarray(volume.row_dir), col_dir=np.asarray(volume.col_dir),
-                        slice_dir=np.asarray(volume.slice_dir))
+    np.savez_compressed(
+        outdir / "mask.npz",
+        labels=case.labels,
+        lungs=case.lungs,
+        spacing=np.asarray(volume.spacing),
+        origin=np.asarray(volume.origin),
+        row_dir=np.asarray(volume.row_dir),
+        col_dir=np.asarray(volume.col_dir),
+        slice_dir=np.asarray(volume.slice_dir),
+    )

@@ -52,8 +52,14 @@ def _unit(rng: np.random.Generator, n: int) -> NDArray[np.float64]:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def sample_spec(rng: np.random.Generator, center: NDArray[np.float64], diameter: float,
-                kind: str, location: str, shape: str) -> NoduleSpec:
+def sample_spec(
+    rng: np.random.Generator,
+    center: NDArray[np.float64],
+    diameter: float,
+    kind: str,
+    location: str,
+    shape: str,
+) -> NoduleSpec:
     radius = diameter / 2.0
     axes = np.array([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.7, 1.0)])
     axes /= np.cbrt(axes.prod())
@@ -65,16 +71,27 @@ def sample_spec(rng: np.random.Generator, center: NDArray[np.float64], diameter:
         dirs = _unit(rng, n)
         start = center + dirs * radius * 0.7
         length = radius * rng.uniform(0.4, 1.1, n) + rng.uniform(2.0, 8.0, n)
-        spicules = Segments(start, start + dirs * (length + radius * 0.3)[:, None],
-                            rng.uniform(0.5, 1.1, n) * min(1.0, 0.25 + radius / 8),
-                            np.full(n, 0.15))
+        spicules = Segments(
+            start,
+            start + dirs * (length + radius * 0.3)[:, None],
+            rng.uniform(0.5, 1.1, n) * min(1.0, 0.25 + radius / 8),
+            np.full(n, 0.15),
+        )
     return NoduleSpec(
-        center=center, radius=radius, axes=axes, rotation=_random_rotation(rng),
-        lobes=_unit(rng, n_lobes), lobe_amp=rng.uniform(0.3, 1.0, n_lobes) * amp_hi,
-        spicules=spicules, kind=kind, location=location, shape=shape,
+        center=center,
+        radius=radius,
+        axes=axes,
+        rotation=_random_rotation(rng),
+        lobes=_unit(rng, n_lobes),
+        lobe_amp=rng.uniform(0.3, 1.0, n_lobes) * amp_hi,
+        spicules=spicules,
+        kind=kind,
+        location=location,
+        shape=shape,
         solid_hu=float(rng.uniform(-30.0, 70.0)),
-        ggo_hu=float(rng.uniform(-720.0, -450.0) if kind == "ground-glass"
-                     else rng.uniform(-600.0, -400.0)),
+        ggo_hu=float(
+            rng.uniform(-720.0, -450.0) if kind == "ground-glass" else rng.uniform(-600.0, -400.0)
+        ),
         core_frac=float(rng.uniform(0.3, 0.65)),
         core_offset=rng.normal(0, 0.15, 3) * radius,
     )
@@ -87,14 +104,20 @@ def extent(spec: NoduleSpec) -> float:
     return reach + 2.0
 
 
-def _shape_distance(spec: NoduleSpec, ex: NDArray[np.float32], ey: NDArray[np.float32],
-                    ez: NDArray[np.float32], offset: NDArray[np.float64], scale: float
-                    ) -> NDArray[np.float32]:
+def _shape_distance(
+    spec: NoduleSpec,
+    ex: NDArray[np.float32],
+    ey: NDArray[np.float32],
+    ez: NDArray[np.float32],
+    offset: NDArray[np.float64],
+    scale: float,
+) -> NDArray[np.float32]:
     """Approximate signed distance (mm, positive inside) to the lobulated ellipsoid."""
     rot = spec.rotation.astype(F32)
     vx, vy, vz = ex - F32(offset[0]), ey - F32(offset[1]), ez - F32(offset[2])
-    local = [(vx * rot[0, c] + vy * rot[1, c] + vz * rot[2, c]) / F32(spec.axes[c])
-             for c in range(3)]
+    local = [
+        (vx * rot[0, c] + vy * rot[1, c] + vz * rot[2, c]) / F32(spec.axes[c]) for c in range(3)
+    ]
     rho = np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2) + F32(1e-6)
     rad = np.full_like(rho, F32(1.0))
     for lobe, amp in zip(spec.lobes, spec.lobe_amp, strict=True):
@@ -103,9 +126,12 @@ def _shape_distance(spec: NoduleSpec, ex: NDArray[np.float32], ey: NDArray[np.fl
     return (rad * F32(spec.radius * scale) - rho).astype(F32)
 
 
-def render(spec: NoduleSpec, grid: Grid, body: Body, rng: np.random.Generator
-           ) -> tuple[tuple[slice, slice, slice], NDArray[np.float32], NDArray[np.float32],
-                      NDArray[np.float32]] | None:
+def render(
+    spec: NoduleSpec, grid: Grid, body: Body, rng: np.random.Generator
+) -> (
+    tuple[tuple[slice, slice, slice], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+    | None
+):
     """Box, occupancy, solid-core occupancy and texture of a nodule on the output grid."""
     reach = extent(spec)
     ps = grid.pixel_spacing
@@ -128,22 +154,31 @@ def render(spec: NoduleSpec, grid: Grid, body: Body, rng: np.random.Generator
     if len(spec.spicules):
         sd = distance_to(spec.spicules, x, y, z)
         occ = np.maximum(occ, soft_inside(-sd, ps) * F32(0.9))
-    lung = body.lung(np.broadcast_to(x, occ.shape), np.broadcast_to(y, occ.shape),
-                     np.broadcast_to(z, occ.shape))
+    lung = body.lung(
+        np.broadcast_to(x, occ.shape), np.broadcast_to(y, occ.shape), np.broadcast_to(z, occ.shape)
+    )
     occ *= lung
     core = np.zeros_like(occ)
     if spec.kind == "part-solid":
-        core = soft_inside(_shape_distance(spec, ex, ey, ez, spec.core_offset, spec.core_frac),
-                           ps) * occ
+        core = (
+            soft_inside(_shape_distance(spec, ex, ey, ez, spec.core_offset, spec.core_frac), ps)
+            * occ
+        )
     box = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
     tex = ndimage.gaussian_filter(rng.standard_normal((nk, j1 - j0, i1 - i0)).astype(F32), 1.2)
     tex /= max(float(tex.std()), 1e-6)
     return box, grid.reduce(occ, 0, nk), grid.reduce(core, 0, nk), tex.astype(F32)
 
 
-def paint(hu: NDArray[np.float32], labels: NDArray[np.uint8], spec: NoduleSpec, label: int,
-          rendered: tuple[tuple[slice, slice, slice], NDArray[np.float32], NDArray[np.float32],
-                          NDArray[np.float32]]) -> int:
+def paint(
+    hu: NDArray[np.float32],
+    labels: NDArray[np.uint8],
+    spec: NoduleSpec,
+    label: int,
+    rendered: tuple[
+        tuple[slice, slice, slice], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]
+    ],
+) -> int:
     """Blend the nodule into ``hu`` and write its label; returns the labelled voxel count."""
     box, occ, core, tex = rendered
     sub = hu[box]

@@ -97,11 +97,19 @@ def sample_habitus(rng: np.random.Generator) -> Habitus:
         lung_gradient=float(rng.uniform(15.0, 90.0)),
         vertebra_height=float(rng.uniform(22.0, 28.0)),
         rib_drop=float(rng.uniform(110.0, 160.0)),
-        wall_wave=(float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)),
-                   float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))),
+        wall_wave=(
+            float(rng.uniform(-0.3, 0.3)),
+            float(rng.uniform(-0.3, 0.3)),
+            float(rng.uniform(-0.2, 0.2)),
+            float(rng.uniform(-0.2, 0.2)),
+        ),
         scapula=float(rng.uniform(8.0, 20.0)),
-        fissure=(float(rng.uniform(0.4, 0.5)), float(rng.uniform(0.28, 0.4)),
-                 float(rng.uniform(0.52, 0.62)), float(rng.uniform(0.25, 0.45))),
+        fissure=(
+            float(rng.uniform(0.4, 0.5)),
+            float(rng.uniform(0.28, 0.4)),
+            float(rng.uniform(0.52, 0.62)),
+            float(rng.uniform(0.25, 0.45)),
+        ),
         emphysema=float(rng.choice([0.0, 0.0, 0.0, 0.05, 0.12, 0.25])),
     )
 
@@ -133,8 +141,12 @@ def sample_scanner(
         fov = min(max(fov, 0.5 * 512), 0.95 * 512)
         pixel_spacing = round(fov / matrix, 4)
     if thickness is None:
-        thickness = float(rng.choice([0.625, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
-                                     p=[0.14, 0.08, 0.24, 0.16, 0.08, 0.1, 0.08, 0.12]))
+        thickness = float(
+            rng.choice(
+                [0.625, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
+                p=[0.14, 0.08, 0.24, 0.16, 0.08, 0.1, 0.08, 0.12],
+            )
+        )
     spacing = _overlap_spacing(rng, thickness)
     coverage = habitus.lung_height + float(rng.uniform(35.0, 70.0))
     if slices is None:

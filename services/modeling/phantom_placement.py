@@ -19,9 +19,25 @@ from services.modeling.phantom_shapes import Body
 
 F32 = np.float32
 F64 = NDArray[np.float64]
-_DIRS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1],
-                  [1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1], [-1, 1, 1], [-1, 1, -1],
-                  [-1, -1, 1], [-1, -1, -1]], dtype=float)
+_DIRS = np.array(
+    [
+        [1, 0, 0],
+        [-1, 0, 0],
+        [0, 1, 0],
+        [0, -1, 0],
+        [0, 0, 1],
+        [0, 0, -1],
+        [1, 1, 1],
+        [1, 1, -1],
+        [1, -1, 1],
+        [1, -1, -1],
+        [-1, 1, 1],
+        [-1, 1, -1],
+        [-1, -1, 1],
+        [-1, -1, -1],
+    ],
+    dtype=float,
+)
 _DIRS /= np.linalg.norm(_DIRS, axis=1, keepdims=True)
 _STEPS = np.arange(1.5, 42.0, 2.5)
 
@@ -53,25 +69,39 @@ class Pool:
     vessel: F64  # distance to the surface of the nearest larger vessel
 
 
-def _pool(rng: np.random.Generator, body: Body, z_lo: float, z_hi: float,
-          vessels: Segments, n: int = 1000) -> Pool:
+def _pool(
+    rng: np.random.Generator, body: Body, z_lo: float, z_hi: float, vessels: Segments, n: int = 1000
+) -> Pool:
     m = 6 * n
-    pts = np.stack([body.cx + rng.uniform(-body.a_c, body.a_c, m),
-                    rng.uniform(body.cy_c - body.b_ant_c, body.cy_c + body.b_post_c, m),
-                    rng.uniform(z_lo, z_hi, m)], axis=1)
+    pts = np.stack(
+        [
+            body.cx + rng.uniform(-body.a_c, body.a_c, m),
+            rng.uniform(body.cy_c - body.b_ant_c, body.cy_c + body.b_post_c, m),
+            rng.uniform(z_lo, z_hi, m),
+        ],
+        axis=1,
+    )
     pts = pts[_in_lung(body, pts)][:n]
     rays = pts[:, None, None, :] + _STEPS[None, None, :, None] * _DIRS[None, :, None, :]
     outside = ~_in_lung(body, rays.reshape(-1, 3)).reshape(len(pts), len(_DIRS), len(_STEPS))
     first = np.where(outside.any(axis=2), outside.argmax(axis=2), len(_STEPS) - 1)
     hit = _STEPS[first] - 1.25
     big = vessels.r1 >= 1.2
-    near = nearest_surface(Segments(vessels.p0[big], vessels.p1[big], vessels.r0[big],
-                                    vessels.r1[big]), pts)
+    near = nearest_surface(
+        Segments(vessels.p0[big], vessels.p1[big], vessels.r0[big], vessels.r1[big]), pts
+    )
     return Pool(pts, hit.min(axis=1), hit.argmin(axis=1), near)
 
 
-def place_nodules(rng: np.random.Generator, body: Body, grid: Grid, count: int,
-                  vessels: Segments, min_d: float, max_d: float) -> list[NoduleSpec]:
+def place_nodules(
+    rng: np.random.Generator,
+    body: Body,
+    grid: Grid,
+    count: int,
+    vessels: Segments,
+    min_d: float,
+    max_d: float,
+) -> list[NoduleSpec]:
     if count == 0:
         return []
     z_lo = grid.z0 + 0.5 * grid.thickness
@@ -79,15 +109,16 @@ def place_nodules(rng: np.random.Generator, body: Body, grid: Grid, count: int,
     max_d = max(min(max_d, (z_hi - z_lo) * 0.9), min_d)
     pool = _pool(rng, body, z_lo, z_hi, vessels)
     mid = (vessels.p0 + vessels.p1) / 2
-    usable = np.flatnonzero((vessels.r1 > 0.8) & (vessels.r1 < 3.5) & (mid[:, 2] > z_lo)
-                            & (mid[:, 2] < z_hi))
+    usable = np.flatnonzero(
+        (vessels.r1 > 0.8) & (vessels.r1 < 3.5) & (mid[:, 2] > z_lo) & (mid[:, 2] < z_hi)
+    )
     specs: list[NoduleSpec] = []
     for _ in range(count):
         kind = str(rng.choice(KINDS, p=[0.6, 0.2, 0.2]))
         location = str(rng.choice(LOCATIONS, p=[0.5, 0.3, 0.2]))
         shape = str(rng.choice(SHAPES, p=[0.45, 0.3, 0.25]))
         for attempt in range(60):
-            shrink = 0.97 ** attempt
+            shrink = 0.97**attempt
             diameter = max(min_d, _diameter(rng, kind, min_d, max_d) * shrink)
             where = location if attempt < 40 else "juxtapleural"
             centre = _candidate(rng, pool, where, diameter / 2.0, vessels, usable)
@@ -98,8 +129,14 @@ def place_nodules(rng: np.random.Generator, body: Body, grid: Grid, count: int,
     return specs
 
 
-def _candidate(rng: np.random.Generator, pool: Pool, location: str, r: float,
-               vessels: Segments, usable: NDArray[np.int64]) -> F64 | None:
+def _candidate(
+    rng: np.random.Generator,
+    pool: Pool,
+    location: str,
+    r: float,
+    vessels: Segments,
+    usable: NDArray[np.int64],
+) -> F64 | None:
     if location == "juxtavascular" and len(usable):
         s = int(rng.choice(usable))
         a, b = vessels.p0[s], vessels.p1[s]
@@ -119,8 +156,9 @@ def _candidate(rng: np.random.Generator, pool: Pool, location: str, r: float,
     return pool.points[i] + _DIRS[pool.border_dir[i]] * (pool.border[i] - 0.75 * r + 1.0)
 
 
-def _fits(body: Body, specs: list[NoduleSpec], centre: F64, r: float, z_lo: float,
-          z_hi: float) -> bool:
+def _fits(
+    body: Body, specs: list[NoduleSpec], centre: F64, r: float, z_lo: float, z_hi: float
+) -> bool:
     if not z_lo + 0.5 * r <= centre[2] <= z_hi - 0.5 * r:
         return False
     if any(np.linalg.norm(centre - s.center) < r + s.radius + 6.0 for s in specs):

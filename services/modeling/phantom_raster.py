@@ -14,8 +14,41 @@ import numpy as np
 from numpy.typing import NDArray
 
 F32 = np.float32
-_BUCKETS = np.array([2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96,
-                     112, 128, 160, 192, 256, 320, 384, 512, 640, 768])
+_BUCKETS = np.array(
+    [
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        10,
+        12,
+        14,
+        16,
+        20,
+        24,
+        28,
+        32,
+        40,
+        48,
+        56,
+        64,
+        80,
+        96,
+        112,
+        128,
+        160,
+        192,
+        256,
+        320,
+        384,
+        512,
+        640,
+        768,
+    ]
+)
 _CHUNK = 3_000_000
 
 
@@ -35,8 +68,18 @@ class Grid:
     p: int  # fine steps per slice thickness
 
     @classmethod
-    def build(cls, n_slices: int, matrix: int, ps: float, x0: float, y0: float, z0: float,
-              spacing: float, thickness: float, max_step: float = 0.7) -> Grid:
+    def build(
+        cls,
+        n_slices: int,
+        matrix: int,
+        ps: float,
+        x0: float,
+        y0: float,
+        z0: float,
+        spacing: float,
+        thickness: float,
+        max_step: float = 0.7,
+    ) -> Grid:
         ratio = thickness / spacing
         q = 1
         while True:
@@ -79,14 +122,15 @@ class Grid:
             out = fine[..., :n_out]
         else:
             stop = (n_out - 1) * self.q + 1
-            out = fine[..., 0:stop:self.q] + fine[..., 1:stop + 1:self.q]
+            out = fine[..., 0 : stop : self.q] + fine[..., 1 : stop + 1 : self.q]
             for j in range(2, self.p):
-                out += fine[..., j:stop + j:self.q]
+                out += fine[..., j : stop + j : self.q]
             out *= F32(1.0 / self.p)
         return np.moveaxis(out.astype(F32, copy=False), -1, axis)
 
-    def k_range(self, z_lo: NDArray[np.float64], z_hi: NDArray[np.float64]
-                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    def k_range(
+        self, z_lo: NDArray[np.float64], z_hi: NDArray[np.float64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Output slices whose thickness window meets ``[z_lo, z_hi]`` (inclusive ends)."""
         half = self.thickness / 2.0
         k_lo = np.ceil((z_lo - half - self.z0) / self.spacing - 1e-9).astype(np.int64)
@@ -106,11 +150,17 @@ def _bucket(n: NDArray[np.int64]) -> NDArray[np.int64]:
     return np.where(big, n, out)
 
 
-def rasterize_tubes(grid: Grid, out: NDArray[np.uint8], p0: NDArray[np.float64],
-                    p1: NDArray[np.float64], r0: NDArray[np.float64],
-                    r1: NDArray[np.float64], *, z_squash: float = 1.0,
-                    inner: tuple[NDArray[np.uint8], float, float] | None = None
-                    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def rasterize_tubes(
+    grid: Grid,
+    out: NDArray[np.uint8],
+    p0: NDArray[np.float64],
+    p1: NDArray[np.float64],
+    r0: NDArray[np.float64],
+    r1: NDArray[np.float64],
+    *,
+    z_squash: float = 1.0,
+    inner: tuple[NDArray[np.uint8], float, float] | None = None,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Max-accumulate the occupancy (0..255) of tapered tubes (capsules) into ``out``.
 
     Returns the flat indices written into ``out`` and into the inner buffer (with repeats).
@@ -129,10 +179,14 @@ def rasterize_tubes(grid: Grid, out: NDArray[np.uint8], p0: NDArray[np.float64],
     pad = np.concatenate([pad, pad, pad * z_squash], axis=1)
     lo = np.minimum(p0, p1) - pad
     hi = np.maximum(p0, p1) + pad
-    starts = [np.floor((lo[:, 0] - grid.x0) / ps).astype(np.int64),
-              np.floor((lo[:, 1] - grid.y0) / ps).astype(np.int64)]
-    ends = [np.ceil((hi[:, 0] - grid.x0) / ps).astype(np.int64),
-            np.ceil((hi[:, 1] - grid.y0) / ps).astype(np.int64)]
+    starts = [
+        np.floor((lo[:, 0] - grid.x0) / ps).astype(np.int64),
+        np.floor((lo[:, 1] - grid.y0) / ps).astype(np.int64),
+    ]
+    ends = [
+        np.ceil((hi[:, 0] - grid.x0) / ps).astype(np.int64),
+        np.ceil((hi[:, 1] - grid.y0) / ps).astype(np.int64),
+    ]
     k_lo, k_hi = grid.k_range(lo[:, 2], hi[:, 2])
     n_k, n_j, n_i = grid.shape
     lows = [k_lo, starts[1], starts[0]]
@@ -154,15 +208,34 @@ def rasterize_tubes(grid: Grid, out: NDArray[np.uint8], p0: NDArray[np.float64],
         nf = grid.n_fine(bk)
         per = max(1, _CHUNK // (nf * bj * bi))
         for start in range(0, len(members), per):
-            sel = members[start:start + per]
-            _render_group(grid, out, inner, sel, (bk, bj, bi), origin_arr[sel], p0, p1, r0, r1,
-                          z_squash, written)
-    return tuple(np.concatenate(w) if w else np.zeros(0, np.int64)  # type: ignore[return-value]
-                 for w in written)
+            sel = members[start : start + per]
+            _render_group(
+                grid,
+                out,
+                inner,
+                sel,
+                (bk, bj, bi),
+                origin_arr[sel],
+                p0,
+                p1,
+                r0,
+                r1,
+                z_squash,
+                written,
+            )
+    return tuple(
+        np.concatenate(w) if w else np.zeros(0, np.int64)  # type: ignore[return-value]
+        for w in written
+    )
 
 
-def _split(p0: NDArray[np.float64], p1: NDArray[np.float64], r0: NDArray[np.float64],
-           r1: NDArray[np.float64], ps: float) -> tuple[NDArray[np.float64], ...]:
+def _split(
+    p0: NDArray[np.float64],
+    p1: NDArray[np.float64],
+    r0: NDArray[np.float64],
+    r1: NDArray[np.float64],
+    ps: float,
+) -> tuple[NDArray[np.float64], ...]:
     """Cut long thin capsules into short ones: their bounding boxes waste far less."""
     length = np.linalg.norm(p1 - p0, axis=1)
     piece = np.maximum(3.0 * ps, 4.0 * np.maximum(r0, r1))
@@ -176,16 +249,23 @@ def _split(p0: NDArray[np.float64], p1: NDArray[np.float64], r0: NDArray[np.floa
     f1 = ((part + 1) / n[seg])[:, None]
     d = p1[seg] - p0[seg]
     dr = (r1 - r0)[seg]
-    return (p0[seg] + d * f0, p0[seg] + d * f1, r0[seg] + dr * f0[:, 0],
-            r0[seg] + dr * f1[:, 0])
+    return (p0[seg] + d * f0, p0[seg] + d * f1, r0[seg] + dr * f0[:, 0], r0[seg] + dr * f1[:, 0])
 
 
-def _render_group(grid: Grid, out: NDArray[np.uint8],
-                  inner: tuple[NDArray[np.uint8], float, float] | None, sel: NDArray[np.int64],
-                  box: tuple[int, int, int], origin: NDArray[np.int64], p0: NDArray[np.float64],
-                  p1: NDArray[np.float64], r0: NDArray[np.float64], r1: NDArray[np.float64],
-                  z_squash: float,
-                  written: tuple[list[NDArray[np.int64]], list[NDArray[np.int64]]]) -> None:
+def _render_group(
+    grid: Grid,
+    out: NDArray[np.uint8],
+    inner: tuple[NDArray[np.uint8], float, float] | None,
+    sel: NDArray[np.int64],
+    box: tuple[int, int, int],
+    origin: NDArray[np.int64],
+    p0: NDArray[np.float64],
+    p1: NDArray[np.float64],
+    r0: NDArray[np.float64],
+    r1: NDArray[np.float64],
+    z_squash: float,
+    written: tuple[list[NDArray[np.int64]], list[NDArray[np.int64]]],
+) -> None:
     bk, bj, bi = box
     nf = grid.n_fine(bk)
     ps = grid.pixel_spacing
@@ -215,8 +295,10 @@ def _render_group(grid: Grid, out: NDArray[np.uint8],
     radius = col(ra) + t * col(r1[sel].astype(F32) - ra)
     rmax = np.maximum(r0[sel], r1[sel]).astype(F32)
     base = (origin[:, 0] * grid.shape[1] + origin[:, 1]) * grid.shape[2] + origin[:, 2]
-    offs = ((np.arange(bk)[:, None, None] * grid.shape[1] + np.arange(bj)[:, None]) *
-            grid.shape[2] + np.arange(bi)).astype(np.int64)
+    offs = (
+        (np.arange(bk)[:, None, None] * grid.shape[1] + np.arange(bj)[:, None]) * grid.shape[2]
+        + np.arange(bi)
+    ).astype(np.int64)
     idx = base[:, None, None, None] + offs[None]
     targets = [(out, radius, rmax)]
     if inner is not None:

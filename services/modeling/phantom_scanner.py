@@ -30,11 +30,13 @@ class Kernel:
     boost_sigma: float
 
     def apply(self, img: NDArray[np.float32]) -> NDArray[np.float32]:
-        out = ndimage.gaussian_filter(img, (0, self.sigma, self.sigma), mode="nearest",
-                                      truncate=2.5)
+        out = ndimage.gaussian_filter(
+            img, (0, self.sigma, self.sigma), mode="nearest", truncate=2.5
+        )
         if self.boost > 0:
-            low = ndimage.gaussian_filter(out, (0, self.boost_sigma, self.boost_sigma),
-                                          mode="nearest", truncate=2.5)
+            low = ndimage.gaussian_filter(
+                out, (0, self.boost_sigma, self.boost_sigma), mode="nearest", truncate=2.5
+            )
             out += F32(self.boost) * (out - low)
         return out
 
@@ -48,8 +50,11 @@ class Kernel:
 def choose_kernel(scanner: Scanner, rng: np.random.Generator) -> Kernel:
     ps = scanner.pixel_spacing
     if scanner.sharp:
-        return Kernel(sigma=float(rng.uniform(0.35, 0.55)) / ps * 0.9 + 0.25,
-                      boost=float(rng.uniform(0.4, 1.1)), boost_sigma=float(rng.uniform(1.0, 1.8)))
+        return Kernel(
+            sigma=float(rng.uniform(0.35, 0.55)) / ps * 0.9 + 0.25,
+            boost=float(rng.uniform(0.4, 1.1)),
+            boost_sigma=float(rng.uniform(1.0, 1.8)),
+        )
     return Kernel(sigma=float(rng.uniform(0.55, 0.95)) / ps + 0.2, boost=0.0, boost_sigma=1.0)
 
 
@@ -68,12 +73,20 @@ def fov_mask(grid: Grid, center: tuple[float, float]) -> NDArray[np.bool_]:
     return np.asarray(x * x + y * y <= F32(radius * radius))
 
 
-def apply_scanner(hu: NDArray[np.float32], grid: Grid, scanner: Scanner, kernel: Kernel,
-                  rng: np.random.Generator, body_center: tuple[float, float],
-                  half_width: float, padding_hu: float, chunk: int = 24) -> None:
+def apply_scanner(
+    hu: NDArray[np.float32],
+    grid: Grid,
+    scanner: Scanner,
+    kernel: Kernel,
+    rng: np.random.Generator,
+    body_center: tuple[float, float],
+    half_width: float,
+    padding_hu: float,
+    chunk: int = 24,
+) -> None:
     """Kernel, noise, clipping, rounding and FOV padding, in place, slab by slab."""
     gain = kernel.noise_gain()
-    scale = (noise_map(grid, body_center, half_width) * F32(scanner.noise_sd / gain))
+    scale = noise_map(grid, body_center, half_width) * F32(scanner.noise_sd / gain)
     inside = fov_mask(grid, (scanner.fov_center_x, scanner.fov_center_y))
     overlap = grid.p > grid.q
     carry = None

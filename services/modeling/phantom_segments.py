@@ -21,8 +21,9 @@ class Segments:
     r1: NDArray[np.float64]
 
     @classmethod
-    def from_polyline(cls, points: list[tuple[float, float, float]], radii: list[float],
-                      max_len: float = 20.0) -> Segments:
+    def from_polyline(
+        cls, points: list[tuple[float, float, float]], radii: list[float], max_len: float = 20.0
+    ) -> Segments:
         p0s, p1s, r0s, r1s = [], [], [], []
         for a, b, ra, rb in zip(points[:-1], points[1:], radii[:-1], radii[1:], strict=True):
             pa, pb = np.asarray(a, float), np.asarray(b, float)
@@ -41,8 +42,12 @@ class Segments:
         if not parts:
             empty = np.zeros((0, 3))
             return cls(empty, empty, np.zeros(0), np.zeros(0))
-        return cls(np.concatenate([p.p0 for p in parts]), np.concatenate([p.p1 for p in parts]),
-                   np.concatenate([p.r0 for p in parts]), np.concatenate([p.r1 for p in parts]))
+        return cls(
+            np.concatenate([p.p0 for p in parts]),
+            np.concatenate([p.p1 for p in parts]),
+            np.concatenate([p.r0 for p in parts]),
+            np.concatenate([p.r1 for p in parts]),
+        )
 
     def __len__(self) -> int:
         return len(self.p0)
@@ -56,10 +61,11 @@ def distance_to(seg: Segments, x: Arr, y: Arr, z: Arr | float) -> Arr:
     lo = np.array([np.min(x), np.min(y), np.min(z)])
     hi = np.array([np.max(x), np.max(y), np.max(z)])
     reach = np.maximum(seg.r0, seg.r1)[:, None] + 4.0
-    near = np.all((np.minimum(seg.p0, seg.p1) - reach <= hi)
-                  & (np.maximum(seg.p0, seg.p1) + reach >= lo), axis=1)
-    for a, b, ra, rb in zip(seg.p0[near], seg.p1[near], seg.r0[near], seg.r1[near],
-                            strict=True):
+    near = np.all(
+        (np.minimum(seg.p0, seg.p1) - reach <= hi) & (np.maximum(seg.p0, seg.p1) + reach >= lo),
+        axis=1,
+    )
+    for a, b, ra, rb in zip(seg.p0[near], seg.p1[near], seg.r0[near], seg.r1[near], strict=True):
         d = (b - a).astype(F32)
         ax, ay, az = x - F32(a[0]), y - F32(a[1]), z - F32(a[2])
         t = np.clip((ax * d[0] + ay * d[1] + az * d[2]) / max(float(d @ d), 1e-6), 0.0, 1.0)
@@ -88,14 +94,15 @@ def distance_to_plane(seg: Segments, xs: Arr, ys: Arr, z: float) -> Arr:
         j1 = min(len(ys), int((hi[1] - ys[0]) / step) + 2)
         if i1 <= i0 or j1 <= j0:
             continue
-        one = Segments(seg.p0[s:s + 1], seg.p1[s:s + 1], seg.r0[s:s + 1], seg.r1[s:s + 1])
+        one = Segments(seg.p0[s : s + 1], seg.p1[s : s + 1], seg.r0[s : s + 1], seg.r1[s : s + 1])
         sub = distance_to(one, xs[None, i0:i1], ys[j0:j1, None], z)
         np.minimum(best[j0:j1, i0:i1], sub, out=best[j0:j1, i0:i1])
     return best
 
 
-def nearest_surface(seg: Segments, pts: NDArray[np.float64], chunk: int = 2_000_000
-                    ) -> NDArray[np.float64]:
+def nearest_surface(
+    seg: Segments, pts: NDArray[np.float64], chunk: int = 2_000_000
+) -> NDArray[np.float64]:
     """Distance from each point to the nearest capsule surface, vectorised over segments."""
     out = np.full(len(pts), np.inf)
     if len(seg) == 0 or len(pts) == 0:
@@ -104,10 +111,10 @@ def nearest_surface(seg: Segments, pts: NDArray[np.float64], chunk: int = 2_000_
     len2 = np.maximum((d * d).sum(1), 1e-9)
     per = max(1, chunk // len(seg))
     for start in range(0, len(pts), per):
-        p = pts[start:start + per, None, :]
+        p = pts[start : start + per, None, :]
         rel = p - seg.p0[None]
         t = np.clip((rel * d[None]).sum(-1) / len2, 0.0, 1.0)
         e = rel - t[..., None] * d[None]
         dist = np.sqrt((e * e).sum(-1)) - (seg.r0 + t * (seg.r1 - seg.r0))
-        out[start:start + per] = dist.min(axis=1)
+        out[start : start + per] = dist.min(axis=1)
     return out

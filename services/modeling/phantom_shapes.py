@@ -22,8 +22,9 @@ F32 = np.float32
 APEX_CUT = 1.04  # no lung above this normalised height
 
 
-def squircle_extent(dx: Arr, dy: Arr, a: float, b_ant: float, b_post: float,
-                    square: float) -> tuple[Arr, Arr]:
+def squircle_extent(
+    dx: Arr, dy: Arr, a: float, b_ant: float, b_post: float, square: float
+) -> tuple[Arr, Arr]:
     """Distance from the centre and the outline's radius along the same ray."""
     u = dx / F32(a)
     v = dy / np.where(dy < 0, F32(b_ant), F32(b_post))
@@ -68,11 +69,13 @@ class Body:
         self.vb_rx, self.vb_ry = 19.0 * scale, 15.5 * scale
         self.y_vb = self.cy_c + self.b_post_c * 0.72
         self.y_canal = self.y_vb + self.vb_ry + 8.0 * scale
-        self.heart_c = (self.cx + 0.2 * self.a_c, self.cy_c - 0.2 * self.b_ant_c,
-                        h.z_low + h.lung_height * (h.dome_left + 0.12))
+        self.heart_c = (
+            self.cx + 0.2 * self.a_c,
+            self.cy_c - 0.2 * self.b_ant_c,
+            h.z_low + h.lung_height * (h.dome_left + 0.12),
+        )
         hs = h.heart_scale
-        self.heart_axes = (0.44 * self.a_c * hs, 0.4 * self.b_ant_c * hs,
-                           0.18 * h.lung_height * hs)
+        self.heart_axes = (0.44 * self.a_c * hs, 0.4 * self.b_ant_c * hs, 0.18 * h.lung_height * hs)
         self.mediastinal: Segments = Segments.concat([])
 
     def t_of(self, z: Arr | float) -> Arr:
@@ -91,10 +94,22 @@ class Body:
     def plane(self, x: Arr, y: Arr) -> Plane:
         h = self.h
         x, y = np.broadcast_arrays(np.asarray(x, dtype=F32), np.asarray(y, dtype=F32))
-        d_b, r_b = squircle_extent(x - F32(self.cx), y - F32(self.cy), h.half_width,
-                                   h.half_depth_ant, h.half_depth_post, h.squareness)
-        d_c, r_c = squircle_extent(x - F32(self.cx), y - F32(self.cy_c), self.a_c,
-                                   self.b_ant_c, self.b_post_c, 0.35 * h.squareness)
+        d_b, r_b = squircle_extent(
+            x - F32(self.cx),
+            y - F32(self.cy),
+            h.half_width,
+            h.half_depth_ant,
+            h.half_depth_post,
+            h.squareness,
+        )
+        d_c, r_c = squircle_extent(
+            x - F32(self.cx),
+            y - F32(self.cy_c),
+            self.a_c,
+            self.b_ant_c,
+            self.b_post_c,
+            0.35 * h.squareness,
+        )
         right = x < F32(self.cx)
         xd = np.where(right, F32(self.cx - 0.42 * self.a_c), F32(self.cx + 0.45 * self.a_c))
         dome = np.where(right, F32(h.dome_right), F32(h.dome_left))
@@ -107,16 +122,26 @@ class Body:
         sx = x - F32(self.cx)
         sy = y - F32(self.y_vb)
         spine = ((sx / F32(self.vb_rx + 4.0)) ** 2 + (sy / F32(self.vb_ry + 4.0)) ** 2 < 1.0) | (
-            (sy > 0) & (np.abs(sx) < F32(self.vb_rx + 4.0) + F32(0.5) * sy))
+            (sy > 0) & (np.abs(sx) < F32(self.vb_rx + 4.0) + F32(0.5) * sy)
+        )
         side = np.where(right, F32(-1.0), F32(1.0))
         ex = (x - F32(self.cx) - side * F32(0.48 * self.a_c)) / F32(0.5 * self.a_c)
         ey = (y - F32(self.cy_c + 0.15 * self.b_post_c)) / F32(0.75 * self.b_post_c)
         grav = (y - F32(self.cy_c - self.b_ant_c)) / F32(self.b_ant_c + self.b_post_c)
         return Plane(
-            d_body=d_b, r_body=r_b, d_cav=d_c, r_cav=r_c, diaphragm=diaphragm.astype(F32),
-            heart=self._heart_uv(x, y, 0.0), heart_fat=self._heart_uv(x, y, h.mediastinal_fat),
-            band_x2=(mx * mx).astype(F32), band_y2=my2.astype(F32), spine=spine,
-            cap=(ex * ex + ey * ey).astype(F32), gravity=np.clip(grav, 0.0, 1.0).astype(F32))
+            d_body=d_b,
+            r_body=r_b,
+            d_cav=d_c,
+            r_cav=r_c,
+            diaphragm=diaphragm.astype(F32),
+            heart=self._heart_uv(x, y, 0.0),
+            heart_fat=self._heart_uv(x, y, h.mediastinal_fat),
+            band_x2=(mx * mx).astype(F32),
+            band_y2=my2.astype(F32),
+            spine=spine,
+            cap=(ex * ex + ey * ey).astype(F32),
+            gravity=np.clip(grav, 0.0, 1.0).astype(F32),
+        )
 
     def _heart_uv(self, x: Arr, y: Arr, grow: float) -> Arr:
         hx, hy, _ = self.heart_c
@@ -140,8 +165,7 @@ class Body:
         depth = self.width_factor(t) * p.r_cav - p.d_cav
         return np.where(t > 1.08, F32(-50.0), depth).astype(F32)
 
-    def mediastinum(self, p: Plane, z: Arr | float, tubes: Arr | None = None
-                    ) -> NDArray[np.bool_]:
+    def mediastinum(self, p: Plane, z: Arr | float, tubes: Arr | None = None) -> NDArray[np.bool_]:
         t = self.t_of(z)
         up = np.clip((t - F32(0.42)) / F32(0.26), 0.0, 1.0)
         width = F32(0.065) + F32(0.105) * up * up * (3 - 2 * up)
@@ -151,8 +175,9 @@ class Body:
             out |= tubes < 2.0
         return np.asarray(out)
 
-    def lung_in(self, p: Plane, z: Arr | float, cav_depth: Arr | None = None,
-                tubes: Arr | None = None) -> NDArray[np.bool_]:
+    def lung_in(
+        self, p: Plane, z: Arr | float, cav_depth: Arr | None = None, tubes: Arr | None = None
+    ) -> NDArray[np.bool_]:
         """Lung membership (bool) before vessels and nodules."""
         t = self.t_of(z)
         cav = self.cavity_depth(p, z) if cav_depth is None else cav_depth
@@ -164,8 +189,9 @@ class Body:
 
     def lung(self, x: Arr, y: Arr, z: Arr | float) -> NDArray[np.bool_]:
         """Lung membership of scattered points (or any broadcastable arrays)."""
-        xb, yb, zb = np.broadcast_arrays(np.asarray(x, dtype=F32), np.asarray(y, dtype=F32),
-                                         np.asarray(z, dtype=F32))
+        xb, yb, zb = np.broadcast_arrays(
+            np.asarray(x, dtype=F32), np.asarray(y, dtype=F32), np.asarray(z, dtype=F32)
+        )
         inside = np.array(self.lung_in(self.plane(xb, yb), zb), dtype=bool)
         if len(self.mediastinal) and inside.any():
             gap = distance_to(self.mediastinal, xb[inside], yb[inside], zb[inside])
@@ -184,13 +210,14 @@ class Body:
         ca, sa = F32(np.cos(0.6)), F32(np.sin(0.6))
         w = v * ca - (lateral - F32(0.5)) * sa  # the fissure climbs back and toward the hilum
         across = v * sa + (lateral - F32(0.5)) * ca
-        major = F32(h.z_low) + F32(h.lung_height) * (F32(level) + F32(tilt) * w
-                                                      + F32(bend) * F32(0.3) * w * w
-                                                      - F32(0.12) * across * across)
+        major = F32(h.z_low) + F32(h.lung_height) * (
+            F32(level) + F32(tilt) * w + F32(bend) * F32(0.3) * w * w - F32(0.12) * across * across
+        )
         dz_dw = F32(h.lung_height) * (F32(tilt) + F32(bend * 0.6) * w)
         dz_da = F32(h.lung_height) * F32(-0.24) * across
         scale = np.sqrt((ca / F32(b)) ** 2 + (sa / F32(self.a_c)) ** 2)
         slope = (np.sqrt(dz_dw * dz_dw + dz_da * dz_da) * scale).astype(F32)
-        minor_z = np.where((x < F32(self.cx)) & (v < 0.15),
-                           F32(h.z_low + h.lung_height * minor), F32(np.nan))
+        minor_z = np.where(
+            (x < F32(self.cx)) & (v < 0.15), F32(h.z_low + h.lung_height * minor), F32(np.nan)
+        )
         return major.astype(F32), minor_z.astype(F32), slope

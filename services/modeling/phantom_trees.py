@@ -28,8 +28,13 @@ class Tree:
     parent: NDArray[np.int64]
     radius: F64
 
-    def segments(self, min_radius: float = 0.0, shift: F64 | None = None,
-                 scale: float = 1.0, add: float = 0.0) -> Segments:
+    def segments(
+        self,
+        min_radius: float = 0.0,
+        shift: F64 | None = None,
+        scale: float = 1.0,
+        add: float = 0.0,
+    ) -> Segments:
         pos = self.pos if shift is None else self.pos + shift
         sel = np.flatnonzero((self.parent >= 0) & (self.radius >= min_radius))
         r = self.radius[sel] * scale + add
@@ -46,37 +51,58 @@ def mediastinal_tubes(body: Body) -> dict[str, Segments]:
     hx, hy, _ = b.heart_c
     r_ao = 13.0 * b.spine_scale
     aorta = Segments.from_polyline(
-        [(hx - 0.1 * a, hy - 0.05 * ba, z_at(0.5)), (cx + 0.02 * a, cy - 0.3 * ba, z_at(0.62)),
-         (cx + 0.02 * a, cy - 0.3 * ba, z_at(0.74)), (cx + 0.06 * a, cy - 0.2 * ba, z_at(0.8)),
-         (cx + 0.14 * a, y_front_spine - 4, z_at(0.8)),
-         (cx + 0.16 * a, y_front_spine + 8, z_at(0.72)),
-         (cx + 0.12 * a, y_front_spine + 6, z_at(0.3)), (cx + 0.02 * a, y_front_spine, z_at(-0.3))],
-        [r_ao * 1.1, r_ao * 1.1, r_ao, r_ao, r_ao * 0.9, r_ao * 0.85, r_ao * 0.8, r_ao * 0.75])
+        [
+            (hx - 0.1 * a, hy - 0.05 * ba, z_at(0.5)),
+            (cx + 0.02 * a, cy - 0.3 * ba, z_at(0.62)),
+            (cx + 0.02 * a, cy - 0.3 * ba, z_at(0.74)),
+            (cx + 0.06 * a, cy - 0.2 * ba, z_at(0.8)),
+            (cx + 0.14 * a, y_front_spine - 4, z_at(0.8)),
+            (cx + 0.16 * a, y_front_spine + 8, z_at(0.72)),
+            (cx + 0.12 * a, y_front_spine + 6, z_at(0.3)),
+            (cx + 0.02 * a, y_front_spine, z_at(-0.3)),
+        ],
+        [r_ao * 1.1, r_ao * 1.1, r_ao, r_ao, r_ao * 0.9, r_ao * 0.85, r_ao * 0.8, r_ao * 0.75],
+    )
     pa_split = (cx + 0.03 * a, cy - 0.12 * ba, z_at(0.64))
     hilum_r = (cx - 0.33 * a, cy + 0.0 * ba, z_at(0.58))
     hilum_l = (cx + 0.33 * a, cy + 0.05 * ba, z_at(0.62))
-    pulmonary = Segments.concat([
-        Segments.from_polyline([(hx, hy - 0.2 * ba, z_at(0.45)), pa_split], [14.0, 13.0]),
-        Segments.from_polyline([pa_split, hilum_r], [10.0, 8.0]),
-        Segments.from_polyline([pa_split, hilum_l], [10.0, 8.0]),
-    ])
-    svc = Segments.from_polyline([(cx - 0.13 * a, cy - 0.25 * ba, z_at(1.3)),
-                                  (cx - 0.13 * a, cy - 0.22 * ba, z_at(0.5))], [9.0, 10.0])
+    pulmonary = Segments.concat(
+        [
+            Segments.from_polyline([(hx, hy - 0.2 * ba, z_at(0.45)), pa_split], [14.0, 13.0]),
+            Segments.from_polyline([pa_split, hilum_r], [10.0, 8.0]),
+            Segments.from_polyline([pa_split, hilum_l], [10.0, 8.0]),
+        ]
+    )
+    svc = Segments.from_polyline(
+        [(cx - 0.13 * a, cy - 0.25 * ba, z_at(1.3)), (cx - 0.13 * a, cy - 0.22 * ba, z_at(0.5))],
+        [9.0, 10.0],
+    )
     y_tr = y_front_spine - 20.0 * b.spine_scale
     carina = (cx + 1.0, y_tr + 4.0, z_at(0.68))
-    trachea = Segments.concat([
-        Segments.from_polyline([(cx, y_tr - 4.0, z_at(1.4)), (cx, y_tr, z_at(0.9)), carina],
-                               [9.5, 9.5, 9.0]),
-        Segments.from_polyline([carina, (hilum_r[0] + 10, hilum_r[1] + 8, hilum_r[2] + 6)],
-                               [7.5, 6.0]),
-        Segments.from_polyline([carina, (hilum_l[0] - 10, hilum_l[1] + 8, hilum_l[2] - 6)],
-                               [7.0, 5.5]),
-    ])
-    oesophagus = Segments.from_polyline([(cx + 4.0, y_front_spine - 5.0, z_at(1.4)),
-                                         (cx + 12.0, y_front_spine - 6.0, z_at(-0.2))],
-                                        [7.0, 7.5])
-    return {"aorta": aorta, "pulmonary": pulmonary, "svc": svc, "trachea": trachea,
-            "oesophagus": oesophagus}
+    trachea = Segments.concat(
+        [
+            Segments.from_polyline(
+                [(cx, y_tr - 4.0, z_at(1.4)), (cx, y_tr, z_at(0.9)), carina], [9.5, 9.5, 9.0]
+            ),
+            Segments.from_polyline(
+                [carina, (hilum_r[0] + 10, hilum_r[1] + 8, hilum_r[2] + 6)], [7.5, 6.0]
+            ),
+            Segments.from_polyline(
+                [carina, (hilum_l[0] - 10, hilum_l[1] + 8, hilum_l[2] - 6)], [7.0, 5.5]
+            ),
+        ]
+    )
+    oesophagus = Segments.from_polyline(
+        [(cx + 4.0, y_front_spine - 5.0, z_at(1.4)), (cx + 12.0, y_front_spine - 6.0, z_at(-0.2))],
+        [7.0, 7.5],
+    )
+    return {
+        "aorta": aorta,
+        "pulmonary": pulmonary,
+        "svc": svc,
+        "trachea": trachea,
+        "oesophagus": oesophagus,
+    }
 
 
 def ribs(body: Body, rng: np.random.Generator) -> tuple[Segments, Segments]:
@@ -92,22 +118,26 @@ def ribs(body: Body, rng: np.random.Generator) -> tuple[Segments, Segments]:
             pts = []
             for phi in phis:
                 along = (phi - 0.22) / (np.pi * 0.93 - 0.22)
-                z = z_post - h.rib_drop * along ** 0.9 * (0.5 if n < 2 else 1.0)
+                z = z_post - h.rib_drop * along**0.9 * (0.5 if n < 2 else 1.0)
                 ux, uy = side * np.sin(phi), np.cos(phi)
                 w = float(b.width_factor(b.t_of(z)))
-                ray = b.plane(np.array([b.cx + ux], dtype=np.float32),
-                              np.array([b.cy_c + uy], dtype=np.float32))
+                ray = b.plane(
+                    np.array([b.cx + ux], dtype=np.float32),
+                    np.array([b.cy_c + uy], dtype=np.float32),
+                )
                 dist = float(ray.r_cav[0]) * w + radius + 1.5
                 pts.append((b.cx + ux * dist, b.cy_c + uy * dist, z))
             split = int(len(pts) * (0.72 if n < 7 else 0.85))
             bone.append(Segments.from_polyline(pts[: split + 1], [radius] * (split + 1), 12.0))
-            cartilage.append(Segments.from_polyline(pts[split:], [radius * 0.9] * (len(pts) -
-                                                                                     split), 12.0))
+            cartilage.append(
+                Segments.from_polyline(pts[split:], [radius * 0.9] * (len(pts) - split), 12.0)
+            )
     return Segments.concat(bone), Segments.concat(cartilage)
 
 
-def grow_tree(root: F64, points: F64, r_root: float, rng: np.random.Generator,
-              leaf: int = 3) -> Tree:
+def grow_tree(
+    root: F64, points: F64, r_root: float, rng: np.random.Generator, leaf: int = 3
+) -> Tree:
     """Bisection tree from ``root`` supplying every point (see module docstring)."""
     pos: list[F64] = [root]
     parent: list[int] = [-1]
@@ -160,8 +190,9 @@ def bend(tree: Tree, rng: np.random.Generator, amount: float = 0.12) -> Tree:
     new = len(tree.pos) + np.arange(len(child))
     parent = np.concatenate([tree.parent, par])
     parent[child] = new
-    return Tree(np.concatenate([tree.pos, mid]), parent,
-                np.concatenate([tree.radius, tree.radius[child]]))
+    return Tree(
+        np.concatenate([tree.pos, mid]), parent, np.concatenate([tree.radius, tree.radius[child]])
+    )
 
 
 def lung_points(body: Body, rng: np.random.Generator, n: int, side: float) -> F64:

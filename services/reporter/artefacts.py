@@ -125,8 +125,11 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
         )
     for finding in sorted(inputs.findings, key=lambda f: f.index):
         if not finding.has_mask:
-            log.warning("event=key_image_skipped job=%s index=%s reason=no_mask",
-                        inputs.job_id, finding.index)
+            log.warning(
+                "event=key_image_skipped job=%s index=%s reason=no_mask",
+                inputs.job_id,
+                finding.index,
+            )
             continue
         k = finding.largest_slice()
         sc, rgb = build_key_image(
@@ -156,6 +159,9 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
     written.append(Artefact("sr", folder / "sr.dcm", str(sr.SOPInstanceUID)))
     log.info(
         "event=artefacts_written job=%s version=%s findings=%s files=%s",
-        inputs.job_id, inputs.version, len(inputs.findings), len(written),
+        inputs.job_id,
+        inputs.version,
+        len(inputs.findings),
+        len(written),
     )
     return written

@@ -37,32 +37,61 @@ def _relaxed(session: Session) -> None:
 def _insert(session: Session, **row: str) -> None:
     """A direct INSERT (no unit-of-work flush): the hot path of every API read."""
     _relaxed(session)
-    session.execute(insert(AuditEvent).values(
-        at=utcnow(), outcome="0", actor=row["actor"][:128], source=row["source"][:128],
-        event=row["event"], action=row["action"], object_type=row["object_type"][:32],
-        object_id=row.get("object_id", "")[:128], detail=row.get("detail", "")[:2000]))
+    session.execute(
+        insert(AuditEvent).values(
+            at=utcnow(),
+            outcome="0",
+            actor=row["actor"][:128],
+            source=row["source"][:128],
+            event=row["event"],
+            action=row["action"],
+            object_type=row["object_type"][:32],
+            object_id=row.get("object_id", "")[:128],
+            detail=row.get("detail", "")[:2000],
+        )
+    )
 
 
 def read(session: Session, *, actor: str, source: str, resource_type: str, ids: str) -> None:
-    _insert(session, event=PATIENT_RECORD, actor=actor, source=source, action="R",
-            object_type=resource_type, object_id=ids)
+    _insert(
+        session,
+        event=PATIENT_RECORD,
+        actor=actor,
+        source=source,
+        action="R",
+        object_type=resource_type,
+        object_id=ids,
+    )
 
 
 def search(
-    session: Session, *, actor: str, source: str, resource_type: str,
-    params: Iterable[str], total: int | None,
+    session: Session,
+    *,
+    actor: str,
+    source: str,
+    resource_type: str,
+    params: Iterable[str],
+    total: int | None,
 ) -> None:
     names = ",".join(sorted(set(params)))[:500]
-    _insert(session, event=audit.QUERY, actor=actor, source=source, action="E",
-            object_type=resource_type, detail=f"params={names} total={total}")
+    _insert(
+        session,
+        event=audit.QUERY,
+        actor=actor,
+        source=source,
+        action="E",
+        object_type=resource_type,
+        detail=f"params={names} total={total}",
+    )
 
 
 def _separate(db: Database, event: str, *, actor: str, source: str, detail: str) -> None:
     """Written in its own transaction: the request itself is being refused."""
     try:
         with db.session() as session:
-            audit.record(session, event, actor=actor, source=source, action="E",
-                         outcome="4", detail=detail)
+            audit.record(
+                session, event, actor=actor, source=source, action="E", outcome="4", detail=detail
+            )
     except Exception as exc:  # the refusal must still be answered
         log.warning("event=audit_write_failed audit_event=%s error=%s", event, type(exc).__name__)
 
@@ -72,5 +101,10 @@ def auth_failure(db: Database, *, source: str, path: str) -> None:
 
 
 def access_denied(db: Database, *, actor: str, source: str, path: str) -> None:
-    _separate(db, audit.SECURITY_ALERT, actor=actor, source=source,
-              detail=f"insufficient scope path={path[:200]}")
+    _separate(
+        db,
+        audit.SECURITY_ALERT,
+        actor=actor,
+        source=source,
+        detail=f"insufficient scope path={path[:200]}",
+    )

@@ -99,8 +99,9 @@ class Authenticator:
                 f"{settings.api_host!r} is not a loopback address"
             )
         if self.open:
-            log.warning("event=open_read_access host=%s reason=no_tokens_configured",
-                        settings.api_host)
+            log.warning(
+                "event=open_read_access host=%s reason=no_tokens_configured", settings.api_host
+            )
 
     def _load_keys(self, content: bytes) -> None:
         if not self._audience:

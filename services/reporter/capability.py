@@ -66,15 +66,24 @@ def capability_statement(base_url: str, *, auth_open: bool, date: str) -> Capabi
     security: dict[str, Any] = {
         "cors": False,
         "description": (
-            "Open read access for loopback clients (no credentials configured)." if auth_open
+            "Open read access for loopback clients (no credentials configured)."
+            if auth_open
             else "Bearer token (static API token or JWT). SMART v2 style scopes "
-                 "system/<Type>.rs or system/*.rs; 401 without a valid token, 403 without scope."
+            "system/<Type>.rs or system/*.rs; 401 without a valid token, 403 without scope."
         ),
     }
     if not auth_open:
-        security["service"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-            "code": "SMART-on-FHIR"}], "text": "Bearer token"}]
+        security["service"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "Bearer token",
+            }
+        ]
     body = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -85,21 +94,23 @@ def capability_statement(base_url: str, *, auth_open: bool, date: str) -> Capabi
         "implementation": {"description": "noduleflow lung nodule reports", "url": base_url},
         "fhirVersion": fc.FHIR_VERSION,
         "format": ["json", fc.FHIR_MEDIA_TYPE],
-        "rest": [{
-            "mode": "server",
-            "documentation": (
-                "Read-only. Unknown search parameters are refused (handling=strict) unless "
-                "the request sends Prefer: handling=lenient. _count is capped at 100; paging "
-                "by _offset through the Bundle's next/previous links."
-            ),
-            "security": security,
-            "resource": [
-                _resource("DiagnosticReport", REPORT_SPEC),
-                _resource("Observation", OBSERVATION_SPEC),
-                _resource("ImagingStudy", IMAGING_STUDY_SPEC),
-                _resource("Patient", None),
-                _resource("Device", None),
-            ],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Read-only. Unknown search parameters are refused (handling=strict) unless "
+                    "the request sends Prefer: handling=lenient. _count is capped at 100; paging "
+                    "by _offset through the Bundle's next/previous links."
+                ),
+                "security": security,
+                "resource": [
+                    _resource("DiagnosticReport", REPORT_SPEC),
+                    _resource("Observation", OBSERVATION_SPEC),
+                    _resource("ImagingStudy", IMAGING_STUDY_SPEC),
+                    _resource("Patient", None),
+                    _resource("Device", None),
+                ],
+            }
+        ],
     }
     return CapabilityStatement.model_validate(body)

@@ -181,30 +181,60 @@ class Dispatcher:
             row.delivered_at = datetime.now(UTC)
             row.last_error = "" if outcome.status == "0x0000" else outcome.detail[:2000]
             audit.record(
-                session, audit.INSTANCES_TRANSFERRED, actor="noduleflow-reporter",
-                source=row.kind, action="R", object_type="sop-instance",
-                object_id=row.sop_instance_uid or row.job_id, detail=f"to {row.target}",
+                session,
+                audit.INSTANCES_TRANSFERRED,
+                actor="noduleflow-reporter",
+                source=row.kind,
+                action="R",
+                object_type="sop-instance",
+                object_id=row.sop_instance_uid or row.job_id,
+                detail=f"to {row.target}",
             )
-            log.info("event=delivered id=%s job=%s kind=%s status=%s attempts=%s",
-                     row.id, row.job_id, row.kind, outcome.status, row.attempts)
+            log.info(
+                "event=delivered id=%s job=%s kind=%s status=%s attempts=%s",
+                row.id,
+                row.job_id,
+                row.kind,
+                outcome.status,
+                row.attempts,
+            )
         elif state == PENDING:
             row.last_error = outcome.detail[:2000]
             row.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay or 0)
-            log.warning("event=delivery_retry id=%s job=%s kind=%s status=%s attempt=%s "
-                        "retry_in=%.1f reason=%s", row.id, row.job_id, row.kind, outcome.status,
-                        row.attempts, delay or 0, outcome.detail)
+            log.warning(
+                "event=delivery_retry id=%s job=%s kind=%s status=%s attempt=%s "
+                "retry_in=%.1f reason=%s",
+                row.id,
+                row.job_id,
+                row.kind,
+                outcome.status,
+                row.attempts,
+                delay or 0,
+                outcome.detail,
+            )
         else:
             why = "refused" if not outcome.retry else f"gave up after {row.attempts} attempts"
             row.last_error = f"{why}: {outcome.detail}"[:2000]
             audit.record(
-                session, audit.INSTANCES_TRANSFERRED, actor="noduleflow-reporter",
-                source=row.kind, action="R", object_type="sop-instance",
-                object_id=row.sop_instance_uid or row.job_id, outcome="8",
+                session,
+                audit.INSTANCES_TRANSFERRED,
+                actor="noduleflow-reporter",
+                source=row.kind,
+                action="R",
+                object_type="sop-instance",
+                object_id=row.sop_instance_uid or row.job_id,
+                outcome="8",
                 detail=f"to {row.target}: {row.last_error}",
             )
-            log.error("event=delivery_failed id=%s job=%s kind=%s status=%s attempts=%s "
-                      "reason=%s", row.id, row.job_id, row.kind, outcome.status, row.attempts,
-                      row.last_error)
+            log.error(
+                "event=delivery_failed id=%s job=%s kind=%s status=%s attempts=%s reason=%s",
+                row.id,
+                row.job_id,
+                row.kind,
+                outcome.status,
+                row.attempts,
+                row.last_error,
+            )
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop``: send what is due, then sleep until woken or polled."""
@@ -234,4 +264,3 @@ def pending(db: Database, job_ids: Iterable[str] | None = None) -> list[Delivery
         if job_ids is not None:
             query = query.where(Delivery.job_id.in_(list(job_ids)))
         return list(session.scalars(query))
-

@@ -71,7 +71,8 @@ def authenticate(request: Request, state: AppState) -> Principal:
         log.info("event=auth_failed path=%s reason=%s", request.url.path, exc)
         audit_reads.auth_failure(state.db, source=client_host(request), path=request.url.path)
         raise ApiError(
-            401, "Authentication required: a valid bearer token",
+            401,
+            "Authentication required: a valid bearer token",
             headers={"WWW-Authenticate": 'Bearer realm="noduleflow"'},
         ) from exc
 
@@ -95,7 +96,9 @@ def ensure_scope(request: Request, principal: Principal, *types: str, interactio
     if missing:
         state: AppState = request.app.state.noduleflow
         audit_reads.access_denied(
-            state.db, actor=principal.subject, source=client_host(request),
+            state.db,
+            actor=principal.subject,
+            source=client_host(request),
             path=request.url.path,
         )
         raise ApiError(403, f"Insufficient scope for {', '.join(missing)} ({interaction})")
@@ -107,8 +110,9 @@ def require(*resource_types: str, interaction: str = "r") -> Callable[..., Await
     async def check(request: Request, principal: PrincipalDep) -> Principal:
         if all(allows(principal.scopes, t, interaction) for t in resource_types):
             return principal
-        await run_in_threadpool(ensure_scope, request, principal, *resource_types,
-                                interaction=interaction)  # audits, raises 403
+        await run_in_threadpool(
+            ensure_scope, request, principal, *resource_types, interaction=interaction
+        )  # audits, raises 403
         return principal
 
     return check

@@ -38,7 +38,11 @@ class ApiError(Exception):
     """An error a client can act on; becomes an OperationOutcome with ``status``."""
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -50,8 +54,10 @@ class ApiError(Exception):
 
 def outcome(code: str, message: str, *, severity: str = "error") -> dict[str, Any]:
     body = OperationOutcome.model_validate(
-        {"resourceType": "OperationOutcome",
-         "issue": [{"severity": severity, "code": code, "diagnostics": message}]}
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": severity, "code": code, "diagnostics": message}],
+        }
     )
     return body.model_dump(mode="json")
 
@@ -60,8 +66,9 @@ def outcome_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     media = FHIR_MEDIA_TYPE if request.url.path.startswith("/fhir") else "application/json"
-    return JSONResponse(outcome(code, message), status_code=status, headers=headers,
-                        media_type=media)
+    return JSONResponse(
+        outcome(code, message), status_code=status, headers=headers, media_type=media
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -76,7 +83,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         status, str(exc.detail)
     )
     return outcome_response(
-        request, status, _HTTP_CODES.get(status, "processing"), message,
+        request,
+        status,
+        _HTTP_CODES.get(status, "processing"),
+        message,
         dict(exc.headers or {}),
     )
 
@@ -88,20 +98,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("event=database_unavailable path=%s error=%s", request.url.path,
-                type(exc).__name__)
+    log.warning("event=database_unavailable path=%s error=%s", request.url.path, type(exc).__name__)
     return outcome_response(
-        request, 503, "transient", "Database unavailable; retry later",
+        request,
+        503,
+        "transient",
+        "Database unavailable; retry later",
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     correlation = uuid.uuid4().hex
-    log.error("event=unhandled_error correlation_id=%s path=%s", correlation, request.url.path,
-              exc_info=exc)
+    log.error(
+        "event=unhandled_error correlation_id=%s path=%s",
+        correlation,
+        request.url.path,
+        exc_info=exc,
+    )
     return outcome_response(
-        request, 500, "exception", f"Internal error; correlation id {correlation}",
+        request,
+        500,
+        "exception",
+        f"Internal error; correlation id {correlation}",
         {"X-Correlation-ID": correlation},
     )
 

@@ -87,8 +87,9 @@ def _local(code: str, display: str) -> dict[str, Any]:
 
 def lung_rads_concept(category: str) -> dict[str, Any]:
     return {
-        "coding": [{"system": fc.LUNG_RADS_SYSTEM, "code": category,
-                    "display": f"Lung-RADS {category}"}],
+        "coding": [
+            {"system": fc.LUNG_RADS_SYSTEM, "code": category, "display": f"Lung-RADS {category}"}
+        ],
         "text": f"Lung-RADS {category}",
     }
 
@@ -108,38 +109,63 @@ def observation_json(data: ReportInput, finding: Finding, links: Links) -> dict[
 def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str, Any]:
     mm = ("mm", "mm")
     components = [
-        _component({"system": fc.SNOMED, "code": "81827009", "display": "Diameter"},
-                   valueQuantity=_quantity(finding.diameter_mm, *mm)),
-        _component({"system": fc.SNOMED, "code": "103339001", "display": "Long axis"},
-                   valueQuantity=_quantity(finding.long_axis_mm, *mm)),
-        _component({"system": fc.SNOMED, "code": "103340004", "display": "Short axis"},
-                   valueQuantity=_quantity(finding.short_axis_mm, *mm)),
-        _component({"system": fc.SNOMED, "code": "118565006", "display": "Volume"},
-                   valueQuantity=_quantity(finding.volume_mm3, "mm3", "mm3")),
-        _component({"system": fc.DCM, "code": "112031", "display": "Attenuation Coefficient"},
-                   valueQuantity=_quantity(finding.mean_hu, "HU", "[hnsf'U]")),
-        _component(_local("nodule-type", "Nodule type"), valueCodeableConcept={
-            "coding": [{"system": fc.NODULE_KIND_SYSTEM, "code": finding.kind}],
-            "text": finding.kind}),
-        _component(_local("lung-rads", "Lung-RADS category"),
-                   valueCodeableConcept=lung_rads_concept(finding.lung_rads)),
-        _component(_local("confidence", "Detection confidence"),
-                   valueQuantity=_quantity(finding.confidence, "1", "1")),
+        _component(
+            {"system": fc.SNOMED, "code": "81827009", "display": "Diameter"},
+            valueQuantity=_quantity(finding.diameter_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "103339001", "display": "Long axis"},
+            valueQuantity=_quantity(finding.long_axis_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "103340004", "display": "Short axis"},
+            valueQuantity=_quantity(finding.short_axis_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "118565006", "display": "Volume"},
+            valueQuantity=_quantity(finding.volume_mm3, "mm3", "mm3"),
+        ),
+        _component(
+            {"system": fc.DCM, "code": "112031", "display": "Attenuation Coefficient"},
+            valueQuantity=_quantity(finding.mean_hu, "HU", "[hnsf'U]"),
+        ),
+        _component(
+            _local("nodule-type", "Nodule type"),
+            valueCodeableConcept={
+                "coding": [{"system": fc.NODULE_KIND_SYSTEM, "code": finding.kind}],
+                "text": finding.kind,
+            },
+        ),
+        _component(
+            _local("lung-rads", "Lung-RADS category"),
+            valueCodeableConcept=lung_rads_concept(finding.lung_rads),
+        ),
+        _component(
+            _local("confidence", "Detection confidence"),
+            valueQuantity=_quantity(finding.confidence, "1", "1"),
+        ),
     ]
     for axis, value in zip("xyz", finding.center_mm, strict=True):
         components.append(
-            _component(_local(f"center-{axis}", f"Centre {axis.upper()} (patient LPS)"),
-                       valueQuantity=_quantity(value, *mm))
+            _component(
+                _local(f"center-{axis}", f"Centre {axis.upper()} (patient LPS)"),
+                valueQuantity=_quantity(value, *mm),
+            )
         )
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": fc.observation_id(data.job.id, finding.index),
         "meta": _meta(data),
-        "identifier": [{"system": fc.OBSERVATION_SYSTEM,
-                        "value": fc.observation_id(data.job.id, finding.index)}],
+        "identifier": [
+            {
+                "system": fc.OBSERVATION_SYSTEM,
+                "value": fc.observation_id(data.job.id, finding.index),
+            }
+        ],
         "status": report_status(data),
-        "category": [{"coding": [{"system": fc.OBS_CATEGORY, "code": "imaging",
-                                  "display": "Imaging"}]}],
+        "category": [
+            {"coding": [{"system": fc.OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}
+        ],
         "code": {"coding": [fc.NODULE_CODE], "text": f"Lung nodule {finding.index}"},
         "subject": links.subject,
         "effectiveDateTime": fc.fhir_datetime(data.study.study_date, data.study.study_time),
@@ -177,8 +203,9 @@ def _narrative(data: ReportInput, text: str) -> dict[str, str]:
         for f in data.findings
     )
     table = (
-        "<table><tr><th>#</th><th>Diameter</th><th>Type</th><th>Lung-RADS</th></tr>"
-        f"{rows}</table>" if rows else ""
+        f"<table><tr><th>#</th><th>Diameter</th><th>Type</th><th>Lung-RADS</th></tr>{rows}</table>"
+        if rows
+        else ""
     )
     div = f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(text)}</p>{table}</div>'
     return {"status": "generated", "div": div}

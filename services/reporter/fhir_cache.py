@@ -29,11 +29,20 @@ class ReportCache:
     @staticmethod
     def key(data: ReportInput) -> tuple[Any, ...]:
         job, study = data.job, data.study
-        return (job.id, job.finished_at, job.updated_at,
-                model_identity(job.details, job.model_version), data.previous_job_id,
-                data.superseded_by,
-                study.patient_key, study.accession_number, study.study_date, study.study_time,
-                study.study_instance_uid, job.findings_count)
+        return (
+            job.id,
+            job.finished_at,
+            job.updated_at,
+            model_identity(job.details, job.model_version),
+            data.previous_job_id,
+            data.superseded_by,
+            study.patient_key,
+            study.accession_number,
+            study.study_date,
+            study.study_time,
+            study.study_instance_uid,
+            job.findings_count,
+        )
 
     def cached_report(self, data: ReportInput) -> Encoded | None:
         """The report if cached (needs no findings loaded: the key does not depend on them)."""
@@ -59,11 +68,13 @@ class ReportCache:
 
     def report(self, data: ReportInput) -> Encoded:
         """The DiagnosticReport of one finished job: (type, id, JSON bytes)."""
-        return self._cached(("report", *self.key(data)),
-                            lambda: entry(report_json(data, local_links(data))))
+        return self._cached(
+            ("report", *self.key(data)), lambda: entry(report_json(data, local_links(data)))
+        )
 
     def observations(self, data: ReportInput) -> list[Encoded]:
         """Its Observations, in finding order (built only when asked for)."""
+
         def build() -> list[Encoded]:
             links = local_links(data)
             return [entry(observation_json(data, f, links)) for f in data.findings]

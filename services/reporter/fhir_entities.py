@@ -28,19 +28,24 @@ class SeriesInfo:
     instances: int
 
 
-
 def build_patient(study: Study) -> Patient:
     name = fc.person_name(study.patient_name)
     label = html.escape(name["text"] if name else "Unnamed patient")
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "id": study.patient_key,
-        "text": {"status": "generated",
-                 "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{label}</div>'},
-        "identifier": [{
-            "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}], "text": "Patient ID"},
-            "value": study.patient_id,
-        }] if study.patient_id else None,
+        "text": {
+            "status": "generated",
+            "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{label}</div>',
+        },
+        "identifier": [
+            {
+                "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}], "text": "Patient ID"},
+                "value": study.patient_id,
+            }
+        ]
+        if study.patient_id
+        else None,
         "name": [name] if name else None,
         "gender": fc.gender(study.patient_sex),
         "birthDate": fc.fhir_date(study.patient_birth_date),
@@ -66,8 +71,9 @@ def build_imaging_study(study: Study, series: Sequence[SeriesInfo]) -> ImagingSt
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "id": study.study_instance_uid,
-        "identifier": [{"system": fc.DICOM_UID_SYSTEM,
-                        "value": f"urn:oid:{study.study_instance_uid}"}],
+        "identifier": [
+            {"system": fc.DICOM_UID_SYSTEM, "value": f"urn:oid:{study.study_instance_uid}"}
+        ],
         "status": "available",
         "subject": {"reference": f"Patient/{study.patient_key}"},
         "started": fc.fhir_datetime(study.study_date, study.study_time),
@@ -80,13 +86,15 @@ def build_imaging_study(study: Study, series: Sequence[SeriesInfo]) -> ImagingSt
 
 
 def _series(info: SeriesInfo) -> dict[str, Any]:
-    return _drop_none({
-        "uid": info.uid,
-        "number": info.number,
-        "modality": {"system": fc.DCM, "code": info.modality or "OT"},
-        "description": info.description or None,
-        "numberOfInstances": info.instances,
-    })
+    return _drop_none(
+        {
+            "uid": info.uid,
+            "number": info.number,
+            "modality": {"system": fc.DCM, "code": info.modality or "OT"},
+            "description": info.description or None,
+            "numberOfInstances": info.instances,
+        }
+    )
 
 
 def _drop_none(resource: dict[str, Any]) -> dict[str, Any]:

@@ -40,13 +40,22 @@ class PushError(Exception):
 
 
 def remote_links(data: ReportInput, device_ref: str, results: list[str]) -> Links:
-    subject: dict[str, Any] = {"type": "Patient", "identifier": {
-        "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}]},
-        "value": data.study.patient_id}}
+    subject: dict[str, Any] = {
+        "type": "Patient",
+        "identifier": {
+            "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}]},
+            "value": data.study.patient_id,
+        },
+    }
     return Links(
         subject=subject,
-        imaging_study={"type": "ImagingStudy", "identifier": {
-            "system": fc.DICOM_UID_SYSTEM, "value": f"urn:oid:{data.study.study_instance_uid}"}},
+        imaging_study={
+            "type": "ImagingStudy",
+            "identifier": {
+                "system": fc.DICOM_UID_SYSTEM,
+                "value": f"urn:oid:{data.study.study_instance_uid}",
+            },
+        },
         device={"reference": device_ref},
         results=[{"reference": ref} for ref in results],
     )
@@ -61,8 +70,9 @@ def _body(resource: Resource) -> dict[str, Any]:
     return body
 
 
-def _put(client: httpx.Client, base: str, rtype: str, system: str, value: str,
-         resource: Resource) -> str:
+def _put(
+    client: httpx.Client, base: str, rtype: str, system: str, value: str, resource: Resource
+) -> str:
     """Conditional update; returns ``Type/id`` as the server stored it."""
     url = f"{base}/{rtype}?identifier={quote(system, safe=':')}|{quote(value, safe='')}"
     try:
@@ -93,12 +103,24 @@ def _diagnostics(response: httpx.Response) -> str:
 def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, int]:
     """Device, Observations, then the report; returns (``DiagnosticReport/<id>``, count)."""
     name, version = fc.model_identity(data.job.details, data.job.model_version)
-    device_ref = _put(client, base, "Device", fc.DEVICE_SYSTEM, fc.device_id(name, version),
-                      build_device(name, version))
+    device_ref = _put(
+        client,
+        base,
+        "Device",
+        fc.DEVICE_SYSTEM,
+        fc.device_id(name, version),
+        build_device(name, version),
+    )
     links = remote_links(data, device_ref, [])
     results = [
-        _put(client, base, "Observation", fc.OBSERVATION_SYSTEM,
-             fc.observation_id(data.job.id, f.index), build_observation(data, f, links))
+        _put(
+            client,
+            base,
+            "Observation",
+            fc.OBSERVATION_SYSTEM,
+            fc.observation_id(data.job.id, f.index),
+            build_observation(data, f, links),
+        )
         for f in data.findings
     ]
     report = build_report(data, remote_links(data, device_ref, results))
@@ -117,8 +139,11 @@ def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
         return SendOutcome(False, False, "not-configured", "FHIR_PUSH_URL is empty")
     with db.session() as session:
         data = fhir_repo.get_report(session=session, report_id=job_id)
-        previous = (fhir_repo.get_report(session=session, report_id=data.previous_job_id)
-                    if data is not None and data.previous_job_id else None)
+        previous = (
+            fhir_repo.get_report(session=session, report_id=data.previous_job_id)
+            if data is not None and data.previous_job_id
+            else None
+        )
     if data is None:
         return SendOutcome(False, False, "no-report", "job has no finished report")
     headers = {"Accept": fc.FHIR_MEDIA_TYPE, "Content-Type": fc.FHIR_MEDIA_TYPE}
@@ -128,8 +153,12 @@ def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
             if previous is not None:
                 _push_one(client, base, previous)
     except PushError as exc:
-        log.warning("event=fhir_push_failed job=%s status=%s retry=%s", job_id,
-                    exc.outcome.status, exc.outcome.retry)
+        log.warning(
+            "event=fhir_push_failed job=%s status=%s retry=%s",
+            job_id,
+            exc.outcome.status,
+            exc.outcome.retry,
+        )
         return exc.outcome
     log.info("event=fhir_pushed job=%s observations=%d", job_id, count)
     return SendOutcome(True, False, "200", stored)

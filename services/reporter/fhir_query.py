@@ -60,15 +60,19 @@ def _patients(search: Search, name: str) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
     for modifier in ("", "Patient"):
         for ors in search.values(name, modifier):
-            keys = [v.id for v in ors if isinstance(v, Reference)
-                    and v.resource_type in (None, "Patient")]
+            keys = [
+                v.id
+                for v in ors
+                if isinstance(v, Reference) and v.resource_type in (None, "Patient")
+            ]
             out.append(Study.patient_key.in_(keys) if keys else false())
     return out
 
 
 def _ids(search: Search, column: Any) -> list[ColumnElement[bool]]:
-    return [column.in_([v.code for v in ors if isinstance(v, Token)]) for ors in
-            search.values("_id")]
+    return [
+        column.in_([v.code for v in ors if isinstance(v, Token)]) for ors in search.values("_id")
+    ]
 
 
 def _study_day(day: datetime) -> str:
@@ -100,8 +104,16 @@ def date_condition(column: Any, value: DateRange, *, day_string: bool) -> Column
 
 
 def _dates(search: Search, name: str, column: Any, *, day_string: bool) -> list[Any]:
-    return [_any([date_condition(column, v, day_string=day_string) for v in ors
-                  if isinstance(v, DateRange)]) for ors in search.values(name)]
+    return [
+        _any(
+            [
+                date_condition(column, v, day_string=day_string)
+                for v in ors
+                if isinstance(v, DateRange)
+            ]
+        )
+        for ors in search.values(name)
+    ]
 
 
 def report_status_amended() -> ColumnElement[bool]:
@@ -128,8 +140,14 @@ def report_filters(search: Search) -> list[Any]:
     for ors in search.values("identifier"):
         where.append(_any([_report_identifier(v) for v in ors if isinstance(v, Token)]))
     for ors in search.values("based-on", "identifier"):
-        where.append(_any([_report_identifier(Token("", v.id)) if isinstance(v, Reference)
-                           else false() for v in ors]))
+        where.append(
+            _any(
+                [
+                    _report_identifier(Token("", v.id)) if isinstance(v, Reference) else false()
+                    for v in ors
+                ]
+            )
+        )
     if search.values("based-on"):
         where.append(false())  # no ServiceRequest resources are held here
     for ors in search.values("status"):
@@ -155,14 +173,19 @@ def supersede_columns() -> tuple[Any, Any]:
     earlier, later = aliased(Job), aliased(Job)
     previous = (
         select(earlier.id)
-        .where(earlier.study_id == Job.study_id, earlier.version < Job.version,
-               earlier.state == DONE)
-        .order_by(earlier.version.desc()).limit(1).scalar_subquery()
+        .where(
+            earlier.study_id == Job.study_id, earlier.version < Job.version, earlier.state == DONE
+        )
+        .order_by(earlier.version.desc())
+        .limit(1)
+        .scalar_subquery()
     )
     superseded_by = (
         select(later.id)
         .where(later.study_id == Job.study_id, later.version > Job.version, later.state == DONE)
-        .order_by(later.version.desc()).limit(1).scalar_subquery()
+        .order_by(later.version.desc())
+        .limit(1)
+        .scalar_subquery()
     )
     return previous, superseded_by
 
@@ -173,10 +196,7 @@ _SUPERSEDE = supersede_columns()
 def report_statement(search: Search) -> tuple[Any, Any]:
     """(page query of (Job, Study, previous job id, superseding job id), count query)."""
     where = report_filters(search)
-    base = (
-        select(Job, Study, *_SUPERSEDE)
-        .join(Study, Job.study_id == Study.id).where(*where)
-    )
+    base = select(Job, Study, *_SUPERSEDE).join(Study, Job.study_id == Study.id).where(*where)
     count = select(func.count()).select_from(Job)
     if {name for name, _ in search.filters} & _STUDY_PARAMS:  # else no join: index-only count
         count = count.join(Study, Job.study_id == Study.id)
@@ -191,24 +211,39 @@ def observation_statement(search: Search) -> tuple[Any, Any]:
     where: list[Any] = [Job.state == DONE]
     where += _patients(search, "patient") + _patients(search, "subject")
     for ors in search.values("code"):
-        where.append(true() if any(
-            isinstance(v, Token) and v.code == fc.NODULE_CODE["code"]
-            and v.system in (None, fc.SNOMED) for v in ors) else false())
+        where.append(
+            true()
+            if any(
+                isinstance(v, Token)
+                and v.code == fc.NODULE_CODE["code"]
+                and v.system in (None, fc.SNOMED)
+                for v in ors
+            )
+            else false()
+        )
     for ors in search.values("derived-from"):
-        uids = [v.id for v in ors if isinstance(v, Reference)
-                and v.resource_type in (None, "ImagingStudy")]
+        uids = [
+            v.id
+            for v in ors
+            if isinstance(v, Reference) and v.resource_type in (None, "ImagingStudy")
+        ]
         where.append(Study.study_instance_uid.in_(uids) if uids else false())
     for ors in search.values("_id"):
         pairs = [fc.parse_observation_id(v.code) for v in ors if isinstance(v, Token)]
-        where.append(_any([and_(Finding.job_id == p[0], Finding.index == p[1])
-                           for p in pairs if p]))
-    joined = (Finding.__table__.join(Job.__table__, Finding.job_id == Job.id)
-              .join(Study.__table__, Job.study_id == Study.id))
+        where.append(
+            _any([and_(Finding.job_id == p[0], Finding.index == p[1]) for p in pairs if p])
+        )
+    joined = Finding.__table__.join(Job.__table__, Finding.job_id == Job.id).join(
+        Study.__table__, Job.study_id == Study.id
+    )
     base = select(Finding, Job, Study).select_from(joined).where(*where)
     count = select(func.count()).select_from(joined).where(*where)
-    order = [(Job.finished_at.desc() if d else Job.finished_at.asc()) if c == "issued"
-             else (Study.study_date.desc() if d else Study.study_date.asc())
-             for c, d in search.sort] or [Job.finished_at.desc()]
+    order = [
+        (Job.finished_at.desc() if d else Job.finished_at.asc())
+        if c == "issued"
+        else (Study.study_date.desc() if d else Study.study_date.asc())
+        for c, d in search.sort
+    ] or [Job.finished_at.desc()]
     page = base.order_by(*order, Job.id, Finding.index).offset(search.offset).limit(search.count)
     return page, count
 
@@ -226,8 +261,13 @@ def imaging_study_statement(search: Search) -> tuple[Any, Any]:
         where.append(_any([_study_identifier(v) for v in ors if isinstance(v, Token)]))
     base = select(Study).where(*where)
     count = select(func.count()).select_from(Study).where(*where)
-    order: list[Any] = [((Study.study_date if c == "date" else Study.study_instance_uid).desc() if d
-              else (Study.study_date if c == "date" else Study.study_instance_uid).asc())
-             for c, d in search.sort] or [Study.last_received_at.desc()]
+    order: list[Any] = [
+        (
+            (Study.study_date if c == "date" else Study.study_instance_uid).desc()
+            if d
+            else (Study.study_date if c == "date" else Study.study_instance_uid).asc()
+        )
+        for c, d in search.sort
+    ] or [Study.last_received_at.desc()]
     page = base.order_by(*order, Study.id.desc()).offset(search.offset).limit(search.count)
     return page, count

@@ -20,7 +20,9 @@ LIGHT_FINDING = (defer(Finding.mask), defer(Finding.mask_bbox), defer(Finding.so
 
 
 def report_inputs(
-    *, session: Session, rows: Sequence[tuple[Job, Study]],
+    *,
+    session: Session,
+    rows: Sequence[tuple[Job, Study]],
     supersede: dict[str, tuple[str | None, str | None]] | None = None,
 ) -> list[ReportInput]:
     """Attach findings and supersede links to (job, study) rows (one query each, or one when
@@ -30,14 +32,23 @@ def report_inputs(
     job_ids = [job.id for job, _ in rows]
     findings: dict[str, list[Finding]] = defaultdict(list)
     for finding in session.scalars(
-        select(Finding).options(*LIGHT_FINDING)
-        .where(Finding.job_id.in_(job_ids)).order_by(Finding.job_id, Finding.index)
+        select(Finding)
+        .options(*LIGHT_FINDING)
+        .where(Finding.job_id.in_(job_ids))
+        .order_by(Finding.job_id, Finding.index)
     ):
         findings[finding.job_id].append(finding)
     if supersede is not None:
-        return [ReportInput(job=job, study=study, findings=findings.get(job.id, []),
-                            previous_job_id=supersede[job.id][0],
-                            superseded_by=supersede[job.id][1]) for job, study in rows]
+        return [
+            ReportInput(
+                job=job,
+                study=study,
+                findings=findings.get(job.id, []),
+                previous_job_id=supersede[job.id][0],
+                superseded_by=supersede[job.id][1],
+            )
+            for job, study in rows
+        ]
     versions: dict[int, list[tuple[int, str]]] = defaultdict(list)
     study_ids = {study.id for _, study in rows}
     for study_id, version, job_id in session.execute(
@@ -51,9 +62,15 @@ def report_inputs(
         done = versions.get(study.id, [])
         earlier = [jid for v, jid in done if v < job.version]
         later = [jid for v, jid in done if v > job.version]
-        out.append(ReportInput(job=job, study=study, findings=findings.get(job.id, []),
-                               previous_job_id=earlier[-1] if earlier else None,
-                               superseded_by=later[-1] if later else None))
+        out.append(
+            ReportInput(
+                job=job,
+                study=study,
+                findings=findings.get(job.id, []),
+                previous_job_id=earlier[-1] if earlier else None,
+                superseded_by=later[-1] if later else None,
+            )
+        )
     return out
 
 
@@ -63,7 +80,8 @@ def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[
         return []
     findings: dict[str, list[Finding]] = defaultdict(list)
     for finding in session.scalars(
-        select(Finding).options(*LIGHT_FINDING)
+        select(Finding)
+        .options(*LIGHT_FINDING)
         .where(Finding.job_id.in_([d.job.id for d in inputs]))
         .order_by(Finding.job_id, Finding.index)
     ):
@@ -73,7 +91,8 @@ def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[
 
 def get_report(*, session: Session, report_id: str) -> ReportInput | None:
     row = session.execute(
-        select(Job, Study).join(Study, Job.study_id == Study.id)
+        select(Job, Study)
+        .join(Study, Job.study_id == Study.id)
         .where(Job.id == report_id, Job.state == DONE)
     ).first()
     if row is None:
@@ -107,9 +126,15 @@ def series_infos(*, session: Session, study_ids: Sequence[int]) -> dict[int, lis
         .order_by(Series.study_id, Series.series_number, Series.id)
     )
     for series, count in rows:
-        out[series.study_id].append(SeriesInfo(
-            uid=series.series_instance_uid, number=series.series_number,
-            modality=series.modality, description=series.series_description, instances=count))
+        out[series.study_id].append(
+            SeriesInfo(
+                uid=series.series_instance_uid,
+                number=series.series_number,
+                modality=series.modality,
+                description=series.series_description,
+                instances=count,
+            )
+        )
     return out
 
 
@@ -120,8 +145,10 @@ def get_study(*, session: Session, study_uid: str) -> Study | None:
 def get_patient(*, session: Session, patient_key: str) -> Study | None:
     """The most recent study of a patient: its demographics are the freshest we hold."""
     return session.scalar(
-        select(Study).where(Study.patient_key == patient_key)
-        .order_by(Study.last_received_at.desc()).limit(1)
+        select(Study)
+        .where(Study.patient_key == patient_key)
+        .order_by(Study.last_received_at.desc())
+        .limit(1)
     )
 
 

@@ -66,8 +66,10 @@ def searchset(
     ``matches``/``includes`` are ``(resource type, id, encoded resource)``.
     """
     base = fhir_base(request, settings)
-    links = [{"relation": "self", "url": _link(base, search, search.offset)},
-             {"relation": "first", "url": _link(base, search, 0)}]
+    links = [
+        {"relation": "self", "url": _link(base, search, search.offset)},
+        {"relation": "first", "url": _link(base, search, 0)},
+    ]
     if search.count and search.offset + search.count < total:
         links.append({"relation": "next", "url": _link(base, search, search.offset + search.count)})
     if search.offset > 0 and search.count:
@@ -75,8 +77,13 @@ def searchset(
         links.append({"relation": "previous", "url": _link(base, search, previous)})
     # The shell's shape is fixed (checked against fhir.resources' Bundle in the tests); the
     # entries are validated resources from the builders.
-    shell = {"resourceType": "Bundle", "meta": {"lastUpdated": instant(utcnow())},
-             "type": "searchset", "total": total, "link": links}
+    shell = {
+        "resourceType": "Bundle",
+        "meta": {"lastUpdated": instant(utcnow())},
+        "type": "searchset",
+        "total": total,
+        "link": links,
+    }
     entries: list[bytes] = []
     for mode, resources in (("match", matches), ("include", includes or [])):
         tail = b',"search":{"mode":"' + mode.encode() + b'"}}'

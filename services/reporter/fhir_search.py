@@ -106,8 +106,9 @@ def parse(
         elif name in spec.params:
             raise _bad(f"Modifier {modifier[:40]!r} is not supported for {name}")
         else:
-            raise _bad(f"Unknown or unsupported search parameter {raw_name[:40]!r} "
-                       f"for {resource_type}")
+            raise _bad(
+                f"Unknown or unsupported search parameter {raw_name[:40]!r} for {resource_type}"
+            )
         search.names.append(raw_name)
         search.raw.append((raw_name, value))
     return search

@@ -98,8 +98,7 @@ def _series_sop_uids(session: Session, series_uid: str, storage: LocalStorage) -
     if not rows:
         raise InputError("series of the job has no instances")
     headers = [
-        (dcmread(storage.path(r.path), stop_before_pixels=True), r.sop_instance_uid)
-        for r in rows
+        (dcmread(storage.path(r.path), stop_before_pixels=True), r.sop_instance_uid) for r in rows
     ]
     return [uid for _, uid in sorted(headers, key=lambda item: _normal_position(item[0]))]
 

@@ -108,15 +108,23 @@ class Reporter:
 
     def start(self) -> None:
         self.stop_event.clear()
-        self._thread("reporter-consumer", self.broker.consume, REPORTING_QUEUE,
-                     self.consumer.handle, self.stop_event)
+        self._thread(
+            "reporter-consumer",
+            self.broker.consume,
+            REPORTING_QUEUE,
+            self.consumer.handle,
+            self.stop_event,
+        )
         self._thread("reporter-dispatcher", self.dispatcher.run, self.stop_event)
         if self.serve_http:
             self.http_server = http_server(self.settings, self.db, self.broker)
             if self.http_server is not None:
                 self._thread("reporter-http", self.http_server.run)
-        log.info("event=reporter_started pacs=%s http=%s",
-                 self.settings.pacs or "outbox", self.http_server is not None)
+        log.info(
+            "event=reporter_started pacs=%s http=%s",
+            self.settings.pacs or "outbox",
+            self.http_server is not None,
+        )
 
     def _thread(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -135,13 +143,20 @@ class Reporter:
 
 
 def build_reporter(
-    settings: Settings, db: Database, broker: Broker, *, serve_http: bool = False,
-    senders: dict[str, Sender] | None = None, poll_seconds: float = 1.0,
+    settings: Settings,
+    db: Database,
+    broker: Broker,
+    *,
+    serve_http: bool = False,
+    senders: dict[str, Sender] | None = None,
+    poll_seconds: float = 1.0,
 ) -> Reporter:
     """Wire a reporter on existing DB and broker; call ``.start()`` / ``.stop()``."""
     consumer = ResultConsumer(db, settings)
     dispatcher = Dispatcher(
-        db, senders or default_senders(db, settings, consumer.rebuild), retry_policy(settings),
+        db,
+        senders or default_senders(db, settings, consumer.rebuild),
+        retry_policy(settings),
         poll_seconds=poll_seconds,
     )
     consumer.on_committed = dispatcher.wake
@@ -158,8 +173,9 @@ def http_server(settings: Settings, db: Database, broker: Broker | None) -> Any:
     from services.reporter.app import create_app
 
     app = create_app(settings, db, broker)
-    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
-                            log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False
+    )
     return uvicorn.Server(config)
 
 

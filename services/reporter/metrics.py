@@ -61,39 +61,55 @@ class DatabaseCollector(Collector):
         with self.db.session() as session:
             instances = session.scalar(select(func.count(Instance.id))) or 0
             studies = session.scalar(select(func.count(Study.id))) or 0
-            completed = session.scalar(
-                select(func.count(distinct(Job.study_id))).where(Job.state == JobState.DONE.value)
-            ) or 0
+            completed = (
+                session.scalar(
+                    select(func.count(distinct(Job.study_id))).where(
+                        Job.state == JobState.DONE.value
+                    )
+                )
+                or 0
+            )
             jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
             deliveries = session.execute(
-                select(Delivery.kind, Delivery.state, func.count())
-                .group_by(Delivery.kind, Delivery.state)
+                select(Delivery.kind, Delivery.state, func.count()).group_by(
+                    Delivery.kind, Delivery.state
+                )
             ).all()
-            timings = list(session.scalars(
-                select(Job.timings).where(Job.state == JobState.DONE.value)
-                .order_by(Job.finished_at.desc()).limit(TIMING_SAMPLE)
-            ))
-        yield CounterMetricFamily("noduleflow_instances_received",
-                                  "DICOM instances stored", value=instances)
+            timings = list(
+                session.scalars(
+                    select(Job.timings)
+                    .where(Job.state == JobState.DONE.value)
+                    .order_by(Job.finished_at.desc())
+                    .limit(TIMING_SAMPLE)
+                )
+            )
+        yield CounterMetricFamily(
+            "noduleflow_instances_received", "DICOM instances stored", value=instances
+        )
         yield GaugeMetricFamily("noduleflow_studies", "Studies known", value=studies)
-        yield CounterMetricFamily("noduleflow_studies_completed",
-                                  "Studies with a finished analysis", value=completed)
+        yield CounterMetricFamily(
+            "noduleflow_studies_completed", "Studies with a finished analysis", value=completed
+        )
         by_state = GaugeMetricFamily("noduleflow_jobs", "Jobs by state", labels=["state"])
         for job_state in JobState:
             by_state.add_metric([job_state.value], jobs.get(job_state.value, 0))
         yield by_state
-        gauge = GaugeMetricFamily("noduleflow_deliveries", "Deliveries by kind and state",
-                                  labels=["kind", "state"])
+        gauge = GaugeMetricFamily(
+            "noduleflow_deliveries", "Deliveries by kind and state", labels=["kind", "state"]
+        )
         failed = 0
         for kind, state, count in deliveries:
             gauge.add_metric([kind, state], count)
             failed += count if state == "failed" else 0
         yield gauge
-        yield CounterMetricFamily("noduleflow_deliveries_failed",
-                                  "Deliveries given up after retries", value=failed)
+        yield CounterMetricFamily(
+            "noduleflow_deliveries_failed", "Deliveries given up after retries", value=failed
+        )
         histogram = HistogramMetricFamily(
             "noduleflow_stage_seconds",
-            f"Per-stage job latency (last {TIMING_SAMPLE} finished jobs)", labels=["stage"])
+            f"Per-stage job latency (last {TIMING_SAMPLE} finished jobs)",
+            labels=["stage"],
+        )
         for stage, (counts, total) in sorted(stage_histograms(timings).items()):
             buckets = [(str(b), c) for b, c in zip(BUCKETS, counts, strict=False)]
             buckets.append(("+Inf", counts[-1]))
@@ -108,8 +124,7 @@ class DatabaseCollector(Collector):
             try:
                 depth.add_metric([name], self.broker.queue_depth(name))
             except Exception as exc:
-                log.warning("event=metrics_queue_error queue=%s error=%s", name,
-                            type(exc).__name__)
+                log.warning("event=metrics_queue_error queue=%s error=%s", name, type(exc).__name__)
         yield depth
 
 

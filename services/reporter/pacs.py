@@ -32,8 +32,12 @@ SUCCESS = 0x0000
 WARNING_COERCION = 0xB000  # PS3.4 B.2.3: coercion of data elements
 WARNING_ELEMENTS_DISCARDED = 0xB006  # PS3.4 B.2.3: elements discarded
 WARNING_SOP_CLASS_MISMATCH = 0xB007  # PS3.4 B.2.3: data set does not match SOP class
-SUCCESS_STATUSES = {SUCCESS, WARNING_COERCION, WARNING_ELEMENTS_DISCARDED,
-                    WARNING_SOP_CLASS_MISMATCH}
+SUCCESS_STATUSES = {
+    SUCCESS,
+    WARNING_COERCION,
+    WARNING_ELEMENTS_DISCARDED,
+    WARNING_SOP_CLASS_MISMATCH,
+}
 
 
 def classify_status(status: int) -> SendOutcome:
@@ -118,7 +122,9 @@ def store(
 
     try:
         assoc = ae.associate(
-            address.host, address.port, ae_title=address.aet,
+            address.host,
+            address.port,
+            ae_title=address.aet,
             evt_handlers=[
                 (evt.EVT_ACSE_RECV, on_acse),
                 (evt.EVT_CONN_OPEN, lambda _: connected.set()),
@@ -147,8 +153,9 @@ def store(
         outcome = classify_status(int(response.Status))
         comment = str(response.get("ErrorComment", "") or "")
         if comment:
-            outcome = SendOutcome(outcome.ok, outcome.retry, outcome.status,
-                                  f"{outcome.detail}: {comment}"[:500])
+            outcome = SendOutcome(
+                outcome.ok, outcome.retry, outcome.status, f"{outcome.detail}: {comment}"[:500]
+            )
         return outcome
     except (OSError, RuntimeError, ValueError) as exc:
         log.warning("event=pacs_store_error pacs=%s error=%s", address, exc.__class__.__name__)

@@ -80,8 +80,9 @@ class ResultConsumer:
             job.state = message.status
             job.reason = job.reason or (message.reason or "")
             job.finished_at = datetime.now(UTC)
-        log.info("event=result_recorded job=%s status=%s no_report=true",
-                 message.job_id, message.status)
+        log.info(
+            "event=result_recorded job=%s status=%s no_report=true", message.job_id, message.status
+        )
         return Verdict.ACK
 
     def _report(self, message: StudyResult) -> Verdict:
@@ -111,13 +112,22 @@ class ResultConsumer:
             job.timings = {**(job.timings or {}), "report": round(elapsed, 3)}
             job.findings_count = len(inputs.findings)
             audit.record(
-                session, audit.REPORT_CREATED, actor="noduleflow-reporter", action="C",
-                object_type="job", object_id=job.id,
+                session,
+                audit.REPORT_CREATED,
+                actor="noduleflow-reporter",
+                action="C",
+                object_type="job",
+                object_id=job.id,
                 detail=f"version {job.version}, {len(inputs.findings)} findings, "
-                       f"{len(artefacts)} instances",
+                f"{len(artefacts)} instances",
             )
-        log.info("event=report_created job=%s version=%s findings=%s seconds=%.2f",
-                 message.job_id, inputs.version, len(inputs.findings), elapsed)
+        log.info(
+            "event=report_created job=%s version=%s findings=%s seconds=%.2f",
+            message.job_id,
+            inputs.version,
+            len(inputs.findings),
+            elapsed,
+        )
         if self.on_committed is not None:
             self.on_committed()
         return Verdict.ACK
@@ -138,7 +148,9 @@ class ResultConsumer:
         if self.settings.fhir_push_url:
             upsert_delivery(
                 session,
-                job_id=job.id, kind=FHIR, target=self.settings.fhir_push_url,
+                job_id=job.id,
+                kind=FHIR,
+                target=self.settings.fhir_push_url,
             )
 
     def rebuild(self, job_id: str) -> list[Artefact]:

@@ -148,7 +148,10 @@ def seg_header(seg: Dataset) -> Dataset:
     """The SEG identity an SR cites as evidence."""
     header = Dataset()
     for keyword in (
-        "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
     ):
         setattr(header, keyword, getattr(seg, keyword))
     return header

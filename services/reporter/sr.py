@@ -148,9 +148,11 @@ def nodule_group(
                 source_images=[
                     SourceImageForSegmentation(source_sop_class_uid, uid)
                     for uid in finding.source_sop_uids
-                ] or None,
+                ]
+                or None,
                 source_series=(
-                    None if finding.source_sop_uids
+                    None
+                    if finding.source_sop_uids
                     else SourceSeriesForSegmentation(source_series_uid)
                 ),
             ),
@@ -238,7 +240,8 @@ def build_sr(
             for finding in sorted(findings, key=lambda f: f.index)
         ]
         report = MeasurementReport(
-            observation_context=context, procedure_reported=nf.CT_PROCEDURE,
+            observation_context=context,
+            procedure_reported=nf.CT_PROCEDURE,
             imaging_measurements=groups,
         )
     else:

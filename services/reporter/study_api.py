@@ -38,10 +38,14 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
 
 
 def _findings(session: Session, job: Job) -> list[Finding]:
-    return list(session.scalars(
-        select(Finding).options(*fhir_repo.LIGHT_FINDING)
-        .where(Finding.job_id == job.id).order_by(Finding.index)
-    ))
+    return list(
+        session.scalars(
+            select(Finding)
+            .options(*fhir_repo.LIGHT_FINDING)
+            .where(Finding.job_id == job.id)
+            .order_by(Finding.index)
+        )
+    )
 
 
 def _latest(jobs: list[Job]) -> Job | None:
@@ -68,18 +72,28 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
     series = fhir_repo.series_infos(session=session, study_ids=[study.id]).get(study.id, [])
     jobs = list(session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.version)))
     latest = _latest(jobs)
-    deliveries = list(session.scalars(
-        select(Delivery).where(Delivery.job_id.in_([j.id for j in jobs])).order_by(Delivery.id)
-    )) if jobs else []
+    deliveries = (
+        list(
+            session.scalars(
+                select(Delivery)
+                .where(Delivery.job_id.in_([j.id for j in jobs]))
+                .order_by(Delivery.id)
+            )
+        )
+        if jobs
+        else []
+    )
     findings: list[dict[str, Any]] = []
     if latest is not None and latest.state == JobState.DONE.value:
         for f in _findings(session, latest):
             item = {"index": f.index, **finding_dict(f)}
-            png = artefact_path(settings, study.study_instance_uid, latest.version,
-                                f"key-{f.index}.png")
+            png = artefact_path(
+                settings, study.study_instance_uid, latest.version, f"key-{f.index}.png"
+            )
             item["key_image"] = (
                 f"/api/studies/{study.study_instance_uid}/key-images/{f.index}.png"
-                if png is not None and png.is_file() else None
+                if png is not None and png.is_file()
+                else None
             )
             findings.append(item)
     return {
@@ -102,7 +116,8 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
         "findings": findings,
         "deliveries": [_delivery(d) for d in deliveries],
         "fhir": {"report": f"/fhir/DiagnosticReport/{latest.id}"}
-        if latest and latest.state == JobState.DONE.value else None,
+        if latest and latest.state == JobState.DONE.value
+        else None,
     }
 
 
@@ -126,8 +141,10 @@ def key_image(*, session: Session, settings: Settings, study_uid: str, index: in
     if study is None:
         return None
     version = session.scalar(
-        select(Job.version).where(Job.study_id == study.id, Job.state == JobState.DONE.value)
-        .order_by(Job.version.desc()).limit(1)
+        select(Job.version)
+        .where(Job.study_id == study.id, Job.state == JobState.DONE.value)
+        .order_by(Job.version.desc())
+        .limit(1)
     )
     if version is None:
         return None

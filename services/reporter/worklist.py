@@ -41,7 +41,8 @@ def _rank_expression() -> Any:
 def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, Any]:
     latest = (
         select(Job.study_id, func.max(Job.version).label("version"))
-        .group_by(Job.study_id).subquery()
+        .group_by(Job.study_id)
+        .subquery()
     )
     agg = (
         select(
@@ -49,14 +50,22 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
             func.count(Finding.id).label("nodules"),
             func.max(Finding.diameter_mm).label("largest"),
             func.max(_rank_expression()).label("rank"),
-        ).group_by(Finding.job_id).subquery()
+        )
+        .group_by(Finding.job_id)
+        .subquery()
     )
     done = Job.state == JobState.DONE.value
     rank = case((done, func.coalesce(agg.c.rank, lung_rads_rank("1"))), else_=literal(-1))
     status = func.coalesce(Job.state, literal(JobState.RECEIVING.value))
     stmt = (
-        select(Study, Job, func.coalesce(agg.c.nodules, 0), agg.c.largest, rank.label("rank"),
-               func.count().over().label("total"))
+        select(
+            Study,
+            Job,
+            func.coalesce(agg.c.nodules, 0),
+            agg.c.largest,
+            rank.label("rank"),
+            func.count().over().label("total"),
+        )
         .outerjoin(latest, latest.c.study_id == Study.id)
         .outerjoin(Job, and_(Job.study_id == Study.id, Job.version == latest.c.version))
         .outerjoin(agg, agg.c.job_id == Job.id)
@@ -67,16 +76,22 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
     if filters.min_lung_rads:
         where.append(rank >= lung_rads_rank(filters.min_lung_rads))
     if filters.received_from:
-        where.append(Study.last_received_at >= datetime.combine(filters.received_from, time(),
-                                                                 tzinfo=UTC))
+        where.append(
+            Study.last_received_at >= datetime.combine(filters.received_from, time(), tzinfo=UTC)
+        )
     if filters.received_to:
         end = datetime.combine(filters.received_to, time(), tzinfo=UTC) + timedelta(days=1)
         where.append(Study.last_received_at < end)
     stmt = stmt.where(*where)
     rows = session.execute(  # one pass: the total comes with every row (window count)
-        stmt.order_by(rank.desc(), func.coalesce(agg.c.largest, -1.0).desc(),
-                      Study.last_received_at.asc(), Study.id.asc())
-        .offset(filters.offset).limit(min(filters.limit, MAX_LIMIT))
+        stmt.order_by(
+            rank.desc(),
+            func.coalesce(agg.c.largest, -1.0).desc(),
+            Study.last_received_at.asc(),
+            Study.id.asc(),
+        )
+        .offset(filters.offset)
+        .limit(min(filters.limit, MAX_LIMIT))
     ).all()
     if rows:
         total = rows[0].total
@@ -85,8 +100,9 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
     return {"total": total, "items": [_item(*row[:5]) for row in rows]}
 
 
-def _item(study: Study, job: Job | None, nodules: int, largest: float | None,
-          rank: int) -> dict[str, Any]:
+def _item(
+    study: Study, job: Job | None, nodules: int, largest: float | None, rank: int
+) -> dict[str, Any]:
     return {
         "study_uid": study.study_instance_uid,
         "patient_name": study.patient_name.replace("^", " ").strip(),

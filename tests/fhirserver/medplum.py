@@ -18,8 +18,14 @@ def ensure_installed() -> None:
     require(shutil.which("node") is not None and shutil.which("npm") is not None, "node and npm")
     if (HERE / "node_modules" / "@medplum" / "fhir-router").is_dir():
         return
-    result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     require(result.returncode == 0, f"npm ci for the Medplum test server: {result.stderr[-500:]}")
 
 
@@ -31,7 +37,9 @@ def running_medplum(log_path: Path) -> Iterator[str]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             ["node", "--experimental-websocket", str(HERE / "server.mjs"), str(port)],
-            cwd=HERE, stdout=log, stderr=subprocess.STDOUT,
+            cwd=HERE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         if not wait_port("127.0.0.1", port, timeout=60):

@@ -68,9 +68,7 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     # Search key for FHIR Patient references; kept in step with patient_id (see below).
-    patient_key: Mapped[str] = mapped_column(
-        String(32), default=_patient_key_default, index=True
-    )
+    patient_key: Mapped[str] = mapped_column(String(32), default=_patient_key_default, index=True)
     patient_name: Mapped[str] = mapped_column(String(324), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")

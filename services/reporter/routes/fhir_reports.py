@@ -45,8 +45,12 @@ def search_reports(
     page, count = report_statement(search)
     total = int(session.scalar(count) or 0)
     found = session.execute(page).all() if search.count else []
-    inputs = [ReportInput(job=job, study=study, findings=[], previous_job_id=previous,
-                          superseded_by=later) for job, study, previous, later in found]
+    inputs = [
+        ReportInput(
+            job=job, study=study, findings=[], previous_job_id=previous, superseded_by=later
+        )
+        for job, study, previous, later in found
+    ]
     cached = {} if include_results else {d.job.id: state.reports.cached_report(d) for d in inputs}
     misses = [d for d in inputs if cached.get(d.job.id) is None]
     complete = {d.job.id: d for d in fhir_repo.attach_findings(session=session, inputs=misses)}
@@ -61,8 +65,14 @@ def search_reports(
         matches.append(state.reports.report(full))
         if include_results:
             includes.extend(state.reports.observations(full))
-    audit_reads.search(session, actor=principal.subject, source=client_host(request),
-                       resource_type=TYPE, params=search.names, total=total)
+    audit_reads.search(
+        session,
+        actor=principal.subject,
+        source=client_host(request),
+        resource_type=TYPE,
+        params=search.names,
+        total=total,
+    )
     return searchset(request, settings, search, total, matches, includes)
 
 
@@ -77,6 +87,11 @@ def read_report(
     data = fhir_repo.get_report(session=session, report_id=report_id[:64])
     if data is None:
         raise ApiError(404, f"{TYPE}/{report_id[:64]} not found")
-    audit_reads.read(session, actor=principal.subject, source=client_host(request),
-                     resource_type=TYPE, ids=data.job.id)
+    audit_reads.read(
+        session,
+        actor=principal.subject,
+        source=client_host(request),
+        resource_type=TYPE,
+        ids=data.job.id,
+    )
     return resource_response(state.reports.report(data)[2])

@@ -50,14 +50,18 @@ def _capability(base: str, auth_open: bool, day: str) -> bytes:
 
 @router.get("/metadata", response_class=FhirResponse)
 def metadata(request: Request, settings: SettingsDep, state: StateDep) -> Response:
-    body = _capability(fhir_base(request, settings), state.authenticator.open,
-                       utcnow().date().isoformat())
+    body = _capability(
+        fhir_base(request, settings), state.authenticator.open, utcnow().date().isoformat()
+    )
     return resource_response(body)
 
 
 @router.get("/Observation", response_class=FhirResponse)
 def search_observations(
-    request: Request, session: SessionDep, settings: SettingsDep, state: StateDep,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    state: StateDep,
     who: ObservationSearcher,
 ) -> Response:
     search = parse_request(request, "Observation", OBSERVATION_SPEC)
@@ -66,12 +70,19 @@ def search_observations(
     rows = list(session.execute(page)) if search.count else []
     inputs = fhir_repo.report_inputs(session=session, rows=[(job, study) for _, job, study in rows])
     matches = [
-        state.reports.observations(data)[finding.index - 1] if _indexed(data) else
-        entry(observation_json(data, finding, local_links(data)))
+        state.reports.observations(data)[finding.index - 1]
+        if _indexed(data)
+        else entry(observation_json(data, finding, local_links(data)))
         for data, (finding, _, _) in zip(inputs, rows, strict=True)
     ]
-    audit_reads.search(session, actor=who.subject, source=client_host(request),
-                       resource_type="Observation", params=search.names, total=total)
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Observation",
+        params=search.names,
+        total=total,
+    )
     return searchset(request, settings, search, total, matches)
 
 
@@ -82,15 +93,23 @@ def _indexed(data: ReportInput) -> bool:
 
 @router.get("/Observation/{observation_id}", response_class=FhirResponse)
 def read_observation(
-    observation_id: str, request: Request, session: SessionDep, state: StateDep,
+    observation_id: str,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
     who: ObservationReader,
 ) -> Response:
     found = fhir_repo.get_observation(session=session, observation_id=observation_id[:80])
     if found is None:
         raise ApiError(404, f"Observation/{observation_id[:80]} not found")
     data, finding = found
-    audit_reads.read(session, actor=who.subject, source=client_host(request),
-                     resource_type="Observation", ids=observation_id)
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Observation",
+        ids=observation_id,
+    )
     if _indexed(data):
         return resource_response(state.reports.observations(data)[finding.index - 1][2])
     return resource_response(observation_json(data, finding, local_links(data)))
@@ -105,10 +124,17 @@ def search_imaging_studies(
     total = int(session.scalar(count) or 0)
     studies = list(session.scalars(page)) if search.count else []
     series = fhir_repo.series_infos(session=session, study_ids=[s.id for s in studies])
-    matches = [entry(build_imaging_study(s, series.get(s.id, [])).model_dump(mode="json"))
-               for s in studies]
-    audit_reads.search(session, actor=who.subject, source=client_host(request),
-                       resource_type="ImagingStudy", params=search.names, total=total)
+    matches = [
+        entry(build_imaging_study(s, series.get(s.id, [])).model_dump(mode="json")) for s in studies
+    ]
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="ImagingStudy",
+        params=search.names,
+        total=total,
+    )
     return searchset(request, settings, search, total, matches)
 
 
@@ -120,8 +146,13 @@ def read_imaging_study(
     if study is None:
         raise ApiError(404, "ImagingStudy not found")
     series = fhir_repo.series_infos(session=session, study_ids=[study.id])
-    audit_reads.read(session, actor=who.subject, source=client_host(request),
-                     resource_type="ImagingStudy", ids=study.study_instance_uid)
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="ImagingStudy",
+        ids=study.study_instance_uid,
+    )
     return resource_response(build_imaging_study(study, series.get(study.id, [])))
 
 
@@ -132,8 +163,13 @@ def read_patient(
     study = fhir_repo.get_patient(session=session, patient_key=patient_id[:64])
     if study is None:
         raise ApiError(404, "Patient not found")
-    audit_reads.read(session, actor=who.subject, source=client_host(request),
-                     resource_type="Patient", ids=study.patient_key)
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Patient",
+        ids=study.patient_key,
+    )
     return resource_response(build_patient(study))
 
 

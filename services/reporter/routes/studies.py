@@ -20,13 +20,17 @@ LungRads = Literal["0", "1", "2", "3", "4A", "4B", "4X"]
 
 
 def _audit_study(request: Request, session: SessionDep, who: ApiReaderDep, uid: str) -> None:
-    audit_reads.read(session, actor=who.subject, source=client_host(request),
-                     resource_type="Study", ids=uid)
+    audit_reads.read(
+        session, actor=who.subject, source=client_host(request), resource_type="Study", ids=uid
+    )
 
 
 @router.get("/studies/{study_uid}")
 def get_study(
-    study_uid: str, request: Request, session: SessionDep, settings: SettingsDep,
+    study_uid: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
     who: ApiReaderDep,
 ) -> dict[str, object]:
     view = study_view(session=session, settings=settings, study_uid=study_uid[:64])
@@ -49,7 +53,11 @@ def get_findings(
 
 @router.get("/studies/{study_uid}/key-images/{index}.png", response_class=FileResponse)
 def get_key_image(
-    study_uid: str, index: int, request: Request, session: SessionDep, settings: SettingsDep,
+    study_uid: str,
+    index: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
     who: ApiReaderDep,
 ) -> FileResponse:
     path = key_image(session=session, settings=settings, study_uid=study_uid[:64], index=index)
@@ -61,13 +69,21 @@ def get_key_image(
 
 @router.get("/jobs")
 def get_jobs(
-    request: Request, session: SessionDep, who: ApiReaderDep,
+    request: Request,
+    session: SessionDep,
+    who: ApiReaderDep,
     study: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> dict[str, object]:
     rows = query_jobs(session, study_uid=study, limit=limit)
-    audit_reads.search(session, actor=who.subject, source=client_host(request),
-                       resource_type="Job", params=request.query_params.keys(), total=len(rows))
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Job",
+        params=request.query_params.keys(),
+        total=len(rows),
+    )
     return {"jobs": rows}
 
 
@@ -85,12 +101,21 @@ def get_worklist(
 ) -> dict[str, object]:
     if status and status not in STATES:
         raise ApiError(400, f"status must be one of {', '.join(STATES)}")
-    filters = WorklistFilter(status=status or None, min_lung_rads=min_lung_rads,
-                             received_from=received_from, received_to=received_to,
-                             limit=limit, offset=offset)
+    filters = WorklistFilter(
+        status=status or None,
+        min_lung_rads=min_lung_rads,
+        received_from=received_from,
+        received_to=received_to,
+        limit=limit,
+        offset=offset,
+    )
     result = query_worklist(session=session, filters=filters)
-    audit_reads.search(session, actor=who.subject, source=client_host(request),
-                       resource_type="Worklist", params=request.query_params.keys(),
-                       total=result["total"])
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Worklist",
+        params=request.query_params.keys(),
+        total=result["total"],
+    )
     return result
-

@@ -99,8 +99,9 @@ def proxied(postgres_url: str) -> Iterator[tuple[Database, TcpProxy]]:
 
 def test_database_down_then_back(proxied, settings: Settings) -> None:
     db, proxy = proxied
-    with TestClient(create_app(settings, db), client=("127.0.0.1", 1),
-                    raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings, db), client=("127.0.0.1", 1), raise_server_exceptions=False
+    ) as client:
         assert client.get("/fhir/DiagnosticReport").status_code == 200
         proxy.stop()
         for path in ("/fhir/DiagnosticReport", "/api/worklist", "/fhir/Patient/abc"):

@@ -48,8 +48,10 @@ def schema_checksum(db: Database) -> str:
     if db.is_sqlite:
         sql = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
     else:
-        sql = ("SELECT table_name, column_name, data_type FROM information_schema.columns "
-               "WHERE table_schema = 'public' ORDER BY table_name, column_name")
+        sql = (
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, column_name"
+        )
     with db.engine.connect() as conn:
         rows = conn.execute(text(sql)).all()
     return hashlib.sha256(repr(rows).encode()).hexdigest()
@@ -62,8 +64,9 @@ def app_db(database_url: str, settings: Settings) -> Iterator[tuple[TestClient, 
     with db.session() as session:
         seeded = seed_reports(session)
     configured = settings.model_copy(update={"database_url": database_url})
-    with TestClient(create_app(configured, db), client=("127.0.0.1", 1),
-                    raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(configured, db), client=("127.0.0.1", 1), raise_server_exceptions=False
+    ) as client:
         yield client, db, seeded
     db.dispose()
 

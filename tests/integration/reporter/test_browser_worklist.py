@@ -26,8 +26,14 @@ from tests.services import require
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "browser-token-0123456789abcdef"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 HOSTILE_NAME = "<img src=x onerror=alert(1)>^Mallory"
 
 
@@ -56,10 +62,16 @@ def site(db: Database, settings: Settings) -> Iterator[tuple[str, dict, Database
         seeded = seed_reports(session)
         odd = make_study(session, patient_id="PAT-X", patient_name=HOSTILE_NAME)
         make_job(session, odd, findings=[finding_spec(diameter_mm=5.0, lung_rads="2")])
-        make_delivery(session, seeded["b1"].job, kind="sr", state="delivered",
-                      target="ORTHANC@127.0.0.1:4242")
-        make_delivery(session, seeded["b1"].job, kind="fhir", state="delivered",
-                      target="http://his.example/fhir")
+        make_delivery(
+            session, seeded["b1"].job, kind="sr", state="delivered", target="ORTHANC@127.0.0.1:4242"
+        )
+        make_delivery(
+            session,
+            seeded["b1"].job,
+            kind="fhir",
+            state="delivered",
+            target="http://his.example/fhir",
+        )
     uid = seeded["b1"].study.study_instance_uid
     folder = settings.outbox_dir / uid / "v1"
     folder.mkdir(parents=True)
@@ -89,8 +101,9 @@ def test_worklist_and_study_page(browser, site, tmp_path: Path) -> None:
     first = rows.nth(0)
     assert first.locator(".rads").inner_text() == "4B"
     assert "Baker Bob" in first.inner_text()
-    assert first.locator(".rads").evaluate("e => getComputedStyle(e).backgroundColor") != \
-        rows.nth(3).locator(".rads").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert first.locator(".rads").evaluate("e => getComputedStyle(e).backgroundColor") != rows.nth(
+        3
+    ).locator(".rads").evaluate("e => getComputedStyle(e).backgroundColor")
     categories = [rows.nth(i).locator(".rads").inner_text() for i in range(rows.count())]
     assert categories[:4] == ["4B", "4A", "2", "1"]
     assert HOSTILE_NAME.replace("^", " ") in page.locator("#worklist").inner_text()
@@ -102,7 +115,8 @@ def test_worklist_and_study_page(browser, site, tmp_path: Path) -> None:
         make_job(session, urgent, findings=[finding_spec(diameter_mm=31.0, lung_rads="4X")])
     page.wait_for_function(
         "() => document.querySelector('#worklist tbody tr .rads').textContent === '4X'",
-        timeout=15_000)
+        timeout=15_000,
+    )
     assert "Urgent Una" in rows.nth(0).inner_text()
 
     page.select_option("select[name=min_lung_rads]", "4A")

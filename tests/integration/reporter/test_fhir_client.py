@@ -55,17 +55,22 @@ def test_fhirclient_reads_reports_by_patient_and_accession(smart) -> None:
     assert report.category[0].coding[0].code == "RAD"
     assert report.conclusionCode[0].coding[0].code == "4B"
 
-    by_accession = list(DiagnosticReport.where(
-        struct={"based-on:identifier": "ACC-A1"}).perform_resources_iter(server))
+    by_accession = list(
+        DiagnosticReport.where(struct={"based-on:identifier": "ACC-A1"}).perform_resources_iter(
+            server
+        )
+    )
     assert sorted(r.status for r in by_accession) == ["amended", "final"]
-    by_identifier = list(DiagnosticReport.where(
-        struct={"identifier": "ACC-B2"}).perform_resources_iter(server))
+    by_identifier = list(
+        DiagnosticReport.where(struct={"identifier": "ACC-B2"}).perform_resources_iter(server)
+    )
     assert [r.id for r in by_identifier] == [seeded["b2"].job.id]
 
     observation = Observation.read(report.result[0].reference.split("/")[1], server)
     assert observation.bodySite.coding[0].code == "39607008"
-    diameters = [c.valueQuantity.value for c in observation.component
-                 if c.code.coding[0].code == "81827009"]
+    diameters = [
+        c.valueQuantity.value for c in observation.component if c.code.coding[0].code == "81827009"
+    ]
     assert diameters == [16.0]
     patient = Patient.read(b_key, server)
     assert patient.name[0].family == "Baker"

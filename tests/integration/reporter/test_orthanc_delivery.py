@@ -84,15 +84,20 @@ def test_sr_seg_and_key_images_end_up_in_orthanc(
     reporter, broker = start_reporter(db, settings)
     try:
         publish(broker, job_id, series.study_uid)
-        assert wait_for(lambda: rows(db, job_id) != {} and all(
-            r.state == "delivered" for r in rows(db, job_id).values()))
+        assert wait_for(
+            lambda: (
+                rows(db, job_id) != {}
+                and all(r.state == "delivered" for r in rows(db, job_id).values())
+            )
+        )
     finally:
         reporter.stop()
     assert set(rows(db, job_id)) == {"sr", "seg", "key-image-1", "key-image-2"}
     sr_series = find(orthanc, series.study_uid, "SR", level="Series")
     assert len(sr_series) == 1
-    studies = orthanc.post("/tools/find", {"Level": "Study",
-                                           "Query": {"StudyInstanceUID": series.study_uid}})
+    studies = orthanc.post(
+        "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": series.study_uid}}
+    )
     assert isinstance(studies, list) and len(studies) == 1
     listed = orthanc.get(f"/studies/{studies[0]}/series?expand")
     assert isinstance(listed, list)
@@ -110,8 +115,11 @@ def test_orthanc_down_then_back_delivers_exactly_once(
     orthanc: Orthanc, db: Database, settings: Settings
 ) -> None:
     settings = settings.model_copy(
-        update={"pacs": orthanc.address, "delivery_backoff_seconds": 0.3,
-                "delivery_max_attempts": 30}
+        update={
+            "pacs": orthanc.address,
+            "delivery_backoff_seconds": 0.3,
+            "delivery_max_attempts": 30,
+        }
     )
     series = nodule_series()
     job_id = seed_reporting_job(db, settings.storage_dir, series)
@@ -120,8 +128,12 @@ def test_orthanc_down_then_back_delivers_exactly_once(
     reporter, broker = start_reporter(db, settings)
     try:
         publish(broker, job_id, series.study_uid)
-        assert wait_for(lambda: rows(db, job_id) != {} and all(
-            r.attempts >= 2 for r in rows(db, job_id).values()), timeout=30)
+        assert wait_for(
+            lambda: (
+                rows(db, job_id) != {} and all(r.attempts >= 2 for r in rows(db, job_id).values())
+            ),
+            timeout=30,
+        )
         down = rows(db, job_id)
         assert {r.state for r in down.values()} == {"pending"}
         assert all("connection failed" in r.last_error for r in down.values())
@@ -130,8 +142,9 @@ def test_orthanc_down_then_back_delivers_exactly_once(
         assert wait_for(lambda: all(r.state == "delivered" for r in rows(db, job_id).values()))
         # A re-send of the same instances (e.g. a crash before the row was marked)
         with db.session() as session:
-            session.execute(update(Delivery).where(Delivery.job_id == job_id)
-                            .values(state="pending"))
+            session.execute(
+                update(Delivery).where(Delivery.job_id == job_id).values(state="pending")
+            )
         reporter.dispatcher.wake()
         assert wait_for(lambda: all(r.state == "delivered" for r in rows(db, job_id).values()))
     finally:

@@ -59,7 +59,8 @@ class FakePacs:
             ae.require_calling_aet = require_calling_aet
         self.port = free_port()
         self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False,
+            ("127.0.0.1", self.port),
+            block=False,
             evt_handlers=[(evt.EVT_C_STORE, self.handle)],
         )
 
@@ -83,8 +84,12 @@ def pacs() -> Iterator[FakePacs]:
 def sr_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     series = nodule_series(spheres=[])
     headers, findings = build_inputs(series)
-    sr = build_sr(source_images=headers, findings=findings, algorithm=Algorithm("m", "1"),
-                  uids=OutputUids(series.study_uid, 1))
+    sr = build_sr(
+        source_images=headers,
+        findings=findings,
+        algorithm=Algorithm("m", "1"),
+        uids=OutputUids(series.study_uid, 1),
+    )
     path = tmp_path_factory.mktemp("sr") / "sr.dcm"
     path.write_bytes(dataset_bytes(sr))
     return path
@@ -150,8 +155,7 @@ def test_missing_artefact_is_rebuilt_and_sent(
     sr_path = settings.outbox_dir / series.study_uid / "v1" / "sr.dcm"
     sr_path.unlink()
     send = dicom_sender(settings, rebuild=consumer.rebuild, timeouts=FAST)
-    task = DeliveryTask(1, job_id, "sr", str(pacs.address), f"{series.study_uid}/v1/sr.dcm",
-                        "", 0)
+    task = DeliveryTask(1, job_id, "sr", str(pacs.address), f"{series.study_uid}/v1/sr.dcm", "", 0)
     outcome = send(task)
     assert outcome.ok
     assert pacs.received == [OutputUids(series.study_uid, 1).sr_instance]

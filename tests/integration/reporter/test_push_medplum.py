@@ -24,8 +24,11 @@ def test_push_is_readable_and_idempotent(medplum: str, db: Database, settings: S
     settings = settings.model_copy(update={"fhir_push_url": medplum})
     with db.session() as session:
         study = make_study(session, patient_id="PUSH-1", accession="ACC-PUSH")
-        made = make_job(session, study, findings=[
-            finding_spec(diameter_mm=12.0, lung_rads="4A"), finding_spec(lung_rads="2")])
+        made = make_job(
+            session,
+            study,
+            findings=[finding_spec(diameter_mm=12.0, lung_rads="4A"), finding_spec(lung_rads="2")],
+        )
     job_id = made.job.id
 
     first = push_report(db, settings, job_id)
@@ -33,8 +36,9 @@ def test_push_is_readable_and_idempotent(medplum: str, db: Database, settings: S
     again = push_report(db, settings, job_id)
     assert again.ok and again.detail == first.detail  # same server-side report
 
-    search = httpx.get(f"{medplum}/DiagnosticReport",
-                       params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+    search = httpx.get(
+        f"{medplum}/DiagnosticReport", params={"identifier": f"urn:noduleflow:report|{job_id}"}
+    ).json()
     assert search["total"] == 1
     report = search["entry"][0]["resource"]
     assert report["status"] == "final"
@@ -56,8 +60,9 @@ def test_unknown_job_is_permanent(medplum: str, db: Database, settings: Settings
     assert not outcome.ok and not outcome.retry
 
 
-def test_served_resources_pass_medplum_r4_validation(medplum: str, db: Database,
-                                                     settings: Settings) -> None:
+def test_served_resources_pass_medplum_r4_validation(
+    medplum: str, db: Database, settings: Settings
+) -> None:
     """Everything the API serves is valid R4 per Medplum's structural validator."""
     from fastapi.testclient import TestClient
 
@@ -88,8 +93,9 @@ def test_served_resources_pass_medplum_r4_validation(medplum: str, db: Database,
         assert errors == [], (body["resourceType"], errors)
 
 
-def test_delivery_outbox_pushes_through_dispatcher(medplum: str, db: Database,
-                                                   settings: Settings) -> None:
+def test_delivery_outbox_pushes_through_dispatcher(
+    medplum: str, db: Database, settings: Settings
+) -> None:
     """The reporter's own delivery path: a pending ``fhir`` row → dispatcher → Medplum."""
     from sqlalchemy import select
 
@@ -107,13 +113,15 @@ def test_delivery_outbox_pushes_through_dispatcher(medplum: str, db: Database,
     with db.session() as session:
         row = session.scalar(select(Delivery).where(Delivery.job_id == job_id))
         assert row is not None and row.state == "delivered", (row.state, row.last_error)
-    found = httpx.get(f"{medplum}/DiagnosticReport",
-                      params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+    found = httpx.get(
+        f"{medplum}/DiagnosticReport", params={"identifier": f"urn:noduleflow:report|{job_id}"}
+    ).json()
     assert found["total"] == 1
 
 
-def test_amended_report_marks_the_old_one_superseded(medplum: str, db: Database,
-                                                     settings: Settings) -> None:
+def test_amended_report_marks_the_old_one_superseded(
+    medplum: str, db: Database, settings: Settings
+) -> None:
     settings = settings.model_copy(update={"fhir_push_url": medplum})
     with db.session() as session:
         study = make_study(session, patient_id="AMEND-1")
@@ -121,13 +129,15 @@ def test_amended_report_marks_the_old_one_superseded(medplum: str, db: Database,
     assert push_report(db, settings, first).ok
     with db.session() as session:
         study = session.merge(study)
-        second = make_job(session, study, version=2,
-                          findings=[finding_spec(), finding_spec(lung_rads="4B")]).job.id
+        second = make_job(
+            session, study, version=2, findings=[finding_spec(), finding_spec(lung_rads="4B")]
+        ).job.id
     assert push_report(db, settings, second).ok
 
     def remote(job_id: str) -> dict:
-        found = httpx.get(f"{medplum}/DiagnosticReport",
-                          params={"identifier": f"urn:noduleflow:report|{job_id}"}).json()
+        found = httpx.get(
+            f"{medplum}/DiagnosticReport", params={"identifier": f"urn:noduleflow:report|{job_id}"}
+        ).json()
         assert found["total"] == 1
         return found["entry"][0]["resource"]
 

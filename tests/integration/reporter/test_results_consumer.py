@@ -28,10 +28,12 @@ from tests.services import free_port, port_open, wait_port
 pytestmark = pytest.mark.integration
 
 
-def message(job_id: str, study_uid: str, status: str = "done", reason: str | None = None,
-            findings: int = 1) -> Delivered:
-    body = StudyResult(job_id=job_id, study_instance_uid=study_uid, status=status,
-                       reason=reason, findings=findings).to_json()
+def message(
+    job_id: str, study_uid: str, status: str = "done", reason: str | None = None, findings: int = 1
+) -> Delivered:
+    body = StudyResult(
+        job_id=job_id, study_instance_uid=study_uid, status=status, reason=reason, findings=findings
+    ).to_json()
     return Delivered(body.encode(), job_id, STUDY_RESULT, False)
 
 
@@ -136,9 +138,7 @@ def test_failed_or_skipped_jobs_get_no_report(
     assert deliveries(db, job_id) == []
 
 
-def test_missing_source_file_fails_the_job_with_a_reason(
-    db: Database, settings: Settings
-) -> None:
+def test_missing_source_file_fails_the_job_with_a_reason(db: Database, settings: Settings) -> None:
     series = nodule_series()
     job_id = seed_reporting_job(db, settings.storage_dir, series)
     series.paths[3].unlink()
@@ -201,8 +201,9 @@ def test_reporter_on_rabbitmq_and_postgresql(
 ) -> None:
     db = Database(postgres_url)
     db.upgrade()
-    settings = Settings(database_url=postgres_url, storage_dir=tmp_path / "storage",
-                        outbox_dir=tmp_path / "outbox")
+    settings = Settings(
+        database_url=postgres_url, storage_dir=tmp_path / "storage", outbox_dir=tmp_path / "outbox"
+    )
     series = nodule_series()
     job_id = seed_reporting_job(db, settings.storage_dir, series)
     reporter = build_reporter(settings, db, rabbit_broker, poll_seconds=0.2)
@@ -250,8 +251,9 @@ def test_reporter_command_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
         "NODULEFLOW_BROKER_URL": "",
     }
     exe = Path(sys.executable).with_name("noduleflow")
-    process = subprocess.Popen([str(exe), "reporter"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [str(exe), "reporter"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         assert wait_port("127.0.0.1", port, timeout=60)
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200

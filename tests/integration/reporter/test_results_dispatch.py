@@ -28,8 +28,13 @@ def test_two_dispatchers_send_each_row_once(postgres_url: str) -> None:
     job = seed_bare_job(db)
     with db.session() as session:
         for index in range(20):
-            upsert_delivery(session, job_id=job, kind=f"key-image-{index}",
-                            target="PACS@127.0.0.1:104", path=f"x/key-{index}.dcm")
+            upsert_delivery(
+                session,
+                job_id=job,
+                kind=f"key-image-{index}",
+                target="PACS@127.0.0.1:104",
+                path=f"x/key-{index}.dcm",
+            )
     sent: list[int] = []
     workers: set[str] = set()
     lock = threading.Lock()

@@ -58,7 +58,8 @@ def test_truth_matches_label_map(case: PhantomCase) -> None:
         assert n.long_axis_mm >= n.short_axis_mm > 0
         assert n.diameter_mm == pytest.approx((n.long_axis_mm + n.short_axis_mm) / 2, abs=0.01)
         assert n.equivalent_diameter_mm == pytest.approx(
-            np.cbrt(6 * n.volume_mm3 / np.pi), abs=0.01)
+            np.cbrt(6 * n.volume_mm3 / np.pi), abs=0.01
+        )
         assert case.lungs[tuple(where.T)].mean() > 0.8, "nodules sit in the lungs"
         assert n.kind in ("solid", "part-solid", "ground-glass")
         assert n.location in ("isolated", "juxtapleural", "juxtavascular")
@@ -68,15 +69,25 @@ def test_truth_matches_label_map(case: PhantomCase) -> None:
 def test_nodule_density_follows_kind() -> None:
     seen: dict[str, list[float]] = {}
     for seed in range(20, 27):
-        c = generate_case(seed, nodules=3, matrix=96, slices=40, thickness=1.0,
-                          min_diameter_mm=10.0, max_diameter_mm=20.0)
+        c = generate_case(
+            seed,
+            nodules=3,
+            matrix=96,
+            slices=40,
+            thickness=1.0,
+            min_diameter_mm=10.0,
+            max_diameter_mm=20.0,
+        )
         for n in c.nodules:
             seen.setdefault(n.kind, []).append(n.mean_hu)
     assert set(seen) == {"solid", "part-solid", "ground-glass"}
     assert np.median(seen["solid"]) > -200
     assert np.median(seen["ground-glass"]) < -350
-    assert np.median(seen["solid"]) > np.median(seen["part-solid"]) > np.median(
-        seen["ground-glass"]) - 50
+    assert (
+        np.median(seen["solid"])
+        > np.median(seen["part-solid"])
+        > np.median(seen["ground-glass"]) - 50
+    )
 
 
 def test_no_nodule_case_has_empty_labels() -> None:
@@ -96,8 +107,9 @@ def test_dicom_round_trip(tmp_path: Path, seed: int) -> None:
     assert len(case.volume.sop_uids) == 36
     datasets = _read(result.files)
     by_position = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
-    hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
-                   for d in by_position]).astype(np.float32)
+    hu = np.stack(
+        [d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in by_position]
+    ).astype(np.float32)
     assert np.abs(hu - case.volume.hu).max() <= 0.5
     first = by_position[0]
     assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
@@ -107,9 +119,20 @@ def test_dicom_round_trip(tmp_path: Path, seed: int) -> None:
     assert first.Manufacturer == "noduleflow-phantom"
     assert first.SeriesInstanceUID == result.series_uid
     assert first.StudyInstanceUID == result.study_uid
-    for key in ("PatientName", "PatientID", "AccessionNumber", "StudyDate",
-                "FrameOfReferenceUID", "SliceThickness", "SpacingBetweenSlices", "KVP",
-                "ConvolutionKernel", "WindowCenter", "WindowWidth", "PixelPaddingValue"):
+    for key in (
+        "PatientName",
+        "PatientID",
+        "AccessionNumber",
+        "StudyDate",
+        "FrameOfReferenceUID",
+        "SliceThickness",
+        "SpacingBetweenSlices",
+        "KVP",
+        "ConvolutionKernel",
+        "WindowCenter",
+        "WindowWidth",
+        "PixelPaddingValue",
+    ):
         assert key in first, key
     assert tuple(d.SOPInstanceUID for d in by_position) == case.volume.sop_uids
     assert first[0x0028, 0x0120].value == case.meta["scanner"]["padding_stored"]  # type: ignore[index]
@@ -127,8 +150,7 @@ def test_dicom_variations_across_seeds(tmp_path: Path) -> None:
         c = generate_case(seed, nodules=0, matrix=48, slices=6)
         result = write_case(c, tmp_path / str(seed), seed=seed)
         datasets = _read(result.files)
-        representations.add((datasets[0].PixelRepresentation,
-                             float(datasets[0].RescaleIntercept)))
+        representations.add((datasets[0].PixelRepresentation, float(datasets[0].RescaleIntercept)))
         ordered = sorted(datasets, key=lambda d: int(d.InstanceNumber))
         z = [float(d.ImagePositionPatient[2]) for d in ordered]
         steps = np.sign(np.diff(z))
@@ -147,8 +169,9 @@ def test_dicom_variations_across_seeds(tmp_path: Path) -> None:
 
 def test_cli_writes_series(tmp_path: Path) -> None:
     out = tmp_path / "ph"
-    result = CliRunner().invoke(app, ["phantom", str(out), "--seed", "3", "--nodules", "1",
-                                      "--slices", "12"])
+    result = CliRunner().invoke(
+        app, ["phantom", str(out), "--seed", "3", "--nodules", "1", "--slices", "12"]
+    )
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.dcm"))) == 12
     truth = json.loads((out / "truth.json").read_text())

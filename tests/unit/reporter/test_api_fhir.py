@@ -39,7 +39,13 @@ def test_metadata(client: TestClient) -> None:
     types = {r["type"]: r for r in body["rest"][0]["resource"]}
     assert set(types) == {"DiagnosticReport", "Observation", "ImagingStudy", "Patient", "Device"}
     assert {p["name"] for p in types["DiagnosticReport"]["searchParam"]} >= {
-        "patient", "identifier", "based-on", "status", "date", "_lastUpdated"}
+        "patient",
+        "identifier",
+        "based-on",
+        "status",
+        "date",
+        "_lastUpdated",
+    }
 
 
 def test_search_by_patient_identifier_and_accession(client: TestClient, seeded) -> None:
@@ -68,18 +74,21 @@ def test_status_amended_and_superseded(client: TestClient, seeded) -> None:
     assert finals["total"] == 3
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("date=2026-02-20", {"b1"}),
-    ("date=ge2026-03", {"b2"}),
-    ("date=lt2026-02-20", {"a1", "a1v2"}),
-    ("date=le2026-02-20", {"a1", "a1v2", "b1"}),
-    ("date=gt2026-02-20", {"b2"}),
-    ("date=ne2026-02-20", {"a1", "a1v2", "b2"}),
-    ("date=2026", {"a1", "a1v2", "b1", "b2"}),
-    ("date=ge2026-01-01&date=lt2026-03-01", {"a1", "a1v2", "b1"}),
-    ("_lastUpdated=gt2030-01-01", set()),
-    ("_lastUpdated=ge2026-01-01T00:00:00Z", {"a1", "a1v2", "b1", "b2"}),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("date=2026-02-20", {"b1"}),
+        ("date=ge2026-03", {"b2"}),
+        ("date=lt2026-02-20", {"a1", "a1v2"}),
+        ("date=le2026-02-20", {"a1", "a1v2", "b1"}),
+        ("date=gt2026-02-20", {"b2"}),
+        ("date=ne2026-02-20", {"a1", "a1v2", "b2"}),
+        ("date=2026", {"a1", "a1v2", "b1", "b2"}),
+        ("date=ge2026-01-01&date=lt2026-03-01", {"a1", "a1v2", "b1"}),
+        ("_lastUpdated=gt2030-01-01", set()),
+        ("_lastUpdated=ge2026-01-01T00:00:00Z", {"a1", "a1v2", "b1", "b2"}),
+    ],
+)
 def test_date_prefixes(client: TestClient, seeded, query: str, expected: set[str]) -> None:
     res = client.get(f"/fhir/DiagnosticReport?{query}")
     assert res.status_code == 200, res.text
@@ -105,8 +114,7 @@ def test_include_results(client: TestClient, seeded) -> None:
     from fhir.resources.R4B.bundle import Bundle
 
     job = seeded["a1"].job.id
-    bundle = client.get(
-        f"/fhir/DiagnosticReport?_id={job}&_include=DiagnosticReport:result").json()
+    bundle = client.get(f"/fhir/DiagnosticReport?_id={job}&_include=DiagnosticReport:result").json()
     Bundle.model_validate(bundle)  # the whole searchset, entries included
     included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
     assert included == [f"{job}-1", f"{job}-2"]
@@ -124,20 +132,30 @@ def test_reads(client: TestClient, seeded) -> None:
     assert patient["name"][0]["family"] == "Baker"
     study = client.get(f"/fhir/{report.json()['imagingStudy'][0]['reference']}").json()
     assert study["numberOfInstances"] == 3
-    found = client.get("/fhir/Observation", params={
-        "derived-from": report.json()["imagingStudy"][0]["reference"]}).json()
+    found = client.get(
+        "/fhir/Observation", params={"derived-from": report.json()["imagingStudy"][0]["reference"]}
+    ).json()
     assert ids(found) == [f"{made.job.id}-1"]
     by_code = client.get("/fhir/Observation?code=http://snomed.info/sct|27925004").json()
     assert by_code["total"] == 4
-    studies = client.get("/fhir/ImagingStudy", params={
-        "identifier": f"urn:dicom:uid|urn:oid:{made.study.study_instance_uid}"}).json()
+    studies = client.get(
+        "/fhir/ImagingStudy",
+        params={"identifier": f"urn:dicom:uid|urn:oid:{made.study.study_instance_uid}"},
+    ).json()
     assert ids(studies) == [made.study.study_instance_uid]
 
 
-@pytest.mark.parametrize("path", [
-    "/fhir/DiagnosticReport/nope", "/fhir/Observation/x-1", "/fhir/Patient/abc",
-    "/fhir/Device/abc", "/fhir/ImagingStudy/1.2.3", "/fhir/Nothing",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fhir/DiagnosticReport/nope",
+        "/fhir/Observation/x-1",
+        "/fhir/Patient/abc",
+        "/fhir/Device/abc",
+        "/fhir/ImagingStudy/1.2.3",
+        "/fhir/Nothing",
+    ],
+)
 def test_not_found_is_operation_outcome(client: TestClient, seeded, path: str) -> None:
     res = client.get(path)
     assert res.status_code == 404
@@ -149,12 +167,24 @@ def test_failed_and_pending_jobs_have_no_report(client: TestClient, seeded) -> N
         assert client.get(f"/fhir/DiagnosticReport/{seeded[key].job.id}").status_code == 404
 
 
-@pytest.mark.parametrize("query", [
-    "patient=1' OR '1'='1", "_sort=id;DROP TABLE x", "_count=-1", "_count=abc",
-    "unknown=1", "patient=" + "A" * 10_000, "date=2026-13-45", "status:text=final",
-    "_include=DiagnosticReport:subject", "_offset=-5", "identifier=" + "x," * 40,
-    "patient=Patient/../../etc", "date=xx2026",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient=1' OR '1'='1",
+        "_sort=id;DROP TABLE x",
+        "_count=-1",
+        "_count=abc",
+        "unknown=1",
+        "patient=" + "A" * 10_000,
+        "date=2026-13-45",
+        "status:text=final",
+        "_include=DiagnosticReport:subject",
+        "_offset=-5",
+        "identifier=" + "x," * 40,
+        "patient=Patient/../../etc",
+        "date=xx2026",
+    ],
+)
 def test_hostile_parameters_are_400(client: TestClient, seeded, query: str) -> None:
     res = client.get(f"/fhir/DiagnosticReport?{query}")
     assert res.status_code == 400, (query, res.status_code, res.text[:200])
@@ -212,8 +242,9 @@ def test_unexpected_error_is_generic_500(db: Database, settings: Settings) -> No
     assert "secret" not in res.text and "Traceback" not in res.text
 
 
-def test_search_statement_count_does_not_grow_with_results(db: Database, settings: Settings,
-                                                           seeded) -> None:
+def test_search_statement_count_does_not_grow_with_results(
+    db: Database, settings: Settings, seeded
+) -> None:
     """No N+1: the same number of SQL statements for 1 report as for a page of many."""
     from sqlalchemy import event
 
@@ -227,8 +258,12 @@ def test_search_statement_count_does_not_grow_with_results(db: Database, setting
         with TestClient(create_app(settings, db), client=("127.0.0.1", 1)) as c:
             job = seeded["b1"].job.id
             sizes = []
-            for query in (f"_id={job}", "_count=50", f"_id={job}&_include=DiagnosticReport:result",
-                          "_count=50&_include=DiagnosticReport:result"):
+            for query in (
+                f"_id={job}",
+                "_count=50",
+                f"_id={job}&_include=DiagnosticReport:result",
+                "_count=50&_include=DiagnosticReport:result",
+            ):
                 statements.clear()
                 assert c.get(f"/fhir/DiagnosticReport?{query}").status_code == 200
                 sizes.append(len(statements))

@@ -26,25 +26,40 @@ def seeded(db: Database) -> dict[str, Made]:
     with db.session() as session:
         made = seed_reports(session)
         make_delivery(session, made["b1"].job, kind="sr", state="delivered")
-        make_delivery(session, made["b1"].job, kind="fhir", state="failed",
-                      target="http://his/fhir")
+        make_delivery(
+            session, made["b1"].job, kind="fhir", state="failed", target="http://his/fhir"
+        )
         return made
 
 
 @pytest.fixture
 def client(db: Database, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db), client=("127.0.0.1", 1),
-                    raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings, db), client=("127.0.0.1", 1), raise_server_exceptions=False
+    ) as c:
         yield c
 
 
 def test_findings_shape_is_design_md(client: TestClient, seeded) -> None:
     uid = seeded["b1"].study.study_instance_uid
     body = client.get(f"/api/studies/{uid}/findings").json()
-    assert body == {"study_uid": uid, "status": "done", "findings": [{
-        "center_mm": [-60.5, 20.25, -110.0], "diameter_mm": 16.0, "long_axis_mm": 8.2,
-        "short_axis_mm": 6.8, "volume_mm3": 220.9, "mean_hu": -20.0, "kind": "solid",
-        "confidence": 0.93, "lung_rads": "4B"}]}
+    assert body == {
+        "study_uid": uid,
+        "status": "done",
+        "findings": [
+            {
+                "center_mm": [-60.5, 20.25, -110.0],
+                "diameter_mm": 16.0,
+                "long_axis_mm": 8.2,
+                "short_axis_mm": 6.8,
+                "volume_mm3": 220.9,
+                "mean_hu": -20.0,
+                "kind": "solid",
+                "confidence": 0.93,
+                "lung_rads": "4B",
+            }
+        ],
+    }
     latest = client.get(f"/api/studies/{seeded['a1'].study.study_instance_uid}/findings").json()
     assert [f["diameter_mm"] for f in latest["findings"]] == [9.5]  # version 2 supersedes
     pending = client.get(f"/api/studies/{seeded['d1'].study.study_instance_uid}/findings").json()
@@ -63,8 +78,10 @@ def test_study_detail(client: TestClient, seeded, settings: Settings) -> None:
     assert body["series"][0]["instances"] == 3
     assert [j["state"] for j in body["jobs"]] == ["done"]
     assert body["jobs"][0]["timings"]["inference"] == 3.1
-    assert {(d["kind"], d["state"]) for d in body["deliveries"]} == {("sr", "delivered"),
-                                                                    ("fhir", "failed")}
+    assert {(d["kind"], d["state"]) for d in body["deliveries"]} == {
+        ("sr", "delivered"),
+        ("fhir", "failed"),
+    }
     assert body["findings"][0]["key_image"] == f"/api/studies/{uid}/key-images/1.png"
     assert body["fhir"]["report"] == f"/fhir/DiagnosticReport/{made.job.id}"
     image = client.get(f"/api/studies/{uid}/key-images/1.png")
@@ -81,8 +98,14 @@ def test_worklist_order_and_filters(client: TestClient, seeded, db: Database) ->
         make_job(session, extra, findings=[finding_spec(diameter_mm=20.0, lung_rads="4B")])
     items = client.get("/api/worklist").json()["items"]
     order = [(i["lung_rads"], i["largest_mm"], i["status"]) for i in items]
-    assert order == [("4B", 20.0, "done"), ("4B", 16.0, "done"), ("4A", 9.5, "done"),
-                     ("1", None, "done"), (None, None, "failed"), (None, None, "inferring")]
+    assert order == [
+        ("4B", 20.0, "done"),
+        ("4B", 16.0, "done"),
+        ("4A", 9.5, "done"),
+        ("1", None, "done"),
+        (None, None, "failed"),
+        (None, None, "inferring"),
+    ]
     assert items[0]["nodules"] == 1 and items[3]["nodules"] == 0
     assert items[4]["reason"] == "no axial CT series"
     high = client.get("/api/worklist?min_lung_rads=4A").json()
@@ -126,8 +149,9 @@ def test_health_ready_metrics(client: TestClient, seeded) -> None:
     assert "noduleflow_database_up 1.0" in text
 
 
-def test_queue_depth_and_broker_readiness(db: Database, settings: Settings,
-                                          inprocess_broker) -> None:
+def test_queue_depth_and_broker_readiness(
+    db: Database, settings: Settings, inprocess_broker
+) -> None:
     inprocess_broker.publish("study.ready", "{}", "m1")
     with TestClient(create_app(settings, db, inprocess_broker), client=("127.0.0.1", 1)) as c:
         assert 'noduleflow_queue_depth{queue="noduleflow.inference"} 1.0' in c.get("/metrics").text

@@ -62,8 +62,14 @@ class ScriptedSender:
 
 def add_row(db: Database, job_id: str, kind: str = "sr", target: str = "PACS@h:1") -> int:
     with db.session() as session:
-        row = upsert_delivery(session, job_id=job_id, kind=kind, target=target,
-                              path="/x/sr.dcm", sop_instance_uid="1.2.3")
+        row = upsert_delivery(
+            session,
+            job_id=job_id,
+            kind=kind,
+            target=target,
+            path="/x/sr.dcm",
+            sop_instance_uid="1.2.3",
+        )
         session.flush()
         return row.id
 
@@ -147,8 +153,14 @@ def test_upsert_never_duplicates_and_written_rows_are_not_sent(db: Database) -> 
     job = seed_bare_job(db)
     with db.session() as session:
         for _ in range(3):
-            upsert_delivery(session, job_id=job, kind="sr", target="/outbox/x/v1",
-                            path="/outbox/x/v1/sr.dcm", written=True)
+            upsert_delivery(
+                session,
+                job_id=job,
+                kind="sr",
+                target="/outbox/x/v1",
+                path="/outbox/x/v1/sr.dcm",
+                written=True,
+            )
             session.flush()
     with db.session() as session:
         rows = session.scalars(select(Delivery)).all()

@@ -11,15 +11,28 @@ from services.reporter import fhir_entities as fe
 from tests.api_factories import finding_spec, make_job, make_study
 
 
-def _input(db: Database, *, name: str = "Doe^Jane", findings: int = 2, previous: str | None = None,
-           superseded_by: str | None = None) -> fb.ReportInput:
+def _input(
+    db: Database,
+    *,
+    name: str = "Doe^Jane",
+    findings: int = 2,
+    previous: str | None = None,
+    superseded_by: str | None = None,
+) -> fb.ReportInput:
     with db.session() as session:
         study = make_study(session, patient_name=name, accession="ACC-77")
-        specs = [finding_spec(diameter_mm=5.0 + i, lung_rads=["2", "4A", "3"][i % 3])
-                 for i in range(findings)]
+        specs = [
+            finding_spec(diameter_mm=5.0 + i, lung_rads=["2", "4A", "3"][i % 3])
+            for i in range(findings)
+        ]
         made = make_job(session, study, findings=specs)
-    return fb.ReportInput(job=made.job, study=made.study, findings=made.findings,
-                          previous_job_id=previous, superseded_by=superseded_by)
+    return fb.ReportInput(
+        job=made.job,
+        study=made.study,
+        findings=made.findings,
+        previous_job_id=previous,
+        superseded_by=superseded_by,
+    )
 
 
 def test_report_has_codes_refs_and_conclusion(db: Database) -> None:
@@ -28,12 +41,17 @@ def test_report_has_codes_refs_and_conclusion(db: Database) -> None:
     body = json.loads(report.model_dump_json())
     assert body["status"] == "final"
     assert body["category"][0]["coding"][0] == {
-        "system": fc.V2_0074, "code": "RAD", "display": "Radiology"}
+        "system": fc.V2_0074,
+        "code": "RAD",
+        "display": "Radiology",
+    }
     assert body["code"]["coding"][0]["code"] == "24627-2"
     assert body["subject"]["reference"] == f"Patient/{data.study.patient_key}"
     assert body["imagingStudy"][0]["reference"] == f"ImagingStudy/{data.study.study_instance_uid}"
     assert [r["reference"] for r in body["result"]] == [
-        f"Observation/{data.job.id}-1", f"Observation/{data.job.id}-2"]
+        f"Observation/{data.job.id}-1",
+        f"Observation/{data.job.id}-2",
+    ]
     assert {"system": fc.REPORT_SYSTEM, "value": data.job.id} in body["identifier"]
     assert body["basedOn"][0]["identifier"]["value"] == "ACC-77"
     assert body["conclusionCode"][0]["coding"][0]["code"] == "4A"
@@ -65,7 +83,11 @@ def test_observation_components(db: Database) -> None:
     body = json.loads(obs.model_dump_json())
     by_code = {c["code"]["coding"][0]["code"]: c for c in body["component"]}
     assert by_code["81827009"]["valueQuantity"] == {
-        "value": 5.0, "unit": "mm", "system": fc.UCUM, "code": "mm"}
+        "value": 5.0,
+        "unit": "mm",
+        "system": fc.UCUM,
+        "code": "mm",
+    }
     assert by_code["118565006"]["valueQuantity"]["code"] == "mm3"
     assert by_code["lung-rads"]["valueCodeableConcept"]["coding"][0]["code"] == "2"
     assert by_code["nodule-type"]["valueCodeableConcept"]["coding"][0]["code"] == "solid"
@@ -94,7 +116,9 @@ def test_device_and_imaging_study(db: Database) -> None:
     series = [fe.SeriesInfo(uid="1.2.3", number=1, modality="CT", description="ax", instances=3)]
     study = json.loads(fe.build_imaging_study(data.study, series).model_dump_json())
     assert study["identifier"][0] == {
-        "system": "urn:dicom:uid", "value": f"urn:oid:{data.study.study_instance_uid}"}
+        "system": "urn:dicom:uid",
+        "value": f"urn:oid:{data.study.study_instance_uid}",
+    }
     assert study["numberOfInstances"] == 3 and study["series"][0]["modality"]["code"] == "CT"
 
 
@@ -104,8 +128,12 @@ def test_conversions() -> None:
     assert fc.fhir_datetime("20260102", "0815", "+0100") == "2026-01-02T08:15:00+01:00"
     assert fc.fhir_datetime("20260102", "0815") == "2026-01-02"
     assert fc.person_name("Doe^John^^Dr") == {
-        "use": "official", "text": "Doe John Dr", "family": "Doe", "given": ["John"],
-        "prefix": ["Dr"]}
+        "use": "official",
+        "text": "Doe John Dr",
+        "family": "Doe",
+        "given": ["John"],
+        "prefix": ["Dr"],
+    }
     assert fc.highest_lung_rads(["2", "4B", "4A"]) == "4B"
     assert fc.parse_observation_id("abc-3") == ("abc", 3)
     assert fc.parse_observation_id("abc") is None
@@ -116,7 +144,8 @@ def test_json_fast_path_equals_model_dump(db: Database) -> None:
     links = fb.local_links(data)
     assert fb.report_json(data, links) == json.loads(fb.build_report(data, links).model_dump_json())
     assert fb.observation_json(data, data.findings[0], links) == json.loads(
-        fb.build_observation(data, data.findings[0], links).model_dump_json())
+        fb.build_observation(data, data.findings[0], links).model_dump_json()
+    )
 
 
 def test_cache_key_changes_when_superseded(db: Database) -> None:
@@ -126,7 +155,8 @@ def test_cache_key_changes_when_superseded(db: Database) -> None:
     cache = ReportCache(max_entries=2)
     first = cache.report(data)
     assert cache.report(data) is first and len(cache.observations(data)) == 1
-    later = fb.ReportInput(job=data.job, study=data.study, findings=data.findings,
-                           superseded_by="newer")
+    later = fb.ReportInput(
+        job=data.job, study=data.study, findings=data.findings, superseded_by="newer"
+    )
     assert json.loads(cache.report(later)[2])["meta"]["tag"][0]["code"] == "superseded"
     assert cache.report(data) is not first  # evicted (max 2), rebuilt

@@ -29,9 +29,14 @@ class Handler(BaseHTTPRequestHandler):
         if Handler.mode == "slow":
             time.sleep(1.5)
         status = {"ok": 201, "503": 503, "400": 400, "429": 429, "slow": 201}[Handler.mode]
-        reply = {**body, "id": f"srv-{len(Handler.seen)}"} if status < 300 else {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "invalid", "diagnostics": "nope"}]}
+        reply = (
+            {**body, "id": f"srv-{len(Handler.seen)}"}
+            if status < 300
+            else {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "invalid", "diagnostics": "nope"}],
+            }
+        )
         data = json.dumps(reply).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/fhir+json")
@@ -66,14 +71,25 @@ def job_id(db: Database) -> str:
         return make_job(session, study, findings=[finding_spec(), finding_spec()]).job.id
 
 
-@pytest.mark.parametrize(("mode", "ok", "retry", "status"), [
-    ("ok", True, False, "200"),
-    ("503", False, True, "503"),
-    ("429", False, True, "429"),
-    ("400", False, False, "400"),
-])
-def test_status_classification(server: str, db: Database, settings: Settings, job_id: str,
-                               mode: str, ok: bool, retry: bool, status: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "ok", "retry", "status"),
+    [
+        ("ok", True, False, "200"),
+        ("503", False, True, "503"),
+        ("429", False, True, "429"),
+        ("400", False, False, "400"),
+    ],
+)
+def test_status_classification(
+    server: str,
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    mode: str,
+    ok: bool,
+    retry: bool,
+    status: str,
+) -> None:
     Handler.mode = mode
     outcome = push_report(db, settings.model_copy(update={"fhir_push_url": server}), job_id)
     assert (outcome.ok, outcome.retry, outcome.status) == (ok, retry, status)
@@ -84,8 +100,9 @@ def test_status_classification(server: str, db: Database, settings: Settings, jo
         assert len(Handler.seen) == 4 and outcome.detail == "DiagnosticReport/srv-4"
 
 
-def test_timeout_and_refused_are_retried(server: str, db: Database, settings: Settings,
-                                         job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_and_refused_are_retried(
+    server: str, db: Database, settings: Settings, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
     Handler.mode = "slow"
@@ -93,6 +110,6 @@ def test_timeout_and_refused_are_retried(server: str, db: Database, settings: Se
     slow = push_report(db, settings.model_copy(update={"fhir_push_url": server}), job_id)
     assert (slow.ok, slow.retry, slow.status) == (False, True, "timeout")
     refused = push_report(
-        db, settings.model_copy(update={"fhir_push_url": f"http://127.0.0.1:{free_port()}"}),
-        job_id)
+        db, settings.model_copy(update={"fhir_push_url": f"http://127.0.0.1:{free_port()}"}), job_id
+    )
     assert (refused.ok, refused.retry, refused.status) == (False, True, "network")

@@ -35,8 +35,13 @@ def key_image(version: int = 1):
     headers, findings = build_inputs(series)
     finding = findings[0]
     k = finding.largest_slice()
-    sc, rgb = build_key_image(source=series.datasets[k], header=headers[k], finding=finding,
-                              algorithm=ALGORITHM, uids=OutputUids(series.study_uid, version))
+    sc, rgb = build_key_image(
+        source=series.datasets[k],
+        header=headers[k],
+        finding=finding,
+        algorithm=ALGORITHM,
+        uids=OutputUids(series.study_uid, version),
+    )
     return series, finding, k, sc, rgb
 
 
@@ -115,8 +120,13 @@ def test_key_image_uid_is_deterministic_per_version() -> None:
     k = finding.largest_slice()
 
     def build(version: int) -> str:
-        sc, _ = build_key_image(source=series.datasets[k], header=headers[k], finding=finding,
-                                algorithm=ALGORITHM, uids=OutputUids(series.study_uid, version))
+        sc, _ = build_key_image(
+            source=series.datasets[k],
+            header=headers[k],
+            finding=finding,
+            algorithm=ALGORITHM,
+            uids=OutputUids(series.study_uid, version),
+        )
         return str(sc.SOPInstanceUID)
 
     assert build(1) == build(1) != build(2)

@@ -27,8 +27,12 @@ def series_and_seg(version: int = 1):
         spheres=[Sphere((6, 20, 22), 3.5), Sphere((3, 10, 34), 2.2, "ground-glass", "2")]
     )
     headers, findings = build_inputs(series)
-    seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                    uids=OutputUids(series.study_uid, version))
+    seg = build_seg(
+        source_images=headers,
+        findings=findings,
+        algorithm=ALGORITHM,
+        uids=OutputUids(series.study_uid, version),
+    )
     return series, seg
 
 
@@ -50,7 +54,9 @@ def test_seg_round_trip_reproduces_the_masks() -> None:
         slices = sorted(set(np.nonzero(mask)[0]))
         uids = [series.sop_uids[k] for k in slices]
         got = back.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, segment_numbers=[number], combine_segments=False,
+            source_sop_instance_uids=uids,
+            segment_numbers=[number],
+            combine_segments=False,
         )
         np.testing.assert_array_equal(got[..., 0].astype(bool), mask[slices])
 
@@ -119,11 +125,16 @@ def test_overlapping_masks_keep_both_segments() -> None:
     assert stack.shape == (len(slices), 48, 48, 2)
     assert stack[..., 0].sum() == series.masks[0].sum()
     assert stack[..., 1].sum() == series.masks[1].sum()
-    seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                    uids=OutputUids(series.study_uid, 1))
+    seg = build_seg(
+        source_images=headers,
+        findings=findings,
+        algorithm=ALGORITHM,
+        uids=OutputUids(series.study_uid, 1),
+    )
     back = strict_segread(dataset_bytes(seg))
     both = back.get_pixels_by_source_instance(
-        source_sop_instance_uids=[series.sop_uids[6]], segment_numbers=[1, 2],
+        source_sop_instance_uids=[series.sop_uids[6]],
+        segment_numbers=[1, 2],
         combine_segments=False,
     )
     assert both[0, ..., 0].sum() == series.masks[0][6].sum()
@@ -134,5 +145,9 @@ def test_no_masks_no_seg() -> None:
     series = nodule_series(spheres=[])
     headers, findings = build_inputs(series)
     with pytest.raises(ValueError, match="nothing to segment"):
-        build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                  uids=OutputUids(series.study_uid, 1))
+        build_seg(
+            source_images=headers,
+            findings=findings,
+            algorithm=ALGORITHM,
+            uids=OutputUids(series.study_uid, 1),
+        )

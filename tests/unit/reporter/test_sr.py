@@ -57,7 +57,11 @@ def sr_with_seg(series, version: int = 1, **kwargs) -> Comprehensive3DSR:
     seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids)
     ref = SegReference(str(seg.SOPInstanceUID), segment_numbers(findings), seg_header(seg))
     return build_sr(
-        source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids, seg=ref,
+        source_images=headers,
+        findings=findings,
+        algorithm=ALGORITHM,
+        uids=uids,
+        seg=ref,
         **kwargs,
     )
 
@@ -174,8 +178,12 @@ def test_dsrdump_reads_the_measurements(tmp_path: Path) -> None:
 def test_no_nodule_report_says_so_explicitly(tmp_path: Path) -> None:
     series = nodule_series(spheres=[])
     headers, findings = build_inputs(series)
-    sr = build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                  uids=OutputUids(series.study_uid, 1))
+    sr = build_sr(
+        source_images=headers,
+        findings=findings,
+        algorithm=ALGORITHM,
+        uids=OutputUids(series.study_uid, 1),
+    )
     path = tmp_path / "sr.dcm"
     path.write_bytes(dataset_bytes(sr))
     back = reread(dcmread(path))
@@ -214,8 +222,14 @@ def test_supersede_references_the_earlier_report() -> None:
 def test_findings_without_mask_fall_back_to_tid1501() -> None:
     series = two_nodules()
     headers, findings = build_inputs(series)
-    sr = reread(build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                         uids=OutputUids(series.study_uid, 1)))
+    sr = reread(
+        build_sr(
+            source_images=headers,
+            findings=findings,
+            algorithm=ALGORITHM,
+            uids=OutputUids(series.study_uid, 1),
+        )
+    )
     report = Comprehensive3DSR.from_dataset(sr)
     assert len(report.content.get_planar_roi_measurement_groups()) == 0
     assert len(report.content.get_volumetric_roi_measurement_groups()) == 0
@@ -232,8 +246,9 @@ def test_finding_without_source_uids_references_the_source_series(tmp_path: Path
     uids = OutputUids(series.study_uid, 1)
     seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids)
     ref = SegReference(str(seg.SOPInstanceUID), segment_numbers(findings), seg_header(seg))
-    sr = reread(build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM,
-                         uids=uids, seg=ref))
+    sr = reread(
+        build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids, seg=ref)
+    )
     segment = groups_of(sr)[0].referenced_segment
     assert segment is not None
     series_items = [item for item in segment if item.ValueType == "UIDREF"]

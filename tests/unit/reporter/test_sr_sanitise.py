@@ -33,8 +33,12 @@ def through_file(ds: Dataset) -> Dataset:
 def sr_from(sources: list[Dataset]) -> Dataset:
     study = study_header(sources[0])
     headers = [image_header(ds, study) for ds in sources]
-    sr = build_sr(source_images=headers, findings=[], algorithm=ALGORITHM,
-                  uids=OutputUids(str(sources[0].StudyInstanceUID), 1))
+    sr = build_sr(
+        source_images=headers,
+        findings=[],
+        algorithm=ALGORITHM,
+        uids=OutputUids(str(sources[0].StudyInstanceUID), 1),
+    )
     return dcmread(io.BytesIO(dataset_bytes(sr)))
 
 
@@ -141,18 +145,29 @@ def test_real_ct_header_with_broken_reference_gives_valid_outputs(tmp_path: Path
     header = image_header(source)
     mask = np.ones((1, 6, 6), dtype=bool)
     finding = NoduleFinding(
-        index=1, center_lps=(0.0, 0.0, 0.0), diameter_mm=6.0, long_axis_mm=6.5,
-        short_axis_mm=5.5, volume_mm3=100.0, mean_hu=20.0, kind="part-solid", confidence=0.7,
-        lung_rads="4B", bbox=(0, 60, 60, 1, 66, 66), mask=mask,
+        index=1,
+        center_lps=(0.0, 0.0, 0.0),
+        diameter_mm=6.0,
+        long_axis_mm=6.5,
+        short_axis_mm=5.5,
+        volume_mm3=100.0,
+        mean_hu=20.0,
+        kind="part-solid",
+        confidence=0.7,
+        lung_rads="4B",
+        bbox=(0, 60, 60, 1, 66, 66),
+        mask=mask,
         source_sop_uids=(str(source.SOPInstanceUID),),
     )
     uids = OutputUids(str(source.StudyInstanceUID), 1)
     seg = build_seg(source_images=[header], findings=[finding], algorithm=ALGORITHM, uids=uids)
     ref = SegReference(str(seg.SOPInstanceUID), segment_numbers([finding]), seg_header(seg))
-    sr = build_sr(source_images=[header], findings=[finding], algorithm=ALGORITHM, uids=uids,
-                  seg=ref)
-    sc, _ = build_key_image(source=source, header=header, finding=finding, algorithm=ALGORITHM,
-                            uids=uids)
+    sr = build_sr(
+        source_images=[header], findings=[finding], algorithm=ALGORITHM, uids=uids, seg=ref
+    )
+    sc, _ = build_key_image(
+        source=source, header=header, finding=finding, algorithm=ALGORITHM, uids=uids
+    )
     for name, dataset in (("sr", sr), ("seg", seg), ("sc", sc)):
         path = tmp_path / f"{name}.dcm"
         path.write_bytes(dataset_bytes(dataset))
