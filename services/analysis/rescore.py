@@ -17,7 +17,8 @@ reduction step of nodule detection systems — ranks candidates on a few measure
   1 at the lateral chest wall).
 
 Coefficients live in ``model.json`` (``rescoring``), fitted on validation phantoms by
-``noduleflow train`` (or ``--rescore-only`` for a shipped model). Pure.
+``noduleflow train`` (or ``--rescore-only`` for a shipped model), with the operating point
+``report_min_confidence`` below which the pipeline does not report a candidate. Pure.
 """
 
 from __future__ import annotations
