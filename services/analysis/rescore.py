@@ -17,7 +17,7 @@ reduction step of nodule detection systems — ranks candidates on a few measure
   1 at the lateral chest wall).
 
 Coefficients live in ``model.json`` (``rescoring``), fitted on validation phantoms by
-``noduleflow train`` (or ``--rescore-only`` for a shipped model), with the operating point
+``noduleflow train --out DIR --rescore-only`` after training, with the operating point
 ``report_min_confidence`` below which the pipeline does not report a candidate. Pure.
 """
 
