@@ -43,6 +43,7 @@ bench: $(STAMP) system
 
 train: $(STAMP)
 	$(BIN)/noduleflow train
+	$(BIN)/noduleflow train --out models/nodule-seg --rescore-only
 
 evaluate: $(STAMP)
 	$(BIN)/noduleflow evaluate
