@@ -38,7 +38,8 @@ class ModelManifest(BaseModel):
     architecture: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    #: candidate rescoring (``services.analysis.rescore.Rescorer``); absent: network confidence
+    #: candidate rescoring (``services.analysis.rescore.Rescorer`` plus the operating point
+    #: ``report_min_confidence``); absent: the network's confidence, every candidate reported
     rescoring: dict[str, Any] | None = None
 
     @field_validator("spacing_mm")
@@ -46,6 +47,19 @@ class ModelManifest(BaseModel):
     def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(value) <= 0:
             raise ValueError("spacing_mm must be positive")
+        return value
+
+    @field_validator("rescoring")
+    @classmethod
+    def _valid_rescoring(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Checked when the model loads, so a bad manifest stops start-up, not each study."""
+        if value is not None:
+            from services.analysis.rescore import Rescorer
+
+            Rescorer.from_dict(value)
+            floor = value.get("report_min_confidence", 0.0)
+            if not isinstance(floor, int | float) or not 0.0 <= floor < 1.0:
+                raise ValueError("rescoring.report_min_confidence must be in [0, 1)")
         return value
 
     @field_validator("files")

@@ -100,11 +100,7 @@ def _rescorer(engine: object) -> Rescorer | None:
 def _report_min(engine: object) -> float:
     """The rescored confidence below which a candidate is not reported (0: report all)."""
     data = getattr(getattr(engine, "manifest", None), "rescoring", None)
-    value = data.get("report_min_confidence", 0.0) if isinstance(data, dict) else 0.0
-    try:
-        return min(max(float(value), 0.0), 1.0)
-    except (TypeError, ValueError):
-        return 0.0
+    return float(data.get("report_min_confidence", 0.0)) if isinstance(data, dict) else 0.0
 
 
 def analyze_volume(

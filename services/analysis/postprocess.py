@@ -48,7 +48,6 @@ TOP_K = 10
 MAX_FINDINGS = 50
 MIN_LUNG_OVERLAP = 0.5
 DEFAULT_THRESHOLD = 0.5
-WEAK_FRACTION = 0.5  # mask of a weak candidate: voxels at ≥ this share of its peak
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -173,19 +172,30 @@ def measure_component(
     )
 
 
-def _regions(
-    prob: NDArray[np.floating], threshold: float, detect: float
-) -> list[tuple[NDArray[np.bool_], tuple[int, int, int]]]:
-    """Candidate masks with their box origins (voxel indices of ``prob``).
+def findings_from_probability(
+    prob: NDArray[np.floating],
+    volume: Volume,
+    *,
+    offset: tuple[int, int, int] = (0, 0, 0),
+    threshold: float = DEFAULT_THRESHOLD,
+    inside: Callable[[NDArray[np.integer]], float] | None = None,
+    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
+    lateral: Callable[[int, float], float] | None = None,
+    rescore: Callable[[Mapping[str, float]], float] | None = None,
+) -> list[FindingResult]:
+    """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
 
-    Every 26-connected component of ``prob >= threshold`` is a candidate. With ``detect``
-    below ``threshold`` (hysteresis), a component of ``prob >= detect`` that holds no voxel at
-    ``threshold`` is a candidate too — a nodule the model sees but is unsure of — with the
-    voxels at or above ``max(detect, WEAK_FRACTION * its peak)`` as its mask; its
-    confidence (from its own probabilities) stays below ``threshold``.
+    Components (26-connected) smaller than ``MIN_DIAMETER_MM`` equivalent diameter are
+    dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels in the
+    lung region (``inside`` gives the share of given voxel indices there: the lungs with
+    their pleural dents closed, so juxtapleural nodules count and the mediastinum does
+    not). At most
+    ``MAX_FINDINGS`` are returned, most suspicious first. ``lung(box)`` gives the
+    undilated lung mask of a box of the volume (see :func:`composition`). With ``rescore`` (a
+    fitted :class:`services.analysis.rescore.Rescorer`), each finding's confidence is the
+    rescored probability of its candidate features instead of the network's own.
     """
-    low = min(threshold, detect)
-    binary = prob >= low
+    binary = prob >= threshold
     if not binary.any():
         return []
     # Label only the box holding positive voxels: the label image is int32.
@@ -199,59 +209,15 @@ def _regions(
     )
     labels, _ = ndimage.label(binary[box], _FULL)
     base = [s.start for s in box]
-    out: list[tuple[NDArray[np.bool_], tuple[int, int, int]]] = []
+    results: list[FindingResult] = []
     for index, region in enumerate(ndimage.find_objects(labels), 1):
         if region is None:
             continue
-        component = labels[region] == index
-        at = tuple(b + s.start for b, s in zip(base, region, strict=True))
-        part = prob[tuple(slice(a, a + n) for a, n in zip(at, component.shape, strict=True))]
-        strong = component & (part >= threshold)
-        if low >= threshold:
-            out.append((component, (at[0], at[1], at[2])))
-        elif strong.any():
-            sub, _ = ndimage.label(strong, _FULL)
-            for n, piece in enumerate(ndimage.find_objects(sub), 1):
-                if piece is not None:
-                    o = tuple(a + s.start for a, s in zip(at, piece, strict=True))
-                    out.append((sub[piece] == n, (o[0], o[1], o[2])))
-        else:
-            peak = float(part[component].max())
-            weak = component & (part >= max(low, WEAK_FRACTION * peak))
-            out.append((weak, (at[0], at[1], at[2])))
-    return out
-
-
-def findings_from_probability(
-    prob: NDArray[np.floating],
-    volume: Volume,
-    *,
-    offset: tuple[int, int, int] = (0, 0, 0),
-    threshold: float = DEFAULT_THRESHOLD,
-    detect: float | None = None,
-    inside: Callable[[NDArray[np.integer]], float] | None = None,
-    lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
-    lateral: Callable[[int, float], float] | None = None,
-    rescore: Callable[[Mapping[str, float]], float] | None = None,
-) -> list[FindingResult]:
-    """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
-
-    Candidates are the components of ``prob >= threshold`` and, with ``detect`` below it,
-    the weaker ones of :func:`_regions`. Components (26-connected) smaller than
-    ``MIN_DIAMETER_MM`` equivalent diameter are dropped, and so are those with less than
-    ``MIN_LUNG_OVERLAP`` of their voxels in the lung region (``inside`` gives the share of
-    given voxel indices there: the lungs with their pleural dents closed, so juxtapleural
-    nodules count and the mediastinum does not). At most ``MAX_FINDINGS`` are returned,
-    most suspicious first. ``lung(box)`` gives the undilated lung mask of a box of the
-    volume (see :func:`composition`). With ``rescore`` (a fitted
-    :class:`services.analysis.rescore.Rescorer`), each finding's confidence is the rescored
-    probability of its candidate features instead of the network's own.
-    """
-    results: list[FindingResult] = []
-    for mask, local in _regions(prob, threshold, threshold if detect is None else detect):
+        mask = labels[region] == index
         voxels = int(mask.sum())
         if voxels < MIN_VOXELS or equivalent_diameter(voxels, volume.spacing) < MIN_DIAMETER_MM:
             continue
+        local = [b + s.start for b, s in zip(base, region, strict=True)]
         origin = (offset[0] + local[0], offset[1] + local[1], offset[2] + local[2])
         if inside is not None:
             points = np.argwhere(mask)[:: max(1, voxels // 2000)] + np.asarray(origin)

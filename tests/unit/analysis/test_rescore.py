@@ -112,3 +112,22 @@ def test_lateral_position_from_the_lung_mask() -> None:
     assert lungs.lateral(1, 10.0) == pytest.approx(0.625)
     empty = LungMask(mask=np.zeros_like(mask), stride=(1, 2, 2), shape=(4, 20, 40), volume_ml=0.0)
     assert empty.lateral(0, 3.0) == 1.0
+
+
+def test_manifest_refuses_a_bad_rescoring_at_load() -> None:
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from services.analysis.manifest import ModelManifest
+
+    shipped = Path(__file__).resolve().parents[3] / "models" / "nodule-seg" / "model.json"
+    data = json.loads(shipped.read_text())
+    assert ModelManifest.model_validate(data).rescoring is not None
+    for broken in (
+        {**data["rescoring"], "weights": [1.0]},
+        {**data["rescoring"], "report_min_confidence": 1.5},
+    ):
+        with pytest.raises(ValidationError):
+            ModelManifest.model_validate({**data, "rescoring": broken})
