@@ -17,6 +17,25 @@ log = logging.getLogger(__name__)
 POSITIVE_VOXELS = 8.0
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX).
+
+    Without it, bfloat16 autocast falls back to emulation that is many times slower than
+    float32 (measured: about 28 s per iteration instead of 0.25 s on a 2-core AVX2 CPU).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def loss_fn(logits: Any, target: Any, dice_weight: float) -> Any:
     """BCE on soft targets + soft Dice (foreground).
 
@@ -64,7 +83,8 @@ def fit(
     channels_last = device == "cpu"
     if channels_last:
         net.to(memory_format=torch.channels_last_3d)
-    bf16 = recipe.bf16 and device == "cpu"
+    bf16 = recipe.bf16 and device == "cpu" and cpu_has_bf16()
+    log.info("event=train_precision device=%s bf16=%s", device, bf16)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     started = time.perf_counter()
     it, smooth, warmup = 0, None, 30

@@ -87,3 +87,12 @@ def test_run_writes_a_loadable_model(tmp_path):
     hu = fake_case(9).volume.hu
     prob = engine.probability(hu, (2.0, 1.5, 1.5))
     assert prob.shape == hu.shape
+
+
+def test_bf16_autocast_only_where_the_cpu_has_it():
+    from services.modeling.fit import cpu_has_bf16
+
+    assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n") is False
+    assert cpu_has_bf16("flags\t\t: fpu avx2 avx512_bf16\n") is True
+    assert cpu_has_bf16("flags\t\t: fpu amx_bf16 amx_tile\n") is True
+    assert cpu_has_bf16("") is False
