@@ -30,13 +30,13 @@ class Recipe:
     small_weight: float = 3.0
     #: peak learning rate when training continues from saved weights (``NODULEFLOW_TRAIN_RESUME``)
     finetune_lr: float = 1e-3
-    bf16: bool = True  # bfloat16 autocast on CPU (AMX/AVX-512 BF16 where the CPU has them)
+    bf16: bool = True  # bfloat16 autocast on CPU, only where it has AVX-512 BF16 or AMX
     #: inference tiling (model-grid voxels)
     tile: tuple[int, int, int] = (128, 128, 128)
     overlap: int = 16
     #: phantom seeds: training ``train_seeds``, validation ``val_seeds`` (held-out evaluation
     #: uses seeds from 100000 on, never seen here)
-    train_seeds: tuple[int, ...] = tuple(range(0, 72))
+    train_seeds: tuple[int, ...] = tuple(range(0, 108))
     val_seeds: tuple[int, ...] = tuple(range(50000, 50012))
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
     extra: dict[str, Any] = field(default_factory=dict)
