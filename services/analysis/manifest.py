@@ -41,6 +41,9 @@ class ModelManifest(BaseModel):
     #: candidate rescoring (``services.analysis.rescore.Rescorer`` plus the operating point
     #: ``report_min_confidence``); absent: the network's confidence, every candidate reported
     rescoring: dict[str, Any] | None = None
+    #: diameter calibration (``services.analysis.sizecal.SizeCalibration``); absent: the
+    #: axes are reported as measured on the mask
+    size_calibration: dict[str, Any] | None = None
 
     @field_validator("spacing_mm")
     @classmethod
@@ -60,6 +63,15 @@ class ModelManifest(BaseModel):
             floor = value.get("report_min_confidence", 0.0)
             if not isinstance(floor, int | float) or not 0.0 <= floor < 1.0:
                 raise ValueError("rescoring.report_min_confidence must be in [0, 1)")
+        return value
+
+    @field_validator("size_calibration")
+    @classmethod
+    def _valid_size_calibration(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from services.analysis.sizecal import SizeCalibration
+
+            SizeCalibration.from_dict(value)
         return value
 
     @field_validator("files")

@@ -25,6 +25,7 @@ from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
 from services.analysis.postprocess import DEFAULT_THRESHOLD, findings_from_probability
 from services.analysis.rescore import Rescorer
 from services.analysis.series import choose_series
+from services.analysis.sizecal import SizeCalibration
 from services.analysis.volume import assemble
 
 __all__ = [
@@ -97,6 +98,12 @@ def _rescorer(engine: object) -> Rescorer | None:
     return Rescorer.from_dict(data) if isinstance(data, dict) else None
 
 
+def _size_calibration(engine: object) -> SizeCalibration | None:
+    """The model's diameter calibration, if its manifest carries one."""
+    data = getattr(getattr(engine, "manifest", None), "size_calibration", None)
+    return SizeCalibration.from_dict(data) if isinstance(data, dict) else None
+
+
 def _report_min(engine: object) -> float:
     """The rescored confidence below which a candidate is not reported (0: report all)."""
     data = getattr(getattr(engine, "manifest", None), "rescoring", None)
@@ -149,6 +156,7 @@ def analyze_volume(
         lung=lungs.lung_window,
         lateral=lungs.lateral,
         rescore=_rescorer(engine),
+        size=_size_calibration(engine),
     )
     floor = 0.0 if all_candidates else _report_min(engine)
     if floor > 0.0:

@@ -33,6 +33,7 @@ from services.analysis.geometry import Volume
 from services.analysis.lungrads import category
 from services.analysis.measure import axial_axes, equivalent_diameter
 from services.analysis.rescore import candidate_features, ring_features
+from services.analysis.sizecal import SizeCalibration
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,13 @@ def measure_component(
     origin: tuple[int, int, int],
     lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
     lateral: Callable[[int, float], float] | None = None,
+    size: SizeCalibration | None = None,
 ) -> FindingResult:
     """Measure one component: ``mask``/``prob`` cover its bbox, which starts at ``origin``.
 
     ``lateral(k, i)`` (the lungs' :meth:`LungMask.lateral`) feeds the candidate features.
+    With ``size``, the reported axes (and the solid component's diameter) are scaled by the
+    calibration's factor for the measured diameter; features keep the measured axes.
     """
     spacing = volume.spacing
     grids = np.nonzero(mask)
@@ -144,6 +148,9 @@ def measure_component(
     volume_mm3 = round(float(mask.sum()) * spacing[0] * spacing[1] * spacing[2], 1)
     mean_hu = round(float(hu_wide[mask_wide].mean()), 1)
     confidence = round(float(top.mean()), 4)
+    scale = 1.0 if size is None else size.factor(axes.mean_mm)
+    diameter = axes.mean_mm * scale
+    solid = min(diameter, solid * scale)
     features = candidate_features(
         confidence=confidence,
         mean_probability=float(probs.mean()),
@@ -156,14 +163,14 @@ def measure_component(
     )
     return FindingResult(
         center_mm=(float(center[0]), float(center[1]), float(center[2])),
-        diameter_mm=axes.mean_mm,
-        long_axis_mm=axes.long_mm,
-        short_axis_mm=axes.short_mm,
+        diameter_mm=diameter,
+        long_axis_mm=axes.long_mm * scale,
+        short_axis_mm=axes.short_mm * scale,
         volume_mm3=volume_mm3,
         mean_hu=mean_hu,
         kind=kind,
         confidence=confidence,
-        lung_rads=category(kind, axes.mean_mm, solid),
+        lung_rads=category(kind, diameter, solid),
         bbox=(k0, j0, i0, k1, j1, i1),
         mask=mask.copy(),
         source_sop_uids=tuple(uids),
@@ -182,6 +189,7 @@ def findings_from_probability(
     lung: Callable[[tuple[slice, ...]], NDArray[np.bool_]] | None = None,
     lateral: Callable[[int, float], float] | None = None,
     rescore: Callable[[Mapping[str, float]], float] | None = None,
+    size: SizeCalibration | None = None,
 ) -> list[FindingResult]:
     """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
 
@@ -193,7 +201,9 @@ def findings_from_probability(
     ``MAX_FINDINGS`` are returned, most suspicious first. ``lung(box)`` gives the
     undilated lung mask of a box of the volume (see :func:`composition`). With ``rescore`` (a
     fitted :class:`services.analysis.rescore.Rescorer`), each finding's confidence is the
-    rescored probability of its candidate features instead of the network's own.
+    rescored probability of its candidate features instead of the network's own. With
+    ``size`` (a :class:`services.analysis.sizecal.SizeCalibration`), reported axes are
+    calibrated (see :func:`measure_component`).
     """
     binary = prob >= threshold
     if not binary.any():
@@ -225,7 +235,7 @@ def findings_from_probability(
                 log.info("event=component_outside_lung voxels=%d", voxels)
                 continue
         prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
-        found = measure_component(mask, prob_box, volume, origin, lung, lateral)
+        found = measure_component(mask, prob_box, volume, origin, lung, lateral, size)
         if rescore is not None:
             found = dataclasses.replace(found, confidence=round(rescore(found.features), 4))
         results.append(found)

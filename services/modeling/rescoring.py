@@ -6,6 +6,10 @@ it reports is labelled true (it hits a nodule, LUNA16 rule) or false, and a logi
 the candidate features (:mod:`services.analysis.rescore`) is fitted. The manifest records
 the coefficients and the validation CPM with the network's confidence, with the rescoring
 in-sample and in a two-fold cross-validation (fit on odd seeds, score even ones and back).
+
+The same candidates fit the diameter calibration (``model.json`` → ``size_calibration``,
+:mod:`services.analysis.sizecal`): each true candidate's measured diameter against its
+nodule's, kept only if its two-fold mean absolute error beats the measurements as they are.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.analysis.rescore import Rescorer, fit_logistic
+from services.analysis.sizecal import SizeCalibration, fit_lad, mean_abs_error
 from services.modeling import froc
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,18 @@ class Candidates:
     centers: list[tuple[float, float, float]]
     features: list[dict[str, float]]
     hits: list[bool]
+    #: each candidate's measured (uncalibrated) diameter, and the diameter of the nodule it
+    #: hits (None for a false candidate)
+    diameters: list[float] = field(default_factory=list)
+    truth_diameters: list[float | None] = field(default_factory=list)
+
+    def size_pairs(self) -> list[tuple[float, float]]:
+        """``(measured, reference)`` diameters of the true candidates."""
+        return [
+            (m, r)
+            for m, r in zip(self.diameters, self.truth_diameters, strict=True)
+            if r is not None
+        ]
 
 
 def collect(
@@ -65,6 +82,8 @@ def collect(
                 [f.center_mm for f in findings],
                 [dict(f.features) for f in findings],
                 [h >= 0 for h in hits],
+                [float(f.diameter_mm) for f in findings],
+                [scan.truths[h].diameter_mm if h >= 0 else None for h in hits],
             )
         )
         if progress is not None:
@@ -125,6 +144,29 @@ def fit(scans: Sequence[Candidates]) -> tuple[Rescorer, dict[str, float]]:
     return rescorer, metrics
 
 
+def fit_size(scans: Sequence[Candidates]) -> tuple[SizeCalibration, dict[str, float]]:
+    """The diameter calibration fitted on all true candidates of ``scans``, and the
+    validation diameter errors to judge it by (as measured, in sample, two-fold)."""
+    pairs = [p for s in scans for p in s.size_pairs()]
+    measured, reference = [p[0] for p in pairs], [p[1] for p in pairs]
+    calibration = fit_lad(measured, reference)
+    errors: list[float] = []
+    for train, test in (
+        ([s for s in scans if s.seed % 2], [s for s in scans if not s.seed % 2]),
+        ([s for s in scans if not s.seed % 2], [s for s in scans if s.seed % 2]),
+    ):
+        fold_fit = [p for s in train for p in s.size_pairs()]
+        fold = fit_lad([p[0] for p in fold_fit], [p[1] for p in fold_fit])
+        errors += [abs(fold(m) - r) for s in test for m, r in s.size_pairs()]
+    metrics = {
+        "pairs": float(len(pairs)),
+        "diameter_mae_measured": round(mean_abs_error(measured, reference, None), 4),
+        "diameter_mae_in_sample": round(mean_abs_error(measured, reference, calibration), 4),
+        "diameter_mae_2fold": round(float(sum(errors) / max(1, len(errors))), 4),
+    }
+    return calibration, metrics
+
+
 def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str, float]:
     """Fit the rescoring for the model in ``model_dir`` and write it into its ``model.json``.
 
@@ -136,6 +178,7 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
 
     engine = Engine.load(model_dir, "cpu")
     engine.manifest.rescoring = None  # candidates with the network's own confidence
+    engine.manifest.size_calibration = None  # and their diameters as measured
     scans = collect(
         engine,
         seeds,
@@ -150,7 +193,14 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
         froc.froc(scored(scans, rescorer), [REPORT_FP_PER_SCAN])[0], 4
     )
     manifest.rescoring = {**rescorer.to_dict(), "report_min_confidence": floor} if keep else None
-    manifest.metrics = {**manifest.metrics, "rescoring": {**metrics, "kept": keep}}
+    calibration, size_metrics = fit_size(scans)
+    keep_size = size_metrics["diameter_mae_2fold"] < size_metrics["diameter_mae_measured"]
+    manifest.size_calibration = calibration.to_dict() if keep_size else None
+    manifest.metrics = {
+        **manifest.metrics,
+        "rescoring": {**metrics, "kept": keep},
+        "size_calibration": {**size_metrics, "kept": keep_size},
+    }
     write_manifest(manifest, model_dir)
     log.info(
         "event=rescoring_fitted kept=%s cpm_network=%.4f cpm_2fold=%.4f",
@@ -158,4 +208,10 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
         metrics["cpm_network_confidence"],
         metrics["cpm_rescored_2fold"],
     )
-    return metrics
+    log.info(
+        "event=size_calibration_fitted kept=%s mae_measured=%.3f mae_2fold=%.3f",
+        keep_size,
+        size_metrics["diameter_mae_measured"],
+        size_metrics["diameter_mae_2fold"],
+    )
+    return {**metrics, **{f"size_{k}": v for k, v in size_metrics.items()}}

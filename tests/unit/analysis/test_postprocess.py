@@ -119,3 +119,20 @@ def test_solid_component_touching_the_chest_wall_is_no_vessel() -> None:
     assert kind == "part-solid" and core.any()
     # Without knowing where the lung is, the same contact reads as a structure leaving it.
     assert composition(nodule, hu, SPACING)[0] == "ground-glass"
+
+
+def test_size_calibration_scales_axes_and_category_not_features() -> None:
+    from services.analysis.sizecal import SizeCalibration
+
+    hu = _lung_with(((20.0, 40.0, 40.0), 3.6, SOLID_HU))  # ~7 mm: Lung-RADS 3
+    volume = volume_of(hu, SPACING)
+    (plain,) = findings_from_probability(_prob(hu), volume)
+    cal = SizeCalibration(intercept=0.0, slope=1.25)
+    (scaled,) = findings_from_probability(_prob(hu), volume, size=cal)
+    assert plain.lung_rads == "3" and scaled.lung_rads == "4A"  # ≥ 8 mm once calibrated
+    assert scaled.diameter_mm == pytest.approx(1.25 * plain.diameter_mm)
+    assert scaled.long_axis_mm == pytest.approx(1.25 * plain.long_axis_mm)
+    assert scaled.short_axis_mm == pytest.approx(1.25 * plain.short_axis_mm)
+    assert scaled.solid_diameter_mm == pytest.approx(scaled.diameter_mm)
+    assert scaled.volume_mm3 == plain.volume_mm3
+    assert scaled.features == plain.features

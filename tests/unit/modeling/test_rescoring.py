@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.analysis.rescore import FEATURES, Rescorer
 from services.modeling import froc
@@ -59,3 +60,21 @@ def test_operating_point_bounds_false_positives_per_scan() -> None:
     assert sum(v >= floor for v in fps) <= 10
     assert sum(v >= floor - 2e-4 for v in fps) == 11  # the next one down would exceed it
     assert operating_point(scans, score, 100.0) == 0.0
+
+
+def test_size_calibration_fitted_on_true_candidates_only() -> None:
+    from services.modeling.rescoring import fit_size
+
+    rng = np.random.default_rng(3)
+    scans = _scans(12)
+    for scan in scans:
+        reference = [float(rng.uniform(4.0, 25.0)) if hit else None for hit in scan.hits]
+        scan.truth_diameters = reference
+        scan.diameters = [
+            (r + 1.0) / 1.15 if r is not None else float(rng.uniform(20.0, 40.0)) for r in reference
+        ]
+    calibration, metrics = fit_size(scans)
+    assert metrics["pairs"] == 24
+    assert calibration.slope == pytest.approx(1.15, abs=0.02)
+    assert metrics["diameter_mae_measured"] > 1.0
+    assert metrics["diameter_mae_2fold"] < 0.1 and metrics["diameter_mae_in_sample"] < 0.1
