@@ -13,8 +13,10 @@ class Recipe:
     spacing_mm: tuple[float, float, float] = (1.25, 1.0, 1.0)
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     channels: tuple[int, ...] = (6, 12, 24, 48)
-    train_patch: int = 48
-    batch: int = 4
+    #: training patch edge (model voxels) and batch; 96³ lets the deepest level see the
+    #: padding-free context that 128³ inference tiles give it (48³ patches never did)
+    train_patch: int = 96
+    batch: int = 2
     positive_fraction: float = 0.6
     min_cases: int = 8  # cached cases needed before training starts (the rest join later)
     lr: float = 3e-3
@@ -29,7 +31,7 @@ class Recipe:
     #: nodules under ``SMALL_MM`` (3–6 mm, the hardest to find) drawn this many times more often
     small_weight: float = 3.0
     #: peak learning rate when training continues from saved weights (``NODULEFLOW_TRAIN_RESUME``)
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-4
     bf16: bool = True  # bfloat16 autocast on CPU, only where it has AVX-512 BF16 or AMX
     #: inference tiling (model-grid voxels)
     tile: tuple[int, int, int] = (128, 128, 128)
