@@ -125,13 +125,20 @@ def _fit(scans: Sequence[Candidates]) -> Rescorer:
     return fit_logistic(rows, labels)
 
 
+def two_folds(
+    scans: Sequence[Candidates],
+) -> tuple[tuple[list[Candidates], list[Candidates]], ...]:
+    """``(fit on, score)`` pairs of the two-fold cross-validation: odd seeds, even seeds."""
+    odd = [s for s in scans if s.seed % 2]
+    even = [s for s in scans if not s.seed % 2]
+    return (odd, even), (even, odd)
+
+
 def fit(scans: Sequence[Candidates]) -> tuple[Rescorer, dict[str, float]]:
     """The rescoring fitted on all ``scans``, and validation CPMs to judge it by."""
     rescorer = _fit(scans)
-    odd = [s for s in scans if s.seed % 2]
-    even = [s for s in scans if not s.seed % 2]
     cv_scans: list[froc.Scan] = []
-    for train, test in ((odd, even), (even, odd)):
+    for train, test in two_folds(scans):
         cv_scans += scored(test, _fit(train))
     metrics = {
         "scans": float(len(scans)),
@@ -147,19 +154,19 @@ def fit(scans: Sequence[Candidates]) -> tuple[Rescorer, dict[str, float]]:
 def fit_size(scans: Sequence[Candidates]) -> tuple[SizeCalibration, dict[str, float]]:
     """The diameter calibration fitted on all true candidates of ``scans``, and the
     validation diameter errors to judge it by (as measured, in sample, two-fold)."""
-    pairs = [p for s in scans for p in s.size_pairs()]
-    measured, reference = [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def pairs(of: Sequence[Candidates]) -> tuple[list[float], list[float]]:
+        both = [p for s in of for p in s.size_pairs()]
+        return [p[0] for p in both], [p[1] for p in both]
+
+    measured, reference = pairs(scans)
     calibration = fit_lad(measured, reference)
     errors: list[float] = []
-    for train, test in (
-        ([s for s in scans if s.seed % 2], [s for s in scans if not s.seed % 2]),
-        ([s for s in scans if not s.seed % 2], [s for s in scans if s.seed % 2]),
-    ):
-        fold_fit = [p for s in train for p in s.size_pairs()]
-        fold = fit_lad([p[0] for p in fold_fit], [p[1] for p in fold_fit])
-        errors += [abs(fold(m) - r) for s in test for m, r in s.size_pairs()]
+    for train, test in two_folds(scans):
+        fold = fit_lad(*pairs(train))
+        errors += [abs(fold(m) - r) for m, r in zip(*pairs(test), strict=True)]
     metrics = {
-        "pairs": float(len(pairs)),
+        "pairs": float(len(measured)),
         "diameter_mae_measured": round(mean_abs_error(measured, reference, None), 4),
         "diameter_mae_in_sample": round(mean_abs_error(measured, reference, calibration), 4),
         "diameter_mae_2fold": round(float(sum(errors) / max(1, len(errors))), 4),
