@@ -171,6 +171,7 @@ def run(
         pleural=recipe.pleural_weight,
         mediastinum=recipe.mediastinum_fraction,
         small=recipe.small_weight,
+        vascular=recipe.vascular_weight,
     )
     sampler = dataset.PatchSampler(
         cases, recipe.train_patch, positive=recipe.positive_fraction, emphasis=emphasis, seed=seed
