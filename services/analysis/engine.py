@@ -160,11 +160,20 @@ class Engine:
         """Network FLOPs (2 × multiply-adds) to process a volume of ``shape`` at ``spacing``."""
         model_shape = preprocess.grid_shape(shape, spacing, self.manifest.spacing_mm)
         tile, corners = self._plan(model_shape)
-        return float(len(corners) * int(np.prod(tile)) * self.manifest.flops_per_voxel)
+        passes = 1 + len(self.manifest.flip_axes)
+        return float(passes * len(corners) * int(np.prod(tile)) * self.manifest.flops_per_voxel)
 
-    def _run(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _pass(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:
         out = self.session.run(None, {self._input: patch[None, None]})[0]
         return np.asarray(out[0, 0], dtype=np.float32)
+
+    def _run(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Logits for one tile: the mean over the tile and its mirror images (``flip_axes``)."""
+        logits = self._pass(patch)
+        for axis in self.manifest.flip_axes:
+            mirrored = np.ascontiguousarray(np.flip(patch, axis))
+            logits += np.flip(self._pass(mirrored), axis)
+        return logits / np.float32(1 + len(self.manifest.flip_axes))
 
     def model_probability(
         self, x: NDArray[np.float32], *, progress: Callable[[float], None] | None = None

@@ -32,6 +32,9 @@ class ModelManifest(BaseModel):
     overlap: int = Field(ge=0)
     multiple: int = Field(ge=1)
     threshold: float = Field(gt=0.0, lt=1.0)
+    #: test-time augmentation: the network also runs on each tile mirrored along each of these
+    #: model axes (0 slice, 1 row, 2 column) and the logits are averaged; empty: one pass
+    flip_axes: tuple[int, ...] = ()
     flops_per_voxel: float = Field(gt=0.0)
     input: str = "x: float32 (1, 1, d, h, w), HU clipped to hu_window, scaled to [-1, 1]"
     output: str = "logits: float32 (1, 1, d, h, w); sigmoid = P(voxel inside a nodule)"
@@ -50,6 +53,13 @@ class ModelManifest(BaseModel):
     def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(value) <= 0:
             raise ValueError("spacing_mm must be positive")
+        return value
+
+    @field_validator("flip_axes")
+    @classmethod
+    def _valid_flip_axes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(a not in (0, 1, 2) for a in value) or len(set(value)) != len(value):
+            raise ValueError("flip_axes must be distinct axes among 0, 1, 2")
         return value
 
     @field_validator("rescoring")

@@ -94,6 +94,7 @@ def export(
     overlap: int,
     threshold: float,
     training: dict[str, Any],
+    flip_axes: tuple[int, ...] = (),
     metrics: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """Write ``model.onnx``, ``model.fp16.onnx`` and ``model.json`` into ``out_dir``."""
@@ -114,6 +115,7 @@ def export(
         overlap=overlap,
         multiple=net.multiple,
         threshold=threshold,
+        flip_axes=flip_axes,
         flops_per_voxel=flops_per_voxel(net.channels),
         architecture={
             "type": "UNet3D",

@@ -193,6 +193,7 @@ def run(
         hu_window=recipe.hu_window,
         patch_size=recipe.tile,
         overlap=recipe.overlap,
+        flip_axes=recipe.flip_axes,
     )
     snapshots = {"next": snapshot_s or float("inf"), "start": time.perf_counter()}
 

@@ -124,3 +124,52 @@ def test_choose_providers():
         choose_providers("tensorrt", have)
     with pytest.raises(ModelError):
         choose_providers("tpu", have)
+
+
+def _shift_model(path: Path) -> None:
+    """logits[..., i] = x[..., i - 1] (zero at i = 0): not mirror-symmetric along columns."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "d", "h", "w"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, "d", "h", "w"])
+    w = numpy_helper.from_array(np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 1, 1, 1, 3), "k")
+    conv = helper.make_node("Conv", ["x", "k"], ["logits"], pads=[0, 0, 1, 0, 0, 1])
+    graph = helper.make_graph([conv], "shift", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save_model(model, str(path))
+
+
+def _with_flips(model_dir: Path, flip_axes: list[int]) -> Path:
+    _shift_model(model_dir / "model.onnx")
+    manifest = json.loads((model_dir / "model.json").read_text())
+    manifest["files"]["fp32"]["sha256"] = sha256_of(model_dir / "model.onnx")
+    manifest["files"]["fp32"]["bytes"] = (model_dir / "model.onnx").stat().st_size
+    manifest["flip_axes"] = flip_axes
+    (model_dir / "model.json").write_text(json.dumps(manifest))
+    return model_dir
+
+
+def test_flip_axes_average_the_mirrored_pass(tmp_path):
+    patch = np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32)
+    shifted = np.zeros_like(patch)
+    shifted[..., 1:] = patch[..., :-1]  # the model's own output
+    back = np.zeros_like(patch)
+    back[..., :-1] = patch[..., 1:]  # its output on the mirrored tile, mirrored back
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    plain = Engine.load(_with_flips(_model_dir(tmp_path / "a"), []), "cpu")
+    columns = Engine.load(_with_flips(_model_dir(tmp_path / "b"), [2]), "cpu")
+    slices = Engine.load(_with_flips(_model_dir(tmp_path / "c"), [0]), "cpu")
+    np.testing.assert_allclose(plain._run(patch), shifted, atol=1e-6)
+    np.testing.assert_allclose(columns._run(patch), 0.5 * (shifted + back), atol=1e-6)
+    # a mirror the model commutes with changes nothing
+    np.testing.assert_allclose(slices._run(patch), shifted, atol=1e-6)
+    shape, spacing = (20, 20, 20), (1.0, 1.0, 1.0)
+    assert columns.flops(shape, spacing) == pytest.approx(2 * plain.flops(shape, spacing))
+
+
+def test_flip_axes_must_be_distinct_model_axes(tmp_path):
+    for bad in ([3], [2, 2], [-1]):
+        (tmp_path / str(bad)).mkdir()
+        with pytest.raises(ModelError, match="flip_axes"):
+            Engine.load(_with_flips(_model_dir(tmp_path / str(bad)), bad), "cpu")

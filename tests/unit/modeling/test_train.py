@@ -82,6 +82,7 @@ def test_run_writes_a_loadable_model(tmp_path):
     stored = json.loads((out / "model.json").read_text())
     assert stored["name"] == "noduleflow-nodule-seg"
     assert stored["threshold"] in (0.4, 0.5) and stored["training"]["iterations"] >= 1
+    assert stored["flip_axes"] == [2]  # the recipe's test-time mirror pass
     assert manifest.version.startswith("1.0.0+")
     engine = Engine.load(out, "cpu")
     hu = fake_case(9).volume.hu
