@@ -67,6 +67,7 @@ def test_run_writes_a_loadable_model(tmp_path):
         tile=(32, 32, 32),
         overlap=8,
         thresholds=(0.4, 0.5),
+        flip_axes=(2,),
     )
     out = tmp_path / "model"
     manifest = train.run(
@@ -82,7 +83,7 @@ def test_run_writes_a_loadable_model(tmp_path):
     stored = json.loads((out / "model.json").read_text())
     assert stored["name"] == "noduleflow-nodule-seg"
     assert stored["threshold"] in (0.4, 0.5) and stored["training"]["iterations"] >= 1
-    assert stored["flip_axes"] == [2]  # the recipe's test-time mirror pass
+    assert stored["flip_axes"] == [2]  # the recipe's test-time mirror axes reach model.json
     assert manifest.version.startswith("1.0.0+")
     engine = Engine.load(out, "cpu")
     hu = fake_case(9).volume.hu
