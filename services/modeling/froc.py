@@ -6,6 +6,11 @@ nodules the nearest wins. A nodule counts as detected at a score threshold when 
 hit on it scores at or above it. Further hits on an already hit nodule, and hits on nodules
 excluded from a subgroup, are neither true nor false positives; every prediction that hits
 no nodule is a false positive.
+
+As in LUNA16, nodules whose reference diameter is under ``MIN_SCORED_DIAMETER_MM`` (3 mm)
+are irrelevant findings: never counted in a sensitivity, and a hit on one is neither a true
+nor a false positive. (The pipeline reports nothing under 3 mm, and Lung-RADS and the
+Fleischner recommendations start at that size.)
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from numpy.typing import NDArray
 
 #: FP-per-scan operating points of the FROC / CPM (LUNA16).
 FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: nodules under this reference diameter are not scored (LUNA16's irrelevant findings)
+MIN_SCORED_DIAMETER_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,11 @@ class TrueNodule:
     center_mm: tuple[float, float, float]
     diameter_mm: float
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def scored(nodule: TrueNodule) -> bool:
+    """Whether ``nodule`` counts in sensitivities (reference diameter at least 3 mm)."""
+    return nodule.diameter_mm >= MIN_SCORED_DIAMETER_MM
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ def _pooled(
                 fps.append(det.score)
             else:
                 top[hit] = max(top[hit], det.score)
-        best.extend(s for s, t in zip(top, scan.truths, strict=True) if include(t))
+        best.extend(s for s, t in zip(top, scan.truths, strict=True) if scored(t) and include(t))
     return np.asarray(best, dtype=np.float64), np.asarray(fps, dtype=np.float64), len(best)
 
 
@@ -142,8 +154,13 @@ def mae(errors: Sequence[float]) -> float:
     return float(np.mean(np.abs(errors))) if len(errors) else float("nan")
 
 
+UNSCORED_BAND = "under 3 mm (not scored)"
+
+
 def size_band(diameter_mm: float) -> str:
     """Reporting band of a nodule diameter (mm)."""
+    if diameter_mm < MIN_SCORED_DIAMETER_MM:
+        return UNSCORED_BAND
     if diameter_mm < 6.0:
         return "3-6 mm"
     if diameter_mm < 8.0:

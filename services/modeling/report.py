@@ -19,7 +19,7 @@ STRATA: dict[str, Callable[[dict[str, Any]], str]] = {
     "shape": lambda a: str(a.get("shape", "?")),
     "thickness": lambda a: str(a["thickness"]),
 }
-SIZE_ORDER = ("3-6 mm", "6-8 mm", "8-15 mm", "15-30 mm")
+SIZE_ORDER = (froc.UNSCORED_BAND, "3-6 mm", "6-8 mm", "8-15 mm", "15-30 mm")
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -41,10 +41,20 @@ def _segmentation(nodules: Sequence[NoduleOutcome]) -> dict[str, Any]:
     }
 
 
+def _is_scored(outcome: NoduleOutcome) -> bool:
+    return float(outcome.attrs["diameter_mm"]) >= froc.MIN_SCORED_DIAMETER_MM
+
+
 def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
-    """Overall metrics plus one row per stratum value."""
+    """Overall metrics plus one row per stratum value.
+
+    Nodules under 3 mm are not scored (see :mod:`services.modeling.froc`): the overall
+    figures leave them out and count them in ``nodules_under_3mm_not_scored``; the size
+    strata show them in a row of their own, without sensitivities.
+    """
     scans = [r.scan for r in results]
-    nodules = [n for r in results for n in r.nodules]
+    everything = [n for r in results for n in r.nodules]
+    nodules = [n for n in everything if _is_scored(n)]
     curve = froc.froc(scans)
     fps = sum(h < 0 for s in scans for h in froc.match(s))
     ge6 = froc.froc(scans, [1.0], include=lambda t: t.diameter_mm >= 6.0)[0]
@@ -57,13 +67,15 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
         "cpm": round(froc.cpm(curve), 4),
         "sensitivity_at_1fp_ge_6mm": _nan_to_none(ge6),
         **_segmentation(nodules),
+        "nodules_under_3mm_not_scored": len(everything) - len(nodules),
         "inference_seconds_mean": round(float(np.mean(inference)), 2) if inference else None,
         "inference_seconds_max": round(float(np.max(inference)), 2) if inference else None,
     }
     strata: dict[str, list[dict[str, Any]]] = {}
     for name, key in STRATA.items():
+        pool = everything if name == "size" else nodules
         values = sorted(
-            {key(n.attrs) for n in nodules},
+            {key(n.attrs) for n in pool},
             key=lambda v: SIZE_ORDER.index(v) if v in SIZE_ORDER else 99,
         )
         rows = []
@@ -81,7 +93,7 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
                     "value": value,
                     "sensitivity_at_1fp": _nan_to_none(sub_curve[3]),
                     "cpm": _nan_to_none(froc.cpm(sub_curve)),
-                    **_segmentation([n for n in nodules if key(n.attrs) == value]),
+                    **_segmentation([n for n in pool if key(n.attrs) == value]),
                 }
             )
         strata[name] = rows

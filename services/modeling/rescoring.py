@@ -14,8 +14,11 @@ nodule's, kept only if its two-fold mean absolute error beats the measurements a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,7 @@ from services.modeling import froc
 
 log = logging.getLogger(__name__)
 
-VAL_SEEDS: tuple[int, ...] = tuple(range(50000, 50030))
+VAL_SEEDS: tuple[int, ...] = tuple(range(50000, 50060))
 #: operating point: the lowest rescored confidence that keeps validation false positives at or
 #: below this many per scan; weaker candidates are not reported (evaluation still sees them)
 REPORT_FP_PER_SCAN = 2.0
@@ -174,6 +177,23 @@ def fit_size(scans: Sequence[Candidates]) -> tuple[SizeCalibration, dict[str, fl
     return calibration, metrics
 
 
+_POSTPROCESSING_TAG = re.compile(r"\.r[0-9a-f]{8}$")
+
+
+def tagged_version(
+    version: str, rescoring: dict[str, Any] | None, size_calibration: dict[str, Any] | None
+) -> str:
+    """``version`` with a tag naming its candidate rescoring and diameter calibration.
+
+    A refit changes the reported confidences and diameters without touching the network,
+    so the version (which the SR and the FHIR report name) must change with it: the local
+    segment gets ``.r`` and 8 hex digits of the fitted parameters, replacing an earlier tag.
+    """
+    fitted = {"rescoring": rescoring, "size_calibration": size_calibration}
+    digest = hashlib.sha256(json.dumps(fitted, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_POSTPROCESSING_TAG.sub('', version)}.r{digest}"
+
+
 def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str, float]:
     """Fit the rescoring for the model in ``model_dir`` and write it into its ``model.json``.
 
@@ -203,6 +223,9 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
     calibration, size_metrics = fit_size(scans)
     keep_size = size_metrics["diameter_mae_2fold"] < size_metrics["diameter_mae_measured"]
     manifest.size_calibration = calibration.to_dict() if keep_size else None
+    manifest.version = tagged_version(
+        manifest.version, manifest.rescoring, manifest.size_calibration
+    )
     manifest.metrics = {
         **manifest.metrics,
         "rescoring": {**metrics, "kept": keep},
@@ -210,7 +233,8 @@ def rescore_model(model_dir: Path, seeds: Sequence[int] = VAL_SEEDS) -> dict[str
     }
     write_manifest(manifest, model_dir)
     log.info(
-        "event=rescoring_fitted kept=%s cpm_network=%.4f cpm_2fold=%.4f",
+        "event=rescoring_fitted version=%s kept=%s cpm_network=%.4f cpm_2fold=%.4f",
+        manifest.version,
         keep,
         metrics["cpm_network_confidence"],
         metrics["cpm_rescored_2fold"],

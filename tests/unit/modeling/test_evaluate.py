@@ -75,3 +75,21 @@ def test_score_case_and_summary():
     assert {row["value"] for row in summary["strata"]["size"]} <= {"6-8 mm", "8-15 mm"}
     table = markdown(summary)
     assert "| cpm |" in table and "**By size**" in table
+
+
+def test_summary_leaves_out_nodules_under_3mm():
+    case = evalcases.from_phantom(fake_case(1), 1)
+    tiny = {**case.nodules[0], "diameter_mm": 2.5, "center_mm": [900.0, 900.0, 900.0]}
+    case.nodules.append(tiny)
+    case.masks.append(case.masks[0])
+    outcome = score_case(case, [_perfect(case, 0)])
+    summary = summarize([outcome])
+    overall = summary["overall"]
+    assert overall["nodules_under_3mm_not_scored"] == 1
+    assert overall["nodules"] == len(case.nodules) - 1
+    assert overall["froc"]["1.0"] == pytest.approx(1 / (len(case.nodules) - 1))
+    rows = {row["value"]: row for row in summary["strata"]["size"]}
+    unscored = rows["under 3 mm (not scored)"]
+    assert unscored["nodules"] == 1 and unscored["detected_any_score"] == 0
+    assert unscored["sensitivity_at_1fp"] is None
+    assert "under 3 mm (not scored)" not in {row["value"] for row in summary["strata"]["kind"]}

@@ -51,6 +51,17 @@ def test_froc_subgroup_ignores_hits_on_excluded_nodules():
     assert big == [1.0]  # the hit on the small nodule is not a false positive
 
 
+def test_nodules_under_3mm_are_not_scored():
+    # a 2.5 mm nodule: its miss does not count, nor is a hit on it a false positive
+    missed = [_scan([((0, 0, 0), 2.5), ((40, 0, 0), 10.0)], [((40, 0, 0), 0.5)])]
+    assert froc.froc(missed, [0.125]) == [1.0]
+    hit = [_scan([((0, 0, 0), 2.5), ((40, 0, 0), 10.0)], [((0, 0, 0), 0.9), ((40, 0, 0), 0.5)])]
+    assert froc.froc(hit, [0.125]) == [1.0]
+    # only such nodules in the set: nothing to score
+    assert math.isnan(froc.froc([_scan([((0, 0, 0), 2.99)], [])], [1.0])[0])
+    assert froc.scored(TrueNodule((0, 0, 0), 3.0)) and not froc.scored(TrueNodule((0, 0, 0), 2.9))
+
+
 def test_froc_no_included_nodules_is_nan():
     scans = [_scan([((0, 0, 0), 4.0)], [])]
     assert all(math.isnan(v) for v in froc.froc(scans, include=lambda t: False))
@@ -75,7 +86,8 @@ def test_dice_and_boxed_dice():
 
 
 def test_bands_and_mae():
-    assert [froc.size_band(d) for d in (3.0, 5.99, 6.0, 7.9, 8.0, 14.9, 15.0, 30)] == [
+    assert [froc.size_band(d) for d in (2.9, 3.0, 5.99, 6.0, 7.9, 8.0, 14.9, 15.0, 30)] == [
+        "under 3 mm (not scored)",
         "3-6 mm",
         "3-6 mm",
         "6-8 mm",

@@ -7,7 +7,7 @@ import pytest
 
 from services.analysis.rescore import FEATURES, Rescorer
 from services.modeling import froc
-from services.modeling.rescoring import Candidates, cpm_with, fit
+from services.modeling.rescoring import Candidates, cpm_with, fit, tagged_version
 
 
 def _scans(n: int, seed: int = 0) -> list[Candidates]:
@@ -78,3 +78,17 @@ def test_size_calibration_fitted_on_true_candidates_only() -> None:
     assert calibration.slope == pytest.approx(1.15, abs=0.02)
     assert metrics["diameter_mae_measured"] > 1.0
     assert metrics["diameter_mae_2fold"] < 0.1 and metrics["diameter_mae_in_sample"] < 0.1
+
+
+def test_refitted_post_processing_gets_its_own_version() -> None:
+    fitted = {"weights": [0.5, -1.0], "bias": 0.25}
+    first = tagged_version("1.0.0+20261122.f2050d73", fitted, None)
+    assert (
+        first.startswith("1.0.0+20261122.f2050d73.r")
+        and len(first) == len("1.0.0+20261122.f2050d73") + 10
+    )
+    # the same fit names the same version, and a refit replaces the tag instead of stacking
+    assert tagged_version("1.0.0+20261122.f2050d73", fitted, None) == first
+    refit = tagged_version(first, {**fitted, "bias": 0.3}, None)
+    assert refit != first and refit.count(".r") == 1
+    assert tagged_version(first, fitted, {"intercept": -0.2, "slope": 1.0}) != first
