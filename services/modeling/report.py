@@ -19,7 +19,11 @@ STRATA: dict[str, Callable[[dict[str, Any]], str]] = {
     "shape": lambda a: str(a.get("shape", "?")),
     "thickness": lambda a: str(a["thickness"]),
 }
-SIZE_ORDER = (froc.UNSCORED_BAND, "3-6 mm", "6-8 mm", "8-15 mm", "15-30 mm")
+#: rows of the size and thickness strata in ascending order; other strata sort by name
+ROW_ORDER = (
+    *(froc.UNSCORED_BAND, "3-6 mm", "6-8 mm", "8-15 mm", "15-30 mm"),
+    *("<=1 mm", "1-2 mm", ">2 mm"),
+)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -76,7 +80,7 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
         pool = everything if name == "size" else nodules
         values = sorted(
             {key(n.attrs) for n in pool},
-            key=lambda v: SIZE_ORDER.index(v) if v in SIZE_ORDER else 99,
+            key=lambda v: (ROW_ORDER.index(v) if v in ROW_ORDER else len(ROW_ORDER), v),
         )
         rows = []
         for value in values:

@@ -93,3 +93,15 @@ def test_summary_leaves_out_nodules_under_3mm():
     assert unscored["nodules"] == 1 and unscored["detected_any_score"] == 0
     assert unscored["sensitivity_at_1fp"] is None
     assert "under 3 mm (not scored)" not in {row["value"] for row in summary["strata"]["kind"]}
+    assert [row["value"] for row in summary["strata"]["size"]][0] == "under 3 mm (not scored)"
+
+
+def test_strata_rows_come_in_a_fixed_order():
+    case = evalcases.from_phantom(fake_case(1), 1)
+    kinds = ("solid", "ground-glass", "part-solid")
+    for n, kind in enumerate(kinds):
+        extra = {**case.nodules[0], "kind": kind, "center_mm": [900.0 + 50 * n, 900.0, 900.0]}
+        case.nodules.append(extra)
+        case.masks.append(case.masks[0])
+    summary = summarize([score_case(case, [])])
+    assert [row["value"] for row in summary["strata"]["kind"]] == sorted(kinds)
