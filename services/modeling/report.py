@@ -45,10 +45,6 @@ def _segmentation(nodules: Sequence[NoduleOutcome]) -> dict[str, Any]:
     }
 
 
-def _is_scored(outcome: NoduleOutcome) -> bool:
-    return float(outcome.attrs["diameter_mm"]) >= froc.MIN_SCORED_DIAMETER_MM
-
-
 def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
     """Overall metrics plus one row per stratum value.
 
@@ -58,7 +54,9 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
     """
     scans = [r.scan for r in results]
     everything = [n for r in results for n in r.nodules]
-    nodules = [n for n in everything if _is_scored(n)]
+    nodules = [
+        n for r in results for t, n in zip(r.scan.truths, r.nodules, strict=True) if froc.scored(t)
+    ]
     curve = froc.froc(scans)
     fps = sum(h < 0 for s in scans for h in froc.match(s))
     ge6 = froc.froc(scans, [1.0], include=lambda t: t.diameter_mm >= 6.0)[0]
