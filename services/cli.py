@@ -89,7 +89,7 @@ def send(
     associations: Annotated[int, typer.Option(help="parallel associations")] = 1,
 ) -> None:
     """C-STORE SCU with a progress bar."""
-    from services.core.scu import send_paths
+    from services.commands.scu import send_paths
 
     report = send_paths(
         paths,
@@ -122,7 +122,7 @@ def jobs(
     limit: int = 50,
 ) -> None:
     """Jobs with state, reason, per-stage timings and finding count."""
-    from services.core.jobs_view import job_rows, render_jobs
+    from services.commands.jobs_view import job_rows, render_jobs
 
     rows = job_rows(_settings(), study_uid=study, limit=limit)
     if as_json:
@@ -140,18 +140,53 @@ def train(
     rescore_only: Annotated[
         bool, typer.Option(help="only refit the candidate rescoring of the model in --out")
     ] = False,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads", envvar="NODULEFLOW_TRAIN_THREADS")
+    ] = 2,
+    cache_dir: Annotated[
+        Path, typer.Option(help="training case cache", envvar="NODULEFLOW_TRAIN_CACHE")
+    ] = Path("var/cache/train"),
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(
+            help="start from these weights (a weights-*.pt from the cache, or a model.onnx)"
+            " and fine-tune",
+            envvar="NODULEFLOW_TRAIN_RESUME",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="save the training state here; continue from it if it exists"),
+    ] = None,
+    checkpoint_minutes: Annotated[
+        float, typer.Option(help="training minutes between checkpoints")
+    ] = 5.0,
+    val_cache: Annotated[
+        Path,
+        typer.Option(help="validation case cache (--rescore-only)", envvar="NODULEFLOW_VAL_CACHE"),
+    ] = Path("var/cache/valfull"),
 ) -> None:
     """Train the nodule segmentation model on synthetic chest CT and export it to ONNX."""
     if rescore_only:
         from services.core.logs import setup_logging
-        from services.modeling.rescoring import rescore_model
+        from services.modeling.evaluation.rescoring import rescore_model
 
         setup_logging("INFO", service="train")
-        typer.echo(json.dumps(rescore_model(out), indent=2))
+        typer.echo(json.dumps(rescore_model(out, cache_dir=val_cache), indent=2))
         return
-    from services.modeling.train import main
+    from services.modeling.training.train import main
 
-    main(out=out, minutes=minutes, seed=seed, device=device)
+    main(
+        out=out,
+        minutes=minutes,
+        seed=seed,
+        device=device,
+        threads=threads,
+        cache_dir=cache_dir,
+        warm_start=warm_start,
+        checkpoint=checkpoint,
+        checkpoint_s=checkpoint_minutes * 60.0,
+    )
 
 
 @app.command()
@@ -160,11 +195,14 @@ def evaluate(
     scans: Annotated[int, typer.Option(help="held-out phantoms")] = 30,
     seed: Annotated[int, typer.Option(help="first held-out seed")] = 100000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    cache_dir: Annotated[
+        Path, typer.Option(help="held-out case cache", envvar="NODULEFLOW_EVAL_CACHE")
+    ] = Path("var/cache/eval"),
 ) -> None:
     """FROC/CPM, Dice and diameter error on held-out phantoms, by stratum."""
-    from services.modeling.evaluate import main
+    from services.modeling.evaluation.evaluate import main
 
-    main(model_dir=model_dir, scans=scans, seed=seed, as_json=as_json)
+    main(model_dir=model_dir, scans=scans, seed=seed, as_json=as_json, cache_dir=cache_dir)
 
 
 @db_app.command("upgrade")

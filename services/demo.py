@@ -161,7 +161,7 @@ def _print_findings(db: Database, job: Job, truth: Path | None, outbox: Path) ->
 
 
 def run(settings: Settings, directory: Path | None, *, timeout: float = 600.0) -> int:
-    from services.core.scu import send_paths
+    from services.commands.scu import send_paths
     from services.serve import running
 
     settings = demo_settings(settings)

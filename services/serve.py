@@ -48,20 +48,10 @@ class Node:
 
 
 def _start_http(node: Node) -> None:
-    import uvicorn
+    from services.reporter.api.app import create_app
+    from services.reporter.api.server import build_server
 
-    from services.reporter.app import create_app
-
-    app = create_app(node.settings, node.db, node.broker)
-    config = uvicorn.Config(
-        app,
-        host=node.settings.api_host,
-        port=node.settings.api_port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    server = build_server(create_app(node.settings, node.db, node.broker), node.settings)
     thread = threading.Thread(target=server.run, name="noduleflow-http", daemon=True)
     thread.start()
     node.http, node.http_thread = server, thread

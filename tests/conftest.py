@@ -103,16 +103,11 @@ def settings(tmp_path: Path, sqlite_url: str) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def _pynetdicom_receive_defaults() -> Iterator[None]:
-    """The receiver switches this process's pynetdicom to receive-to-file into its own
-    storage; SCPs that stand in for a foreign PACS in other tests need the defaults back."""
-    import tempfile
+def _plain_pynetdicom() -> Iterator[None]:
+    """A receiver started by a test switches this process's pynetdicom to its fast path
+    (process-wide); SCPs that stand in for a foreign PACS in later tests need plain
+    pynetdicom, so every original attribute is put back after each test."""
+    from services.receiver import fast
 
-    from pynetdicom import _config, dimse_messages
-
-    send_chunked = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_RECV_CHUNKED_DATASET = False
-    _config.STORE_SEND_CHUNKED_DATASET = False
-    dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
     yield
-    _config.STORE_SEND_CHUNKED_DATASET = send_chunked
+    fast.uninstall()

@@ -16,7 +16,7 @@ from services.analysis.geometry import Volume
 from services.core.db import Database, Finding, Instance, Job, JobState, Series, Study
 from services.core.masks import bbox_of, pack_mask
 from services.core.storage import LocalStorage, instance_key
-from services.reporter.model import NoduleFinding
+from services.reporter.dicom.model import NoduleFinding
 from tests.factories import ct_slice
 
 BACKGROUND_HU = -850
@@ -234,7 +234,7 @@ def build_inputs(
     series: NoduleSeries, *, with_findings: bool = True
 ) -> tuple[list[Dataset], list[NoduleFinding]]:
     """Sanitised headers (volume order) and findings, as the builders take them."""
-    from services.reporter.sanitise import image_header, study_header
+    from services.reporter.dicom.sanitise import image_header, study_header
 
     study = study_header(series.datasets[0])
     headers = [image_header(ds, study) for ds in series.datasets]

@@ -20,7 +20,9 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from services.analysis import preprocess, tiling
-from services.analysis.manifest import ModelManifest
+from services.analysis.config import AnalysisConfig, config_from_manifest
+from services.analysis.manifest import ModelFile, ModelManifest
+from services.analysis.stage2 import Calibration, Stage2
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,8 @@ class ModelError(Exception):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def choose_providers(requested: str, available: list[str]) -> list[str]:
@@ -63,6 +62,50 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     return chosen
 
 
+def _verify(model_dir: Path, entry: ModelFile) -> Path:
+    path = model_dir / entry.path
+    if not path.is_file():
+        raise ModelError(f"model file missing: {path}")
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise ModelError(
+            f"sha256 mismatch for {path}: manifest {entry.sha256[:12]}…, file {actual[:12]}…"
+        )
+    return path
+
+
+def _session_options() -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # no busy-waiting worker threads: on a shared CPU spinning steals time from others
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _load_stage2(model_dir: Path, manifest: ModelManifest, providers: list[Any]) -> Stage2 | None:
+    """The second-stage classifier the manifest names, verified like the first."""
+    spec = manifest.stage2
+    if spec is None:
+        return None
+    import onnxruntime as ort
+
+    path = _verify(model_dir, spec.file)
+    # TensorRT builds an engine per input shape; the small batches of stage two run well on
+    # CUDA or the CPU.
+    plain = [p for p in providers if p != "TensorrtExecutionProvider"] or ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), _session_options(), providers=plain)
+        return Stage2(session, Calibration.from_dict(spec.calibration))
+    except Exception as exc:  # ORT raises its own exception types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {first}") from exc
+
+
 def _threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -73,12 +116,29 @@ def _threads() -> int:
 class Engine:
     """A loaded, verified model and its ONNX Runtime session."""
 
-    def __init__(self, session: Any, manifest: ModelManifest, provider: str, precision: str):
+    def __init__(
+        self,
+        session: Any,
+        manifest: ModelManifest,
+        provider: str,
+        precision: str,
+        stage2: Stage2 | None = None,
+    ):
         self.session = session
         self.manifest = manifest
         self.provider = provider
         self.precision = precision
+        #: what the pipeline needs to know about this model, built once
+        self.config: AnalysisConfig = config_from_manifest(manifest, stage2)
         self._input = session.get_inputs()[0].name
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @classmethod
     def load(cls, model_dir: Path, providers: str = "auto", *, precision: str = "auto") -> Engine:
@@ -103,22 +163,8 @@ class Engine:
             precision = "fp16" if on_gpu and "fp16" in manifest.files else "fp32"
         if precision not in manifest.files:
             raise ModelError(f"model manifest lists no {precision!r} file")
-        entry = manifest.files[precision]
-        path = model_dir / entry.path
-        if not path.is_file():
-            raise ModelError(f"model file missing: {path}")
-        actual = sha256_of(path)
-        if actual != entry.sha256:
-            raise ModelError(
-                f"sha256 mismatch for {path}: manifest {entry.sha256[:12]}…, file {actual[:12]}…"
-            )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = _threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # no busy-waiting worker threads: on a shared CPU spinning steals time from others
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = _verify(model_dir, manifest.files[precision])
+        options = _session_options()
         provider_args: list[Any] = []
         for name in chosen:
             if name == "TensorrtExecutionProvider":
@@ -141,6 +187,7 @@ class Engine:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"cannot load {path}: {first}") from exc
         provider = session.get_providers()[0]
+        stage2 = _load_stage2(model_dir, manifest, provider_args)
         log.info(
             "event=model_loaded name=%s version=%s provider=%s precision=%s",
             manifest.name,
@@ -148,7 +195,7 @@ class Engine:
             provider,
             precision,
         )
-        return cls(session, manifest, provider, precision)
+        return cls(session, manifest, provider, precision, stage2)
 
     def _plan(
         self, model_shape: tuple[int, int, int]

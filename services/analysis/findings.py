@@ -36,6 +36,8 @@ class FindingResult:
     solid_diameter_mm: float = 0.0
     #: candidate features (``services.analysis.rescore.FEATURES``); not part of ``to_dict``
     features: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    #: "nodule" (up to 30 mm) or "mass" (larger, found by the mass pass)
+    finding_type: str = "nodule"
 
     def to_dict(self) -> dict[str, Any]:
         """The DESIGN.md ``findings`` item (JSON-ready; no mask, no bbox)."""

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.analysis.masspec import MassSpec
+
 
 class ModelFile(BaseModel):
     """One ONNX file of the model and its sha256."""
@@ -15,6 +17,28 @@ class ModelFile(BaseModel):
     path: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
+
+
+class Stage2Spec(BaseModel):
+    """``model.json`` → ``stage2``: the second-stage classifier and its operating point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: ModelFile
+    #: stage one's threshold when a second stage decides (low: recall first)
+    candidate_threshold: float = Field(gt=0.0, lt=1.0)
+    calibration: dict[str, Any]
+    #: calibrated probability below which a candidate is not reported anywhere
+    report_min_confidence: float = Field(ge=0.0, lt=1.0)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("calibration")
+    @classmethod
+    def _valid_calibration(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from services.analysis.stage2 import Calibration
+
+        Calibration.from_dict(value)
+        return value
 
 
 class ModelManifest(BaseModel):
@@ -47,6 +71,10 @@ class ModelManifest(BaseModel):
     #: diameter calibration (``services.analysis.sizecal.SizeCalibration``); absent: the
     #: axes are reported as measured on the mask
     size_calibration: dict[str, Any] | None = None
+    #: the second stage (:mod:`services.analysis.stage2`); absent: stage one decides
+    stage2: Stage2Spec | None = None
+    #: the mass pass (:class:`services.analysis.config.MassSpec`); absent: no masses
+    masses: MassSpec | None = None
 
     @field_validator("spacing_mm")
     @classmethod

@@ -17,15 +17,16 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from services.analysis.config import AnalysisConfig
 from services.analysis.dicom_io import read_headers
 from services.analysis.errors import AnalysisError
 from services.analysis.findings import FindingResult
 from services.analysis.geometry import Volume
 from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
-from services.analysis.postprocess import DEFAULT_THRESHOLD, findings_from_probability
-from services.analysis.rescore import Rescorer
+from services.analysis.masses import find_masses, merge_masses
+from services.analysis.postprocess import findings_from_probability
+from services.analysis.reporting import reportable, rescored
 from services.analysis.series import choose_series
-from services.analysis.sizecal import SizeCalibration
 from services.analysis.volume import assemble
 
 __all__ = [
@@ -44,6 +45,18 @@ Progress = Callable[[str, float], None]
 
 class ProbabilityModel(Protocol):
     """What the pipeline needs from a model (``services.analysis.engine.Engine`` is one)."""
+
+    @property
+    def config(self) -> AnalysisConfig: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
 
     def probability(
         self,
@@ -74,40 +87,9 @@ class AnalysisResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def model_info(engine: object) -> tuple[dict[str, str], str]:
-    """(``{"name", "version"}``, provider) of an engine, with neutral values for fakes."""
-    manifest = getattr(engine, "manifest", None)
-    name = getattr(manifest, "name", None) or "unknown"
-    version = getattr(manifest, "version", None) or "unknown"
-    provider = str(getattr(engine, "provider", "") or "unknown")
-    return {"name": str(name), "version": str(version)}, provider
-
-
-def _threshold(engine: object) -> float:
-    value = getattr(getattr(engine, "manifest", None), "threshold", None)
-    try:
-        threshold = float(value) if value is not None else DEFAULT_THRESHOLD
-    except (TypeError, ValueError):
-        threshold = DEFAULT_THRESHOLD
-    return threshold if 0.0 < threshold < 1.0 else DEFAULT_THRESHOLD
-
-
-def _rescorer(engine: object) -> Rescorer | None:
-    """The model's candidate rescoring, if its manifest carries one."""
-    data = getattr(getattr(engine, "manifest", None), "rescoring", None)
-    return Rescorer.from_dict(data) if isinstance(data, dict) else None
-
-
-def _size_calibration(engine: object) -> SizeCalibration | None:
-    """The model's diameter calibration, if its manifest carries one."""
-    data = getattr(getattr(engine, "manifest", None), "size_calibration", None)
-    return SizeCalibration.from_dict(data) if isinstance(data, dict) else None
-
-
-def _report_min(engine: object) -> float:
-    """The rescored confidence below which a candidate is not reported (0: report all)."""
-    data = getattr(getattr(engine, "manifest", None), "rescoring", None)
-    return float(data.get("report_min_confidence", 0.0)) if isinstance(data, dict) else 0.0
+def model_info(engine: ProbabilityModel) -> tuple[dict[str, str], str]:
+    """(``{"name", "version"}``, provider) of an engine."""
+    return {"name": engine.name, "version": engine.version}, engine.provider
 
 
 def analyze_volume(
@@ -120,10 +102,12 @@ def analyze_volume(
 ) -> list[FindingResult]:
     """Findings of an HU volume: lung crop, model probability, components, measurements.
 
-    Candidates whose rescored confidence is below the model's operating point
-    (``rescoring.report_min_confidence`` in ``model.json``) are not reported, so a likely
-    false positive does not raise a study's Lung-RADS category; ``all_candidates`` keeps them
-    (evaluation scores the whole FROC curve).
+    Stage one (the network at ``config.threshold``) gives candidates; the second stage, when
+    the model has one, gives each its calibrated confidence; the mass pass adds masses.
+    Candidates under the model's operating point (``config.report_min_confidence``) or under
+    3 mm are not reported (:func:`services.analysis.reporting.reportable`), so a likely false
+    positive never reaches a report or a study's Lung-RADS category; ``all_candidates`` keeps
+    them (evaluation scores the whole FROC curve).
 
     ``timings`` (if given) receives ``crop``, ``inference`` and ``postprocess`` seconds.
     Raises ``AnalysisError("no-usable-series")`` when the volume holds no aerated lung.
@@ -142,32 +126,29 @@ def analyze_volume(
         progress("crop", 1.0)
     step = None if progress is None else (lambda f: progress("inference", f))
     prob = engine.probability(crop, volume.spacing, progress=step)
-    del crop
     t2 = time.perf_counter()
     timings["inference"] = t2 - t1
     if prob.shape != tuple(b.stop - b.start for b in box):
         raise RuntimeError(f"model returned shape {prob.shape} for a crop of {box}")
-    findings = findings_from_probability(
+    config = engine.config
+    candidates = findings_from_probability(
         prob,
         volume,
         offset=offset,
-        threshold=_threshold(engine),
+        threshold=config.threshold,
         inside=lungs.fraction_inside,
         lung=lungs.lung_window,
         lateral=lungs.lateral,
-        rescore=_rescorer(engine),
-        size=_size_calibration(engine),
+        rescore=config.rescorer if config.stage2 is None else None,
+        size=config.size,
     )
-    floor = 0.0 if all_candidates else _report_min(engine)
-    if floor > 0.0:
-        kept = [f for f in findings if f.confidence >= floor]
-        if len(kept) < len(findings):
-            log.info(
-                "event=candidates_below_operating_point dropped=%d min_confidence=%.4f",
-                len(findings) - len(kept),
-                floor,
-            )
-        findings = kept
+    del prob
+    if config.stage2 is not None and candidates:
+        candidates = rescored(candidates, volume, config.stage2)
+    if config.masses is not None:
+        masses = find_masses(volume, box, engine, config.masses, lungs)
+        candidates = merge_masses(candidates, masses, volume)
+    findings = candidates if all_candidates else reportable(candidates, config)
     timings["postprocess"] = time.perf_counter() - t2
     log.info(
         "event=volume_analyzed shape=%s crop=%s lung_ml=%.0f findings=%d "

@@ -39,7 +39,8 @@ class Storage(Protocol):
     def free_bytes(self) -> int: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (renames into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -75,7 +76,7 @@ class LocalStorage:
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -2,7 +2,7 @@
 
 ``python -m services.receiver.child FD PARENT_PID [BOARD_FD SLOTS SLOT]``; settings arrive
 as JSON on standard input, the listening socket and the siblings' load table
-(:mod:`services.receiver.balance`) as inherited file descriptors.
+(:mod:`services.receiver.fast.balance`) as inherited file descriptors.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pydicom import config as pydicom_config
 from services.core.db import Database
 from services.core.logs import setup_logging
 from services.core.settings import Settings
-from services.receiver.balance import LoadBoard
-from services.receiver.main import build_scp, make_tracker
+from services.receiver.assembly import build_scp, make_tracker
+from services.receiver.fast.balance import LoadBoard
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1

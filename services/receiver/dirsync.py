@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.receiver.queries import fsync_dir
+from services.core.storage import fsync_dir
 
 
 @dataclass

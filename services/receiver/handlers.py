@@ -11,15 +11,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from services.receiver import statuses
 from services.receiver.associations import Registry
-from services.receiver.fastpath import release_requested
+from services.receiver.fast.fastpath import release_requested
+from services.receiver.fast.tempfiles import HashingFile, discard
 from services.receiver.index import HeaderError, parse_header
 from services.receiver.policy import rejection_reason
-from services.receiver.store import InstanceStore, NoSpaceError, Outcome, Received
-from services.receiver.tempfiles import HashingFile, discard
+from services.receiver.store import (
+    InstanceConflict,
+    InstanceStore,
+    NoSpaceError,
+    Outcome,
+    Received,
+)
 
 log = logging.getLogger("services.receiver")
 
@@ -86,7 +93,17 @@ def _digest(path: Path) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
-def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int:
+def conflict_status(conflict: InstanceConflict) -> Dataset:
+    """C-STORE-RSP status of an instance refused for a UID conflict (PS3.4 B.2.3, Cxxx with
+    Offending Element and Error Comment, PS3.7 C.4.2)."""
+    status = Dataset()
+    status.Status = statuses.SOP_INSTANCE_CONFLICT
+    status.OffendingElement = conflict.offending_elements
+    status.ErrorComment = conflict.comment
+    return status
+
+
+def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int | Dataset:
     """C-STORE (PS3.4 B.2.2): 0x0000 only once the instance is durable and indexed."""
     state = registry.get(event.assoc)
     request: Any = event.request
@@ -122,9 +139,12 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int:
             )
             return statuses.DATASET_MISMATCH
         return statuses.CANNOT_UNDERSTAND
-    received = Received(path, size, sha, state.calling_aet, header)
+    received = Received(path, size, sha, state.calling_aet, header, peer=state.peer)
     try:
         outcome = store.store(received, opens_study=header.study_instance_uid not in state.studies)
+    except InstanceConflict as conflict:  # logged, audited and quarantined by the store
+        state.failed += 1
+        return conflict_status(conflict)
     except NoSpaceError:
         state.failed += 1
         log.warning("event=instance_refused reason=disk-full calling_aet=%s", state.calling_aet)

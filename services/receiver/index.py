@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from services.core.uids import is_valid_uid
-from services.receiver.headparse import read_head
+from services.receiver.fast.headparse import read_head
 
 _TAGS = [
     Tag(keyword)

@@ -2,7 +2,7 @@
 
 One Python process is CPU-bound near 200 images/s, so the supervisor binds the port once,
 starts ``receiver_processes`` children that all accept on that socket (the least loaded one
-takes each connection, see :mod:`services.receiver.balance`), and runs the study tracker and
+takes each connection, see :mod:`services.receiver.fast.balance`), and runs the study tracker and
 the outbox relay itself.
 Children die with the supervisor (``PR_SET_PDEATHSIG``); a child that dies alone is
 restarted. SIGTERM stops everything cleanly.
@@ -23,8 +23,8 @@ from services.core.broker import make_broker
 from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.settings import Settings
-from services.receiver.balance import LoadBoard, shared_table
-from services.receiver.main import Background, make_tracker, recover
+from services.receiver.assembly import Background, make_tracker, recover
+from services.receiver.fast.balance import LoadBoard, shared_table
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from sqlalchemy import DateTime, bindparam, text
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
-FIND_INSTANCE = text("SELECT id, sha256, path FROM instances WHERE sop_instance_uid = :sop")
+#: The stored instance with this SOP Instance UID, with the study/series/patient it belongs
+#: to: what an incoming instance must agree with before it may replace it.
+FIND_INSTANCE = text(
+    "SELECT i.id, i.sha256, i.path, i.sop_class_uid, se.series_instance_uid,"
+    " st.study_instance_uid, st.patient_id FROM instances i"
+    " JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id"
+    " WHERE i.sop_instance_uid = :sop"
+)
+#: The study a series belongs to (a Series Instance UID names one series of one study).
+FIND_SERIES = text(
+    "SELECT se.id, st.study_instance_uid FROM series se"
+    " JOIN studies st ON st.id = se.study_id WHERE se.series_instance_uid = :uid"
+)
 TOUCH_STUDY = text(
     "UPDATE studies SET last_received_at = :now,"
     " pending_since = COALESCE(pending_since, :now),"
@@ -20,16 +29,11 @@ INSERT_INSTANCE = text(
     " instance_number, path, size, sha256, calling_aet, received_at) VALUES (:series_id, :sop,"
     " :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now)"
 ).bindparams(_NOW)
+#: A new version of a stored instance, in place: the row never moves to another series
+#: (``series_id`` is a condition, not a value; no row updated means the caller refuses).
 UPDATE_INSTANCE = text(
-    "UPDATE instances SET series_id = :series_id, sop_class_uid = :sop_class,"
+    "UPDATE instances SET sop_class_uid = :sop_class,"
     " transfer_syntax_uid = :syntax, instance_number = :number, path = :path, size = :size,"
-    " sha256 = :sha, calling_aet = :aet, received_at = :now WHERE id = :id"
+    " sha256 = :sha, calling_aet = :aet, received_at = :now"
+    " WHERE id = :id AND series_id = :series_id"
 ).bindparams(_NOW)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

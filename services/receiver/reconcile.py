@@ -8,7 +8,10 @@ associations: each ``.dcm`` file without a matching row is indexed through
 :meth:`InstanceStore.store`, exactly as a receipt would be, so its study becomes pending
 again and completes through the study tracker (a study that was already complete gets a
 new job, like a late instance). Files that cannot be indexed are moved to
-``STORAGE_DIR/.quarantine/`` with a log line, never deleted.
+``STORAGE_DIR/.quarantine/`` with a log line, never deleted. A file whose SOP Instance UID
+is indexed under another study, series, patient or SOP class (or whose series is indexed
+under another study) never moves that row: the store refuses it like a receipt and moves
+it to ``STORAGE_DIR/.quarantine/conflicts/``.
 
 Only series folders modified since the last successful scan (minus a margin for clock
 skew and coarse timestamps) are read; the time of that scan is kept in
@@ -33,16 +36,22 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from sqlalchemy import bindparam, select, text
 
+from services.core.storage import fsync_dir
 from services.core.uids import is_valid_uid
+from services.receiver.fast.tempfiles import HEAD_BYTES
 from services.receiver.index import HeaderError, InstanceHeader, parse_header
-from services.receiver.queries import fsync_dir
-from services.receiver.store import INSTANCES, InstanceStore, Outcome, Received
-from services.receiver.tempfiles import HEAD_BYTES
+from services.receiver.store import (
+    INSTANCES,
+    QUARANTINE,
+    InstanceConflict,
+    InstanceStore,
+    Outcome,
+    Received,
+)
 
 log = logging.getLogger(__name__)
 
 WATERMARK = ".reconciled"
-QUARANTINE = ".quarantine"
 BATCH = 500
 _UNDEFINED = 0xFFFFFFFF
 _KNOWN = text(
@@ -252,6 +261,15 @@ class Reconciler:
         received = Received(path, size, sha, "", header)
         try:
             outcome = self.store.store(received, opens_study=False)
+        except InstanceConflict as exc:
+            # Its SOP Instance UID is indexed under another study/series/patient (or its
+            # series under another study): the row is never re-pointed; the store moved the
+            # file to quarantine (logged and audited there).
+            if exc.quarantined:
+                report.quarantined += 1
+            else:  # the indexed file itself, or the move failed: look at it each start
+                report.failed += 1
+            return
         except Exception as exc:  # database or disk: leave the file, retry next start
             report.failed += 1
             log.error(

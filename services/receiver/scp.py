@@ -16,7 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.core.settings import Settings
 from services.receiver import handlers
-from services.receiver.balance import LoadBoard
+from services.receiver.fast.balance import LoadBoard
 from services.receiver.handlers import Registry
 from services.receiver.policy import ACCEPTED_TRANSFER_SYNTAXES, tls_context
 from services.receiver.store import InstanceStore
@@ -31,7 +31,7 @@ NETWORK_TIMEOUT = 60.0
 class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, optionally on a listening socket shared by several
     processes (pre-fork): each process accepts when it can, after deferring to a sibling
-    that holds fewer connections (see :mod:`services.receiver.balance`)."""
+    that holds fewer connections (see :mod:`services.receiver.fast.balance`)."""
 
     daemon_threads = True
 

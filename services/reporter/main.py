@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,78 +17,11 @@ from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
-from services.reporter.artefacts import resolve_outbox_path
-from services.reporter.delivery import (
-    DeliveryTask,
-    Dispatcher,
-    RetryPolicy,
-    Sender,
-    SendOutcome,
-)
-from services.reporter.inputs import InputError
-from services.reporter.pacs import PacsAddress, Timeouts, store
+from services.reporter.delivery.dispatch import Dispatcher, Sender
+from services.reporter.delivery.senders import default_senders, retry_policy
 from services.reporter.results import ResultConsumer
 
 log = logging.getLogger(__name__)
-
-
-def dicom_sender(
-    settings: Settings,
-    *,
-    rebuild: Callable[[str], object] | None = None,
-    timeouts: Timeouts | None = None,
-) -> Sender:
-    """C-STORE the row's file to the row's target (``AET@host:port``).
-
-    A file missing from the outbox (cleaned up, or a replica without the volume) is
-    rebuilt from the database and storage first: same UIDs, so the same instance.
-    """
-
-    def send(task: DeliveryTask) -> SendOutcome:
-        try:
-            address = PacsAddress.parse(task.target)
-            path = resolve_outbox_path(settings, task.path)
-        except ValueError as exc:
-            return SendOutcome(False, False, "bad-target", str(exc))
-        if not path.is_file() and rebuild is not None:
-            log.warning("event=artefact_rebuild job=%s kind=%s", task.job_id, task.kind)
-            try:
-                rebuild(task.job_id)
-            except (InputError, ValueError) as exc:
-                return SendOutcome(False, False, "missing-file", f"cannot rebuild: {exc}")
-        if not path.is_file():
-            return SendOutcome(False, False, "missing-file", f"artefact missing: {path.name}")
-        return store(path, address, calling_aet=settings.ae_title, timeouts=timeouts)
-
-    return send
-
-
-def fhir_sender(db: Database, settings: Settings) -> Sender:
-    """FHIR push of the job's DiagnosticReport (imported lazily: optional module)."""
-
-    def send(task: DeliveryTask) -> SendOutcome:
-        from services.reporter.fhir_push import push_report
-
-        outcome: SendOutcome = push_report(db, settings, task.job_id)
-        return outcome
-
-    return send
-
-
-def default_senders(
-    db: Database, settings: Settings, rebuild: Callable[[str], object] | None = None
-) -> dict[str, Sender]:
-    senders = {"dicom": dicom_sender(settings, rebuild=rebuild)}
-    if settings.fhir_push_url:
-        senders["fhir"] = fhir_sender(db, settings)
-    return senders
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        base_seconds=settings.delivery_backoff_seconds,
-        max_attempts=settings.delivery_max_attempts,
-    )
 
 
 @dataclass
@@ -165,18 +97,13 @@ def build_reporter(
 
 def http_server(settings: Settings, db: Database, broker: Broker | None) -> Any:
     """A uvicorn server for the reporter app, or None while the app is not available."""
-    if importlib.util.find_spec("services.reporter.app") is None:
+    if importlib.util.find_spec("services.reporter.api.app") is None:
         log.warning("event=http_unavailable reason=no_app_module")
         return None
-    import uvicorn
+    from services.reporter.api.app import create_app
+    from services.reporter.api.server import build_server
 
-    from services.reporter.app import create_app
-
-    app = create_app(settings, db, broker)
-    config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False
-    )
-    return uvicorn.Server(config)
+    return build_server(create_app(settings, db, broker), settings)
 
 
 def run(settings: Settings) -> None:

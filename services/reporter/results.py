@@ -26,14 +26,14 @@ from services.core.db import Database, Job, JobState
 from services.core.messages import StudyResult
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
-from services.reporter.artefacts import (
+from services.reporter.delivery.dispatch import FHIR, upsert_delivery
+from services.reporter.dicom.artefacts import (
     Artefact,
     artefact_dir,
     outbox_relative,
     write_artefacts,
 )
-from services.reporter.delivery import FHIR, upsert_delivery
-from services.reporter.inputs import InputError, load_inputs
+from services.reporter.dicom.inputs import InputError, load_inputs
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.analysis.command import folder_files
+from services.analysis.config import AnalysisConfig
 from services.analysis.pipeline import AnalysisResult, analyze_files
 
 ANCHOR_S = 30.0
@@ -37,10 +38,8 @@ STAGES = ("read", "assemble", "crop", "inference", "postprocess")
 class ZeroModel:
     """Stand-in when no model is available: probability 0 everywhere."""
 
-    class manifest:  # mimics Engine.manifest
-        name, version, threshold = "none", "-", 0.5
-
-    provider = "none"
+    name, version, provider = "none", "-", "none"
+    config = AnalysisConfig(threshold=0.5)
 
     def probability(self, hu: Any, spacing: Any, *, progress: Any = None) -> np.ndarray:
         return np.zeros(hu.shape, dtype=np.float32)

@@ -41,7 +41,7 @@ def app_factory():  # type: ignore[no-untyped-def]
     """uvicorn --factory entry: the real app on the database named in the environment."""
     from services.core.db import Database
     from services.core.settings import Settings
-    from services.reporter.app import create_app
+    from services.reporter.api.app import create_app
 
     settings = Settings()
     return create_app(settings, Database(settings.database_url))

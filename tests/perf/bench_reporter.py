@@ -52,12 +52,12 @@ def main() -> None:
     from services.core.messages import STUDY_RESULT, StudyResult
     from services.core.settings import Settings
     from services.core.storage import LocalStorage
-    from services.reporter.artefacts import write_artefacts
-    from services.reporter.inputs import load_inputs
-    from services.reporter.keyimage import build_key_image
+    from services.reporter.dicom.artefacts import write_artefacts
+    from services.reporter.dicom.inputs import load_inputs
+    from services.reporter.dicom.keyimage import build_key_image
+    from services.reporter.dicom.seg import build_seg
+    from services.reporter.dicom.sr import build_sr
     from services.reporter.results import ResultConsumer
-    from services.reporter.seg import build_seg
-    from services.reporter.sr import build_sr
     from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
 
     work = Path(tempfile.mkdtemp(prefix="nf-bench-reporter-"))
@@ -171,7 +171,7 @@ def send_to_orthanc(work: Path, settings, artefacts, anchor: float, repeat: int)
     if shutil.which("Orthanc") is None:
         print("Orthanc not installed: C-STORE delivery not measured")
         return
-    from services.reporter.pacs import PacsAddress, store
+    from services.reporter.delivery.pacs import PacsAddress, store
     from tests.orthanc import running_orthanc
 
     with running_orthanc(work / "orthanc") as orthanc:

@@ -50,8 +50,8 @@ def test_wheel_is_complete_and_migrates_outside_the_source_tree(tmp_path: Path) 
         "services/core/db/migrations/env.py",
         "services/core/db/migrations/script.py.mako",
         "services/core/db/migrations/versions/0001_core_schema.py",
-        "services/reporter/templates/worklist.html",
-        "services/reporter/static/worklist.js",
+        "services/reporter/api/templates/worklist.html",
+        "services/reporter/api/static/worklist.js",
     ):
         assert required in names, required
     assert not [n for n in names if n.startswith(("tests/", "deploy/", "docs/"))]

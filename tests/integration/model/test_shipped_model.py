@@ -16,9 +16,9 @@ import pytest
 
 from services.analysis.engine import Engine, sha256_of
 from services.analysis.pipeline import analyze_volume
-from services.modeling import froc
-from services.modeling.evalcases import eval_case
-from services.modeling.evaluate import score_case
+from services.modeling.evaluation import froc
+from services.modeling.evaluation.evalcases import eval_case
+from services.modeling.evaluation.evaluate import score_case
 
 pytestmark = pytest.mark.slow
 

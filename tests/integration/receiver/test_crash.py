@@ -23,7 +23,7 @@ from services.core.broker import Topology
 from services.core.db import Database, Instance, Job, OutboxMessage, Study
 from services.core.messages import STUDY_READY
 from tests.factories import write_ct_series
-from tests.integration.receiver.conftest import storescu, wait_for
+from tests.integration.receiver.harness import storescu, wait_for
 from tests.services import free_port, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,7 +12,7 @@ from services.core.broker import Delivered, InProcessBroker, RabbitBroker, Verdi
 from services.core.db import Database
 from services.core.messages import INFERENCE_QUEUE, STUDY_READY, StudyReady
 from services.core.outbox import Relay
-from tests.integration.receiver.conftest import (
+from tests.integration.receiver.harness import (
     counts,
     receiver_settings,
     running_receiver,

@@ -17,7 +17,7 @@ from services.core.broker import InProcessBroker
 from services.core.db import Database, Instance, Job, Study
 from services.receiver.reconcile import QUARANTINE, WATERMARK
 from tests.factories import write_ct_series
-from tests.integration.receiver.conftest import (
+from tests.integration.receiver.harness import (
     counts,
     receiver_settings,
     running_receiver,

@@ -14,7 +14,7 @@ from services.core.broker import InProcessBroker
 from services.core.db import Database
 from services.receiver import statuses
 from tests.factories import ct_slice
-from tests.integration.receiver.conftest import counts, receiver_settings, running_receiver
+from tests.integration.receiver.harness import counts, receiver_settings, running_receiver
 from tests.services import PG_ADMIN_URL
 
 pytestmark = pytest.mark.integration

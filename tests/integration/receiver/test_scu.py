@@ -1,4 +1,4 @@
-"""``noduleflow send`` (services.core.scu) against the receiver."""
+"""``noduleflow send`` (services.commands.scu) against the receiver."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from services.commands.scu import send_paths
 from services.core import audit
 from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database
-from services.core.scu import send_paths
 from tests.factories import write_ct_series
-from tests.integration.receiver.conftest import counts, receiver_settings, running_receiver
+from tests.integration.receiver.harness import counts, receiver_settings, running_receiver
 
 pytestmark = pytest.mark.integration
 

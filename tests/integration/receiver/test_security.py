@@ -17,7 +17,7 @@ from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database, Instance
 from services.receiver import statuses
 from tests.factories import ct_slice
-from tests.integration.receiver.conftest import receiver_settings, running_receiver
+from tests.integration.receiver.harness import receiver_settings, running_receiver
 from tests.services import require_tool
 
 pytestmark = pytest.mark.integration

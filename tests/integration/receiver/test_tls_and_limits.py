@@ -13,7 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.core.broker import InProcessBroker
 from services.core.db import Database
-from tests.integration.receiver.conftest import receiver_settings, running_receiver, wait_for
+from tests.integration.receiver.harness import receiver_settings, running_receiver, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from services.commands.scu import send_paths
 from services.core.broker import InProcessBroker
 from services.core.db import Database, Instance
-from services.core.scu import send_paths
-from tests.integration.receiver.conftest import receiver_settings, running_receiver
+from tests.integration.receiver.harness import receiver_settings, running_receiver
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.app import create_app
+from services.reporter.api.app import create_app
 from tests.api_factories import seed_reports
 
 pytestmark = pytest.mark.integration

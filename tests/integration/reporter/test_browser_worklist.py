@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.app import create_app
+from services.reporter.api.app import create_app
 from tests.api_factories import (
     finding_spec,
     make_delivery,

@@ -19,13 +19,13 @@ from services.core.broker import Delivered
 from services.core.db import Database
 from services.core.messages import StudyResult
 from services.core.settings import Settings
-from services.reporter.artefacts import dataset_bytes
-from services.reporter.delivery import DeliveryTask
-from services.reporter.main import dicom_sender
-from services.reporter.model import Algorithm, OutputUids
-from services.reporter.pacs import PacsAddress, Timeouts, store
+from services.reporter.delivery.dispatch import DeliveryTask
+from services.reporter.delivery.pacs import PacsAddress, Timeouts, store
+from services.reporter.delivery.senders import dicom_sender
+from services.reporter.dicom.artefacts import dataset_bytes
+from services.reporter.dicom.model import Algorithm, OutputUids
+from services.reporter.dicom.sr import build_sr
 from services.reporter.results import ResultConsumer
-from services.reporter.sr import build_sr
 from tests.reporting_factories import build_inputs, nodule_series, seed_reporting_job
 from tests.services import free_port
 

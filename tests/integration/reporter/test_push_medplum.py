@@ -7,7 +7,7 @@ import pytest
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.fhir_push import push_report
+from services.reporter.fhir.push import push_report
 from tests.api_factories import finding_spec, make_job, make_study
 from tests.fhirserver.medplum import running_medplum
 
@@ -66,7 +66,7 @@ def test_served_resources_pass_medplum_r4_validation(
     """Everything the API serves is valid R4 per Medplum's structural validator."""
     from fastapi.testclient import TestClient
 
-    from services.reporter.app import create_app
+    from services.reporter.api.app import create_app
     from tests.api_factories import seed_reports
 
     with db.session() as session:
@@ -100,8 +100,8 @@ def test_delivery_outbox_pushes_through_dispatcher(
     from sqlalchemy import select
 
     from services.core.db import Delivery
-    from services.reporter.delivery import Dispatcher, upsert_delivery
-    from services.reporter.main import default_senders, retry_policy
+    from services.reporter.delivery.dispatch import Dispatcher, upsert_delivery
+    from services.reporter.delivery.senders import default_senders, retry_policy
 
     settings = settings.model_copy(update={"fhir_push_url": medplum})
     with db.session() as session:

@@ -18,9 +18,9 @@ from services.core.broker import Delivered, InProcessBroker, RabbitBroker, Verdi
 from services.core.db import AuditEvent, Database, Delivery, Job
 from services.core.messages import STUDY_RESULT, StudyResult
 from services.core.settings import Settings
-from services.reporter.artefacts import artefact_dir
+from services.reporter.dicom.artefacts import artefact_dir
+from services.reporter.dicom.model import OutputUids
 from services.reporter.main import build_reporter
-from services.reporter.model import OutputUids
 from services.reporter.results import ResultConsumer
 from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
 from tests.services import free_port, port_open, wait_port

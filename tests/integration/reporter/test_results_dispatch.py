@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from services.core.db import Database, Delivery
-from services.reporter.delivery import (
+from services.reporter.delivery.dispatch import (
     DELIVERED,
     DeliveryTask,
     Dispatcher,

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from services.analysis.config import AnalysisConfig
 from services.analysis.geometry import Volume
 from tests.factories import ct_slice
 
@@ -67,11 +68,8 @@ def chest(
 class FakeModel:
     """Probability 0.9 wherever HU looks like nodule tissue, else 0 (body is 60 HU)."""
 
-    class Manifest:
-        name, version, threshold = "fake", "0", 0.5
-
-    manifest = Manifest()
-    provider = "FakeProvider"
+    name, version, provider = "fake", "0", "FakeProvider"
+    config = AnalysisConfig(threshold=0.5)
 
     def __init__(self, fn: Callable[[NDArray[np.floating]], NDArray[np.float32]] | None = None):
         self.fn = fn

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from services.analysis.command import folder_files
+from services.analysis.config import AnalysisConfig
 from services.analysis.dicom_io import read_headers
 from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
 from services.analysis.pipeline import analyze_files
@@ -20,10 +21,8 @@ from services.analysis.volume import assemble
 class TruthModel:
     """Returns the phantom's own label map for the crop the pipeline asks about."""
 
-    class manifest:  # mimics Engine.manifest
-        name, version, threshold = "truth", "0", 0.5
-
-    provider = "TruthProvider"
+    name, version, provider = "truth", "0", "TruthProvider"
+    config = AnalysisConfig(threshold=0.5)
 
     def __init__(self, labels: np.ndarray, box: tuple[slice, ...]) -> None:
         self.labels, self.box = labels, box

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from services.analysis import command
+from services.analysis.config import AnalysisConfig
 from services.analysis.errors import AnalysisError
 from services.analysis.pipeline import analyze_files, analyze_volume
+from services.analysis.rescore import Rescorer
 from services.core.settings import Settings
 from tests.factories import write_ct_series
 from tests.unit.analysis.chest import GGN_HU, FakeModel, Nodule, chest, volume_of, write_volume
@@ -129,19 +131,15 @@ def test_candidates_below_the_operating_point_are_not_reported(study) -> None:
     _, _, hu = study
     model = FakeModel()
 
-    class Manifest:
-        name, version, threshold = "fake", "0", 0.5
-        # scores by attenuation: the solid nodule high, the ground-glass one near 0
-        rescoring = {
-            "features": ["mean_hu"],
-            "mean": [-0.6],  # solid (0 HU) → σ(6), ground glass (-600 HU) → σ(-6)
-            "scale": [0.1],
-            "weights": [1.0],
-            "bias": 0.0,
-            "report_min_confidence": 0.5,
-        }
-
-    model.manifest = Manifest()  # type: ignore[assignment]
+    # scores by attenuation: the solid nodule high, the ground-glass one near 0
+    rescorer = Rescorer(
+        features=("mean_hu",),
+        mean=(-0.6,),  # solid (0 HU) → σ(6), ground glass (-600 HU) → σ(-6)
+        scale=(0.1,),
+        weights=(1.0,),
+        bias=0.0,
+    )
+    model.config = AnalysisConfig(threshold=0.5, rescorer=rescorer, report_min_confidence=0.5)
     volume = volume_of(hu, SPACING)
     reported = analyze_volume(volume, model)
     assert [f.kind for f in reported] == ["solid"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.modeling import dataset
+from services.modeling.training import dataset
 
 LUNG_X, TISSUE_X = -0.8, 0.5  # normalised lung parenchyma and soft tissue
 

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from services.modeling import evalcases
-from services.modeling.evaluate import score_case
-from services.modeling.report import markdown, summarize
+from services.modeling.evaluation import evalcases
+from services.modeling.evaluation.evaluate import score_case
+from services.modeling.evaluation.report import markdown, summarize
 from tests.unit.modeling.fakecase import fake_case
 
 

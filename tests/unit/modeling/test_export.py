@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from services.analysis.engine import Engine, sha256_of  # noqa: E402
-from services.modeling.export import export  # noqa: E402
-from services.modeling.network import UNet3D  # noqa: E402
+from services.modeling.training.export import export  # noqa: E402
+from services.modeling.training.network import UNet3D  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_onnx_matches_torch_with_dynamic_shapes(exported, precision, tol):
 
 
 def test_training_continues_from_the_exported_onnx(exported):
-    from services.modeling.warmstart import freeze_batchnorm, load_onnx
+    from services.modeling.training.warmstart import freeze_batchnorm, load_onnx
 
     net, out, _ = exported
     x = torch.from_numpy(np.random.default_rng(3).normal(0, 0.5, (2, 1, 16, 24, 32)).astype("f4"))

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from services.modeling import froc
-from services.modeling.froc import Detection, Scan, TrueNodule
+from services.modeling.evaluation import froc
+from services.modeling.evaluation.froc import Detection, Scan, TrueNodule
 
 
 def _scan(truths, dets):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from services.analysis.rescore import FEATURES, Rescorer
-from services.modeling import froc
-from services.modeling.rescoring import Candidates, cpm_with, fit, tagged_version
+from services.modeling.evaluation import froc
+from services.modeling.evaluation.rescoring import Candidates, cpm_with, fit, tagged_version
 
 
 def _scans(n: int, seed: int = 0) -> list[Candidates]:
@@ -51,7 +51,7 @@ def test_fit_beats_network_confidence_out_of_sample() -> None:
 
 
 def test_operating_point_bounds_false_positives_per_scan() -> None:
-    from services.modeling.rescoring import operating_point
+    from services.modeling.evaluation.rescoring import operating_point
 
     scans = _scans(10)
     score = lambda f: f["confidence"]  # noqa: E731
@@ -63,7 +63,7 @@ def test_operating_point_bounds_false_positives_per_scan() -> None:
 
 
 def test_size_calibration_fitted_on_true_candidates_only() -> None:
-    from services.modeling.rescoring import fit_size
+    from services.modeling.evaluation.rescoring import fit_size
 
     rng = np.random.default_rng(3)
     scans = _scans(12)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from services.receiver.balance import LoadBoard, shared_table
+from services.receiver.fast.balance import LoadBoard, shared_table
 
 
 def test_board_is_shared_between_mappings() -> None:

@@ -9,8 +9,8 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
-from services.receiver.commands import encode_store_response
-from services.receiver.fastpath import encode_file_meta
+from services.receiver.fast.commands import encode_store_response
+from services.receiver.fast.fastpath import encode_file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -41,7 +41,7 @@ def test_store_response_matches_pynetdicom(status: int) -> None:
 
 
 def test_pdv_list_splits_items_without_copying() -> None:
-    from services.receiver.fastpath import _pdv_list
+    from services.receiver.fast.fastpath import _pdv_list
 
     def item(context: int, data: bytes) -> bytes:
         return (len(data) + 1).to_bytes(4, "big") + bytes([context]) + data
@@ -59,7 +59,7 @@ def test_pdv_list_splits_items_without_copying() -> None:
 def test_context_copy_is_independent() -> None:
     from pynetdicom.presentation import build_context
 
-    from services.receiver.fastpath import _copy_contexts
+    from services.receiver.fast.fastpath import _copy_contexts
 
     original = [build_context(CT, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])]
     [clone] = _copy_contexts(original)
@@ -75,7 +75,7 @@ def test_context_copy_is_independent() -> None:
 def test_store_command_decodes_like_pydicom(originator: str | None) -> None:
     from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 
-    from services.receiver.commands import decode_store_command
+    from services.receiver.fast.commands import decode_store_command
 
     req = C_STORE()
     req.MessageID = 7
@@ -116,7 +116,7 @@ def test_other_commands_are_left_to_pydicom() -> None:
     from pynetdicom.dimse_messages import C_ECHO_RQ
     from pynetdicom.dimse_primitives import C_ECHO
 
-    from services.receiver.commands import decode_store_command
+    from services.receiver.fast.commands import decode_store_command
 
     echo = C_ECHO()
     echo.MessageID = 1
@@ -133,7 +133,7 @@ def test_command_pdu_matches_pynetdicom() -> None:
     from pynetdicom.pdu import P_DATA_TF
     from pynetdicom.pdu_primitives import P_DATA
 
-    from services.receiver.commands import command_pdu
+    from services.receiver.fast.commands import command_pdu
 
     command = encode_store_response(CT, "1.2.3.45", 7, 0x0000)
     primitive = P_DATA()

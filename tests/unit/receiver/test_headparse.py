@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ImplicitVRLittleEndian
 
-from services.receiver.headparse import read_head
+from services.receiver.fast.headparse import read_head
 from services.receiver.index import HeaderError, parse_header
 from tests.factories import ct_slice
 

@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from services.receiver.tempfiles import HashingFile, clean, discard
+from services.receiver.fast.tempfiles import HashingFile, clean, discard
 
 
 def test_hashing_file_hashes_and_caps(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.receiver import wakeups
-from services.receiver.fastpath import MAX_PDU_READ, _recv
+from services.receiver.fast import wakeups
+from services.receiver.fast.fastpath import MAX_PDU_READ, _recv
 
 
 def _fake_assoc() -> SimpleNamespace:

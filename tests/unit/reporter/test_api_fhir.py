@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.app import create_app
+from services.reporter.api.app import create_app
 from tests.api_factories import Made, seed_reports
 
 FHIR = "application/fhir+json"
@@ -209,7 +209,7 @@ def test_method_size_and_encoding_errors(client: TestClient) -> None:
 
 
 def test_rate_limit_is_429(db: Database, settings: Settings) -> None:
-    from services.reporter.middleware import RateLimiter
+    from services.reporter.api.middleware import RateLimiter
 
     app = create_app(settings, db)
     app.user_middleware[0].kwargs.update(rate=0.001, burst=3)  # GuardMiddleware options

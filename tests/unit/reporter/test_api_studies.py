@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.app import create_app
-from services.reporter.metrics import stage_histograms
+from services.reporter.api.app import create_app
+from services.reporter.api.metrics import stage_histograms
 from tests.api_factories import (
     Made,
     finding_spec,

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from services.core.db import AuditEvent, Database
 from services.core.settings import Settings
-from services.reporter.app import create_app
-from services.reporter.auth import allows
+from services.reporter.api.app import create_app
+from services.reporter.api.auth import allows
 from tests.api_factories import Made, seed_reports
 
 STATIC = "s3cr3t-static-token-0123456789"

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from services.core.db import AuditEvent, Database, Delivery
-from services.reporter.delivery import (
+from services.reporter.delivery.dispatch import (
     DELIVERED,
     FAILED,
     PENDING,

@@ -5,9 +5,9 @@ import json
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from services.core.db import Database
-from services.reporter import fhir_build as fb
-from services.reporter import fhir_common as fc
-from services.reporter import fhir_entities as fe
+from services.reporter.fhir import build as fb
+from services.reporter.fhir import common as fc
+from services.reporter.fhir import entities as fe
 from tests.api_factories import finding_spec, make_job, make_study
 
 
@@ -149,7 +149,7 @@ def test_json_fast_path_equals_model_dump(db: Database) -> None:
 
 
 def test_cache_key_changes_when_superseded(db: Database) -> None:
-    from services.reporter.fhir_cache import ReportCache
+    from services.reporter.fhir.cache import ReportCache
 
     data = _input(db, findings=1)
     cache = ReportCache(max_entries=2)

@@ -12,8 +12,8 @@ import pytest
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter import fhir_push
-from services.reporter.fhir_push import push_report
+from services.reporter.fhir import push
+from services.reporter.fhir.push import push_report
 from tests.api_factories import finding_spec, make_job, make_study
 from tests.services import free_port
 
@@ -106,7 +106,7 @@ def test_timeout_and_refused_are_retried(
     import httpx
 
     Handler.mode = "slow"
-    monkeypatch.setattr(fhir_push, "TIMEOUT", httpx.Timeout(0.3))
+    monkeypatch.setattr(push, "TIMEOUT", httpx.Timeout(0.3))
     slow = push_report(db, settings.model_copy(update={"fhir_push_url": server}), job_id)
     assert (slow.ok, slow.retry, slow.status) == (False, True, "timeout")
     refused = push_report(

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from pydicom import config, dcmread
 
-from services.reporter.artefacts import dataset_bytes
-from services.reporter.keyimage import (
+from services.reporter.dicom.artefacts import dataset_bytes
+from services.reporter.dicom.keyimage import (
     CONTOUR_RGB,
     LUNG_WINDOW,
     build_key_image,
@@ -23,7 +23,7 @@ from services.reporter.keyimage import (
     render,
     window,
 )
-from services.reporter.model import Algorithm, OutputUids
+from services.reporter.dicom.model import Algorithm, OutputUids
 from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.reporter.pacs import PacsAddress, classify_status
+from services.reporter.delivery.pacs import PacsAddress, classify_status
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB006, 0xB007])

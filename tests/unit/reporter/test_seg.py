@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from pydicom import config, dcmread
 
-from services.reporter.artefacts import dataset_bytes
-from services.reporter.model import Algorithm, OutputUids
-from services.reporter.seg import build_seg, label_stack, segment_numbers
+from services.reporter.dicom.artefacts import dataset_bytes
+from services.reporter.dicom.model import Algorithm, OutputUids
+from services.reporter.dicom.seg import build_seg, label_stack, segment_numbers
 from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")

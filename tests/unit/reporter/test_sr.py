@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
-from services.reporter.artefacts import dataset_bytes
-from services.reporter.model import Algorithm, OutputUids
-from services.reporter.seg import build_seg, seg_header, segment_numbers
-from services.reporter.sr import SegReference, build_sr
+from services.reporter.dicom.artefacts import dataset_bytes
+from services.reporter.dicom.model import Algorithm, OutputUids
+from services.reporter.dicom.seg import build_seg, seg_header, segment_numbers
+from services.reporter.dicom.sr import SegReference, build_sr
 from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")

@@ -8,7 +8,7 @@ import pytest
 
 from services.core.settings import Settings
 from services.core.storage import UnsafeKeyError
-from services.reporter.artefacts import (
+from services.reporter.dicom.artefacts import (
     artefact_dir,
     atomic_write,
     outbox_relative,

@@ -9,15 +9,15 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from services.reporter.artefacts import dataset_bytes
-from services.reporter.model import Algorithm, OutputUids
-from services.reporter.sanitise import (
+from services.reporter.dicom.artefacts import dataset_bytes
+from services.reporter.dicom.model import Algorithm, OutputUids
+from services.reporter.dicom.sanitise import (
     UTF8,
     clean_person_name,
     image_header,
     study_header,
 )
-from services.reporter.sr import build_sr
+from services.reporter.dicom.sr import build_sr
 from tests.reporting_factories import dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "1.0")
@@ -134,10 +134,10 @@ def test_real_ct_header_with_broken_reference_gives_valid_outputs(tmp_path: Path
     import numpy as np
     from pydicom.data import get_testdata_file
 
-    from services.reporter.keyimage import build_key_image
-    from services.reporter.model import NoduleFinding
-    from services.reporter.seg import build_seg, seg_header, segment_numbers
-    from services.reporter.sr import SegReference
+    from services.reporter.dicom.keyimage import build_key_image
+    from services.reporter.dicom.model import NoduleFinding
+    from services.reporter.dicom.seg import build_seg, seg_header, segment_numbers
+    from services.reporter.dicom.sr import SegReference
 
     source = dcmread(get_testdata_file("CT_small.dcm"))
     source.ReferencedStudySequence = [broken_reference()]

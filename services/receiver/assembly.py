@@ -1,0 +1,100 @@
+"""Building blocks of a receiver, shared by the in-process receiver (:mod:`.main`), the
+supervisor of ``noduleflow receiver`` (:mod:`.prefork`) and its SCP processes
+(:mod:`.child`): tracker, storage, SCP, start-up recovery, background threads.
+
+Kept apart from :mod:`.main` so that :mod:`.prefork` and :mod:`.child` need not import it
+(``main.run`` starts the supervisor; nothing imports back).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+from services.core.db import Database
+from services.core.outbox import Relay
+from services.core.settings import Settings
+from services.core.storage import LocalStorage
+from services.receiver import fast
+from services.receiver.fast import tempfiles
+from services.receiver.fast.balance import LoadBoard
+from services.receiver.handlers import Registry
+from services.receiver.reconcile import ReconcileReport, reconcile
+from services.receiver.scp import StorageSCP
+from services.receiver.store import InstanceStore
+from services.receiver.tracker import StudyTracker
+
+log = logging.getLogger(__name__)
+
+
+def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -> StudyTracker:
+    return StudyTracker(
+        db,
+        idle_seconds=settings.study_idle_seconds,
+        grace_seconds=settings.release_grace_seconds,
+        on_complete=relay.wake.set if relay is not None else None,
+    )
+
+
+def prepare_storage(settings: Settings) -> tuple[LocalStorage, Path]:
+    """Storage plus this host's temporary folder for incoming data sets."""
+    storage = LocalStorage(settings.storage_dir)
+    return storage, tempfiles.temp_folder(storage.tmp)
+
+
+def build_scp(
+    settings: Settings,
+    db: Database,
+    tracker: StudyTracker,
+    *,
+    listen_socket: socket.socket | None = None,
+    board: LoadBoard | None = None,
+) -> StorageSCP:
+    """The Storage SCP, with this process's pynetdicom switched to the fast path
+    (:func:`services.receiver.fast.install`; refuses an unsupported pynetdicom)."""
+    storage, incoming = prepare_storage(settings)
+    fast.install(incoming)
+    store = InstanceStore(db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
+    registry = Registry(
+        db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
+    )
+    return StorageSCP(settings, store, registry, listen_socket=listen_socket, board=board)
+
+
+def recover(settings: Settings, tracker: StudyTracker) -> ReconcileReport:
+    """Start-up clean-up after a crash, before the SCP accepts anything: half-received
+    files, stale association counts, stored files whose row was never committed."""
+    storage, incoming = prepare_storage(settings)
+    removed = tempfiles.clean(incoming) + storage.clean_temp()
+    reset = tracker.reset_open_associations()
+    log.info("event=receiver_recovered temp_removed=%d open_associations_reset=%d", removed, reset)
+    store = InstanceStore(tracker.db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
+    return reconcile(store, margin_seconds=settings.reconcile_margin_seconds)
+
+
+class Background:
+    """Tracker and relay threads, stopped together."""
+
+    def __init__(self, tracker: StudyTracker, relay: Relay) -> None:
+        self.tracker = tracker
+        self.relay = relay
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.stop_event.clear()
+        for name, target in (("tracker", self.tracker.run), ("relay", self.relay.run)):
+            thread = threading.Thread(
+                target=target, args=(self.stop_event,), name=f"noduleflow-{name}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.relay.wake.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.threads.clear()

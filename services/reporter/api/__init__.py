@@ -1,0 +1,1 @@
+"""The HTTP side: FastAPI app, routes, access control, audit, metrics and its uvicorn server."""

@@ -1,0 +1,182 @@
+"""FHIR Observation and ImagingStudy (read, search), Patient and Device (read), metadata."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from services.core.db.models import utcnow
+from services.reporter.api import audit_reads
+from services.reporter.api.auth import Principal
+from services.reporter.api.deps import SessionDep, SettingsDep, StateDep, client_host, require
+from services.reporter.api.errors import ApiError
+from services.reporter.fhir import repo
+from services.reporter.fhir.build import ReportInput, local_links, observation_json
+from services.reporter.fhir.capability import capability_statement
+from services.reporter.fhir.entities import build_device, build_imaging_study, build_patient
+from services.reporter.fhir.query import (
+    IMAGING_STUDY_SPEC,
+    OBSERVATION_SPEC,
+    imaging_study_statement,
+    observation_statement,
+)
+from services.reporter.fhir.response import (
+    FhirResponse,
+    encode,
+    entry,
+    fhir_base,
+    parse_request,
+    resource_response,
+    searchset,
+)
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+ObservationReader = Annotated[Principal, Depends(require("Observation", interaction="r"))]
+ObservationSearcher = Annotated[Principal, Depends(require("Observation", interaction="s"))]
+StudyReader = Annotated[Principal, Depends(require("ImagingStudy", interaction="r"))]
+StudySearcher = Annotated[Principal, Depends(require("ImagingStudy", interaction="s"))]
+PatientReader = Annotated[Principal, Depends(require("Patient", interaction="r"))]
+DeviceReader = Annotated[Principal, Depends(require("Device", interaction="r"))]
+
+
+@lru_cache(maxsize=16)
+def _capability(base: str, auth_open: bool, day: str) -> bytes:
+    statement = capability_statement(base, auth_open=auth_open, date=day)
+    return encode(statement.model_dump(mode="json"))
+
+
+@router.get("/metadata", response_class=FhirResponse)
+def metadata(request: Request, settings: SettingsDep, state: StateDep) -> Response:
+    body = _capability(
+        fhir_base(request, settings), state.authenticator.open, utcnow().date().isoformat()
+    )
+    return resource_response(body)
+
+
+@router.get("/Observation", response_class=FhirResponse)
+def search_observations(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    state: StateDep,
+    who: ObservationSearcher,
+) -> Response:
+    search = parse_request(request, "Observation", OBSERVATION_SPEC)
+    page, count = observation_statement(search)
+    total = int(session.scalar(count) or 0)
+    rows = list(session.execute(page)) if search.count else []
+    inputs = repo.report_inputs(session=session, rows=[(job, study) for _, job, study in rows])
+    matches = [
+        state.reports.observations(data)[finding.index - 1]
+        if _indexed(data)
+        else entry(observation_json(data, finding, local_links(data)))
+        for data, (finding, _, _) in zip(inputs, rows, strict=True)
+    ]
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Observation",
+        params=search.names,
+        total=total,
+    )
+    return searchset(request, settings, search, total, matches)
+
+
+def _indexed(data: ReportInput) -> bool:
+    """Findings numbered 1..n, so the cached list can be indexed by ``Finding.index``."""
+    return [f.index for f in data.findings] == list(range(1, len(data.findings) + 1))
+
+
+@router.get("/Observation/{observation_id}", response_class=FhirResponse)
+def read_observation(
+    observation_id: str,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    who: ObservationReader,
+) -> Response:
+    found = repo.get_observation(session=session, observation_id=observation_id[:80])
+    if found is None:
+        raise ApiError(404, f"Observation/{observation_id[:80]} not found")
+    data, finding = found
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Observation",
+        ids=observation_id,
+    )
+    if _indexed(data):
+        return resource_response(state.reports.observations(data)[finding.index - 1][2])
+    return resource_response(observation_json(data, finding, local_links(data)))
+
+
+@router.get("/ImagingStudy", response_class=FhirResponse)
+def search_imaging_studies(
+    request: Request, session: SessionDep, settings: SettingsDep, who: StudySearcher
+) -> Response:
+    search = parse_request(request, "ImagingStudy", IMAGING_STUDY_SPEC)
+    page, count = imaging_study_statement(search)
+    total = int(session.scalar(count) or 0)
+    studies = list(session.scalars(page)) if search.count else []
+    series = repo.series_infos(session=session, study_ids=[s.id for s in studies])
+    matches = [
+        entry(build_imaging_study(s, series.get(s.id, [])).model_dump(mode="json")) for s in studies
+    ]
+    audit_reads.search(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="ImagingStudy",
+        params=search.names,
+        total=total,
+    )
+    return searchset(request, settings, search, total, matches)
+
+
+@router.get("/ImagingStudy/{study_uid}", response_class=FhirResponse)
+def read_imaging_study(
+    study_uid: str, request: Request, session: SessionDep, who: StudyReader
+) -> Response:
+    study = repo.get_study(session=session, study_uid=study_uid[:64])
+    if study is None:
+        raise ApiError(404, "ImagingStudy not found")
+    series = repo.series_infos(session=session, study_ids=[study.id])
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="ImagingStudy",
+        ids=study.study_instance_uid,
+    )
+    return resource_response(build_imaging_study(study, series.get(study.id, [])))
+
+
+@router.get("/Patient/{patient_id}", response_class=FhirResponse)
+def read_patient(
+    patient_id: str, request: Request, session: SessionDep, who: PatientReader
+) -> Response:
+    study = repo.get_patient(session=session, patient_key=patient_id[:64])
+    if study is None:
+        raise ApiError(404, "Patient not found")
+    audit_reads.read(
+        session,
+        actor=who.subject,
+        source=client_host(request),
+        resource_type="Patient",
+        ids=study.patient_key,
+    )
+    return resource_response(build_patient(study))
+
+
+@router.get("/Device/{device_id}", response_class=FhirResponse)
+def read_device(device_id: str, session: SessionDep, who: DeviceReader) -> Response:
+    found = repo.get_device(session=session, device_id=device_id[:128])
+    if found is None:
+        raise ApiError(404, "Device not found")
+    return resource_response(build_device(*found))

@@ -1,0 +1,1 @@
+"""Delivery: rows per (job, kind, target), the dispatcher, and the senders (PACS, FHIR)."""

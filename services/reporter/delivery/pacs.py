@@ -1,0 +1,165 @@
+"""C-STORE SCU to the PACS, and how its answers are classified (PS3.4 B.2.3, PS3.7 C).
+
+Status classes of a C-STORE response:
+
+* ``0x0000`` success; warnings ``0xB000`` (coercion of data elements), ``0xB006``
+  (elements discarded), ``0xB007`` (data set does not match SOP class): the instance
+  was stored, so the delivery is done (the warning is recorded).
+* ``0xA7xx`` refused, out of resources: transient, retry later.
+* ``0xA9xx`` data set does not match SOP class, ``0xCxxx`` cannot understand, and any
+  other failure: permanent; resending the same bytes would fail the same way.
+* No response at all (association rejected, aborted, connection refused, timeouts):
+  transient, retried, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from services.reporter.delivery.dispatch import SendOutcome
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+WARNING_COERCION = 0xB000  # PS3.4 B.2.3: coercion of data elements
+WARNING_ELEMENTS_DISCARDED = 0xB006  # PS3.4 B.2.3: elements discarded
+WARNING_SOP_CLASS_MISMATCH = 0xB007  # PS3.4 B.2.3: data set does not match SOP class
+SUCCESS_STATUSES = {
+    SUCCESS,
+    WARNING_COERCION,
+    WARNING_ELEMENTS_DISCARDED,
+    WARNING_SOP_CLASS_MISMATCH,
+}
+
+
+def classify_status(status: int) -> SendOutcome:
+    """Map a C-STORE response status to an outcome (pure)."""
+    text = f"0x{status:04X}"
+    if status in SUCCESS_STATUSES:
+        detail = "stored" if status == SUCCESS else "stored with warning"
+        return SendOutcome(ok=True, retry=False, status=text, detail=detail)
+    if status & 0xFF00 == 0xA700:
+        return SendOutcome(ok=False, retry=True, status=text, detail="refused: out of resources")
+    if status & 0xFF00 == 0xA900:
+        return SendOutcome(
+            ok=False, retry=False, status=text, detail="refused: data set does not match SOP class"
+        )
+    if status & 0xF000 == 0xC000:
+        return SendOutcome(ok=False, retry=False, status=text, detail="failed: cannot understand")
+    return SendOutcome(ok=False, retry=False, status=text, detail="failed: unexpected status")
+
+
+@dataclass(frozen=True)
+class PacsAddress:
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: str) -> PacsAddress:
+        """``AET@host:port``."""
+        aet, _, hostport = value.partition("@")
+        host, _, port = hostport.rpartition(":")
+        if not aet or len(aet) > 16 or not host or not port.isdigit():
+            raise ValueError(f"PACS address must look like AET@host:port, got {value!r}")
+        return cls(aet, host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; a hung PACS costs at most about connect + acse + dimse per attempt."""
+
+    connect: float = 10.0
+    acse: float = 15.0
+    dimse: float = 30.0
+    network: float = 30.0
+
+
+def _rejection(primitive: Any) -> str:
+    return (
+        f"association rejected ({getattr(primitive, 'result_str', '?')}, "
+        f"source {getattr(primitive, 'source_str', '?')}: "
+        f"{getattr(primitive, 'reason_str', '?')})"
+    )
+
+
+def store(
+    path: Path,
+    address: PacsAddress,
+    *,
+    calling_aet: str,
+    timeouts: Timeouts | None = None,
+) -> SendOutcome:
+    """Send one DICOM file by C-STORE; never raises for network trouble."""
+    timeouts = timeouts or Timeouts()
+    meta = dcmread(path, stop_before_pixels=True)
+    sop_class = meta.SOPClassUID
+    syntax = meta.file_meta.TransferSyntaxUID
+    ae = AE(ae_title=calling_aet)
+    ae.connection_timeout = timeouts.connect
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    ae.add_requested_context(sop_class, syntaxes)
+    answers: list[Any] = []
+    connected = threading.Event()
+
+    def on_acse(event: Any) -> None:
+        if getattr(event.primitive, "result", None) in (0x01, 0x02):
+            answers.append(event.primitive)
+
+    try:
+        assoc = ae.associate(
+            address.host,
+            address.port,
+            ae_title=address.aet,
+            evt_handlers=[
+                (evt.EVT_ACSE_RECV, on_acse),
+                (evt.EVT_CONN_OPEN, lambda _: connected.set()),
+            ],
+        )
+    except OSError as exc:  # name resolution and the like
+        return SendOutcome(ok=False, retry=True, status="no-association", detail=str(exc))
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            detail = _rejection(answers[0]) if answers else "association rejected"
+            status = "rejected"
+        elif not connected.is_set():
+            detail, status = "connection failed (refused or unreachable)", "no-association"
+        elif assoc.is_aborted:
+            detail, status = "association aborted during negotiation", "aborted"
+        else:
+            detail, status = "connection failed (refused or timed out)", "no-association"
+        log.warning("event=pacs_association_failed pacs=%s reason=%s", address, detail)
+        return SendOutcome(ok=False, retry=True, status=status, detail=detail)
+    try:
+        response = assoc.send_c_store(path)
+        if "Status" not in response:
+            detail = "aborted" if assoc.is_aborted else "no response (timeout or abort)"
+            log.warning("event=pacs_store_no_response pacs=%s reason=%s", address, detail)
+            return SendOutcome(ok=False, retry=True, status="no-response", detail=detail)
+        outcome = classify_status(int(response.Status))
+        comment = str(response.get("ErrorComment", "") or "")
+        if comment:
+            outcome = SendOutcome(
+                outcome.ok, outcome.retry, outcome.status, f"{outcome.detail}: {comment}"[:500]
+            )
+        return outcome
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("event=pacs_store_error pacs=%s error=%s", address, exc.__class__.__name__)
+        return SendOutcome(ok=False, retry=True, status="error", detail=str(exc)[:500])
+    finally:
+        if assoc.is_established:
+            assoc.release()

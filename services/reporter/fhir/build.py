@@ -1,0 +1,260 @@
+"""Pure builders: database rows → FHIR R4 DiagnosticReport and Observations (fhir.resources).
+
+One DiagnosticReport per finished job (id = job id), one Observation per nodule
+(id = ``<job id>-<index>``); Patient, ImagingStudy and Device are in
+:mod:`services.reporter.fhir.entities`.
+
+Superseded reports: a new job for the same study (late instances) issues a new report with
+status ``amended``. The earlier report is never rewritten: it keeps the status it was issued
+with and is tagged ``urn:noduleflow:tag|superseded`` so that a reader (and the worklist) can tell
+it is no longer the current one. R4 has no Device target for ``DiagnosticReport.performer``, so
+the model is named on every Observation (``Observation.device``) and in the conclusion.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+
+from services.core.db import Finding, Job, Study
+from services.reporter.fhir import common as fc
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """Everything one DiagnosticReport is built from (rows loaded by the caller)."""
+
+    job: Job
+    study: Study
+    findings: Sequence[Finding]
+    previous_job_id: str | None = None  # an earlier finished report of this study
+    superseded_by: str | None = None  # a later finished report of this study
+
+
+@dataclass(frozen=True)
+class Links:
+    """How the report points at its subject, study, device and results.
+
+    Served locally these are literal references (``Patient/<id>``); pushed to another server
+    they are logical references by identifier plus the ids that server assigned.
+    """
+
+    subject: dict[str, Any]
+    imaging_study: dict[str, Any]
+    device: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def local_links(data: ReportInput) -> Links:
+    name, version = fc.model_identity(data.job.details, data.job.model_version)
+    return Links(
+        subject={"reference": f"Patient/{data.study.patient_key}"},
+        imaging_study={"reference": f"ImagingStudy/{data.study.study_instance_uid}"},
+        device={"reference": f"Device/{fc.device_id(name, version)}", "display": name},
+        results=[
+            {"reference": f"Observation/{fc.observation_id(data.job.id, f.index)}"}
+            for f in data.findings
+        ],
+    )
+
+
+def report_status(data: ReportInput) -> str:
+    return "amended" if data.previous_job_id else "final"
+
+
+def _meta(data: ReportInput) -> dict[str, Any]:
+    meta: dict[str, Any] = {"lastUpdated": fc.instant(data.job.finished_at or data.job.updated_at)}
+    if data.superseded_by:
+        meta["tag"] = [{"system": fc.TAG_SYSTEM, "code": "superseded", "display": "Superseded"}]
+    return meta
+
+
+def _quantity(value: float, unit: str, code: str) -> dict[str, Any]:
+    return {"value": round(float(value), 3), "unit": unit, "system": fc.UCUM, "code": code}
+
+
+def _component(coding: dict[str, Any], **value: Any) -> dict[str, Any]:
+    return {"code": {"coding": [coding], "text": coding["display"]}, **value}
+
+
+def _local(code: str, display: str) -> dict[str, Any]:
+    return {"system": fc.CODES_SYSTEM, "code": code, "display": display}
+
+
+def lung_rads_concept(category: str) -> dict[str, Any]:
+    return {
+        "coding": [
+            {"system": fc.LUNG_RADS_SYSTEM, "code": category, "display": f"Lung-RADS {category}"}
+        ],
+        "text": f"Lung-RADS {category}",
+    }
+
+
+def build_observation(data: ReportInput, finding: Finding, links: Links) -> Observation:
+    """One nodule: size, volume, attenuation, kind, Lung-RADS, confidence and centre (LPS mm)."""
+    return Observation.model_validate(_observation(data, finding, links))
+
+
+def observation_json(data: ReportInput, finding: Finding, links: Links) -> dict[str, Any]:
+    """:func:`build_observation` as validated JSON (skips the model's slower re-serialisation)."""
+    body = _observation(data, finding, links)
+    Observation.model_validate(body)
+    return body
+
+
+def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str, Any]:
+    mm = ("mm", "mm")
+    components = [
+        _component(
+            {"system": fc.SNOMED, "code": "81827009", "display": "Diameter"},
+            valueQuantity=_quantity(finding.diameter_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "103339001", "display": "Long axis"},
+            valueQuantity=_quantity(finding.long_axis_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "103340004", "display": "Short axis"},
+            valueQuantity=_quantity(finding.short_axis_mm, *mm),
+        ),
+        _component(
+            {"system": fc.SNOMED, "code": "118565006", "display": "Volume"},
+            valueQuantity=_quantity(finding.volume_mm3, "mm3", "mm3"),
+        ),
+        _component(
+            {"system": fc.DCM, "code": "112031", "display": "Attenuation Coefficient"},
+            valueQuantity=_quantity(finding.mean_hu, "HU", "[hnsf'U]"),
+        ),
+        _component(
+            _local("nodule-type", "Nodule type"),
+            valueCodeableConcept={
+                "coding": [{"system": fc.NODULE_KIND_SYSTEM, "code": finding.kind}],
+                "text": finding.kind,
+            },
+        ),
+        _component(
+            _local("lung-rads", "Lung-RADS category"),
+            valueCodeableConcept=lung_rads_concept(finding.lung_rads),
+        ),
+        _component(
+            _local("confidence", "Detection confidence"),
+            valueQuantity=_quantity(finding.confidence, "1", "1"),
+        ),
+    ]
+    for axis, value in zip("xyz", finding.center_mm, strict=True):
+        components.append(
+            _component(
+                _local(f"center-{axis}", f"Centre {axis.upper()} (patient LPS)"),
+                valueQuantity=_quantity(value, *mm),
+            )
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": fc.observation_id(data.job.id, finding.index),
+        "meta": _meta(data),
+        "identifier": [
+            {
+                "system": fc.OBSERVATION_SYSTEM,
+                "value": fc.observation_id(data.job.id, finding.index),
+            }
+        ],
+        "status": report_status(data),
+        "category": [
+            {"coding": [{"system": fc.OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}
+        ],
+        "code": {"coding": [fc.NODULE_CODE], "text": f"Lung nodule {finding.index}"},
+        "subject": links.subject,
+        "effectiveDateTime": fc.fhir_datetime(data.study.study_date, data.study.study_time),
+        "issued": fc.instant(data.job.finished_at),
+        "device": links.device,
+        "bodySite": {"coding": [fc.LUNG_CODE], "text": "Lung"},
+        "derivedFrom": [links.imaging_study],
+        "component": components,
+    }
+    return _drop_none(resource)
+
+
+def conclusion(data: ReportInput) -> str:
+    """The report's conclusion in plain words."""
+    name, version = fc.model_identity(data.job.details, data.job.model_version)
+    tail = f"Automated analysis by {name} {version}; to be confirmed by a radiologist."
+    if data.previous_job_id:
+        tail += f" Replaces report {data.previous_job_id} (new images arrived for this study)."
+    findings = list(data.findings)
+    if not findings:
+        return f"No lung nodules detected. Lung-RADS 1. {tail}"
+    largest = max(findings, key=lambda f: f.diameter_mm)
+    category = fc.highest_lung_rads([f.lung_rads for f in findings])
+    count = f"{len(findings)} lung nodule{'s' if len(findings) > 1 else ''} detected"
+    return (
+        f"{count}; largest {largest.diameter_mm:.1f} mm ({largest.kind}). "
+        f"Highest Lung-RADS category {category}. {tail}"
+    )
+
+
+def _narrative(data: ReportInput, text: str) -> dict[str, str]:
+    rows = "".join(
+        f"<tr><td>{f.index}</td><td>{f.diameter_mm:.1f} mm</td><td>{html.escape(f.kind)}</td>"
+        f"<td>{html.escape(f.lung_rads)}</td></tr>"
+        for f in data.findings
+    )
+    table = (
+        f"<table><tr><th>#</th><th>Diameter</th><th>Type</th><th>Lung-RADS</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    div = f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(text)}</p>{table}</div>'
+    return {"status": "generated", "div": div}
+
+
+def build_report(data: ReportInput, links: Links) -> DiagnosticReport:
+    return DiagnosticReport.model_validate(_report(data, links))
+
+
+def report_json(data: ReportInput, links: Links) -> dict[str, Any]:
+    """:func:`build_report` as validated JSON (skips the model's slower re-serialisation)."""
+    body = _report(data, links)
+    DiagnosticReport.model_validate(body)
+    return body
+
+
+def _report(data: ReportInput, links: Links) -> dict[str, Any]:
+    text = conclusion(data)
+    category = fc.highest_lung_rads([f.lung_rads for f in data.findings])
+    identifiers: list[dict[str, Any]] = [{"system": fc.REPORT_SYSTEM, "value": data.job.id}]
+    based_on: list[dict[str, Any]] = []
+    if data.study.accession_number:
+        accession = {
+            "type": {"coding": [{"system": fc.V2_0203, "code": "ACSN"}], "text": "Accession ID"},
+            "value": data.study.accession_number,
+        }
+        identifiers.append(accession)
+        based_on.append({"type": "ServiceRequest", "identifier": accession})
+    resource: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": data.job.id,
+        "meta": _meta(data),
+        "text": _narrative(data, text),
+        "identifier": identifiers,
+        "basedOn": based_on or None,
+        "status": report_status(data),
+        "category": [{"coding": [{"system": fc.V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "code": {"coding": [fc.REPORT_CODE], "text": "CT chest: lung nodule analysis"},
+        "subject": links.subject,
+        "effectiveDateTime": fc.fhir_datetime(data.study.study_date, data.study.study_time),
+        "issued": fc.instant(data.job.finished_at),
+        "imagingStudy": [links.imaging_study],
+        "result": links.results or None,
+        "conclusion": text,
+        "conclusionCode": [lung_rads_concept(category)],
+    }
+    return _drop_none(resource)
+
+
+def _drop_none(resource: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in resource.items() if value is not None}

@@ -1,0 +1,116 @@
+"""The CapabilityStatement: exactly what this read-only FHIR R4 server supports."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from services.reporter.fhir import common as fc
+from services.reporter.fhir.query import IMAGING_STUDY_SPEC, OBSERVATION_SPEC, REPORT_SPEC
+from services.reporter.fhir.search import Spec
+
+_DOCS = {
+    "patient": "Patient/<id> or <id> (opaque Patient id)",
+    "subject": "Patient/<id> or <id>",
+    "identifier": "[system|]value",
+    "based-on": "use based-on:identifier=<accession number> (ServiceRequest by identifier)",
+    "status": "final | amended",
+    "date": "study date, prefixes eq ne gt ge lt le",
+    "issued": "report issue time, prefixes eq ne gt ge lt le",
+    "_lastUpdated": "prefixes eq ne gt ge lt le",
+    "code": "http://snomed.info/sct|27925004 (nodule)",
+    "derived-from": "ImagingStudy/<Study Instance UID>",
+    "_id": "logical id",
+}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("noduleflow")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+_TYPES = {"reference": "reference", "token": "token", "date": "date"}
+
+
+def _search_params(spec: Spec) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "type": _TYPES[kind], "documentation": _DOCS.get(name, name)}
+        for name, (kind, _mods) in spec.params.items()
+    ]
+
+
+def _resource(rtype: str, spec: Spec | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": "read"}],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+    }
+    if spec is not None:
+        entry["interaction"].append({"code": "search-type"})
+        entry["searchParam"] = _search_params(spec)
+        entry["searchInclude"] = sorted(spec.includes) or None
+        entry = {k: v for k, v in entry.items() if v is not None}
+    return entry
+
+
+def capability_statement(base_url: str, *, auth_open: bool, date: str) -> CapabilityStatement:
+    security: dict[str, Any] = {
+        "cors": False,
+        "description": (
+            "Open read access for loopback clients (no credentials configured)."
+            if auth_open
+            else "Bearer token (static API token or JWT). SMART v2 style scopes "
+            "system/<Type>.rs or system/*.rs; 401 without a valid token, 403 without scope."
+        ),
+    }
+    if not auth_open:
+        security["service"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "Bearer token",
+            }
+        ]
+    body = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "kind": "instance",
+        "publisher": "noduleflow",
+        "software": {"name": "noduleflow", "version": _version()},
+        "implementation": {"description": "noduleflow lung nodule reports", "url": base_url},
+        "fhirVersion": fc.FHIR_VERSION,
+        "format": ["json", fc.FHIR_MEDIA_TYPE],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Read-only. Unknown search parameters are refused (handling=strict) unless "
+                    "the request sends Prefer: handling=lenient. _count is capped at 100; paging "
+                    "by _offset through the Bundle's next/previous links."
+                ),
+                "security": security,
+                "resource": [
+                    _resource("DiagnosticReport", REPORT_SPEC),
+                    _resource("Observation", OBSERVATION_SPEC),
+                    _resource("ImagingStudy", IMAGING_STUDY_SPEC),
+                    _resource("Patient", None),
+                    _resource("Device", None),
+                ],
+            }
+        ],
+    }
+    return CapabilityStatement.model_validate(body)

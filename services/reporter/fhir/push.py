@@ -1,0 +1,164 @@
+"""Push a job's DiagnosticReport (with its Device and Observations) to ``FHIR_PUSH_URL``.
+
+Each resource goes by conditional update on its business identifier
+(``PUT [base]/DiagnosticReport?identifier=urn:noduleflow:report|<job id>``), so repeating a
+push, or retrying one whose answer was lost, updates the same resources instead of creating
+duplicates. Order: Device, then Observations, then the report that references them by the ids
+the server assigned. Patient and ImagingStudy are referenced logically by identifier (MR
+Patient ID, DICOM Study Instance UID), since the receiving HIS owns its patient index.
+
+Called by the delivery dispatcher for ``fhir`` rows: network errors, timeouts, 408, 429 and 5xx
+are worth a retry; other 4xx are permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from fhir.resources.R4B.resource import Resource
+
+from services.core.db import Database
+from services.core.settings import Settings
+from services.reporter.delivery.dispatch import SendOutcome
+from services.reporter.fhir import common as fc
+from services.reporter.fhir import repo
+from services.reporter.fhir.build import Links, ReportInput, build_observation, build_report
+from services.reporter.fhir.entities import build_device
+
+log = logging.getLogger(__name__)
+TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+_RETRY_STATUS = {408, 425, 429}
+
+
+class PushError(Exception):
+    def __init__(self, outcome: SendOutcome) -> None:
+        super().__init__(outcome.detail)
+        self.outcome = outcome
+
+
+def remote_links(data: ReportInput, device_ref: str, results: list[str]) -> Links:
+    subject: dict[str, Any] = {
+        "type": "Patient",
+        "identifier": {
+            "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}]},
+            "value": data.study.patient_id,
+        },
+    }
+    return Links(
+        subject=subject,
+        imaging_study={
+            "type": "ImagingStudy",
+            "identifier": {
+                "system": fc.DICOM_UID_SYSTEM,
+                "value": f"urn:oid:{data.study.study_instance_uid}",
+            },
+        },
+        device={"reference": device_ref},
+        results=[{"reference": ref} for ref in results],
+    )
+
+
+def _body(resource: Resource) -> dict[str, Any]:
+    body = resource.model_dump(mode="json")
+    body.pop("id", None)  # the receiving server assigns its own ids
+    tags = (body.pop("meta", None) or {}).get("tag")
+    if tags:
+        body["meta"] = {"tag": tags}  # keeps the "superseded" mark; versions are the server's
+    return body
+
+
+def _put(
+    client: httpx.Client, base: str, rtype: str, system: str, value: str, resource: Resource
+) -> str:
+    """Conditional update; returns ``Type/id`` as the server stored it."""
+    url = f"{base}/{rtype}?identifier={quote(system, safe=':')}|{quote(value, safe='')}"
+    try:
+        response = client.put(url, json=_body(resource))
+    except httpx.TimeoutException as exc:
+        outcome = SendOutcome(False, True, "timeout", f"{rtype}: {type(exc).__name__}")
+        raise PushError(outcome) from exc
+    except httpx.HTTPError as exc:
+        outcome = SendOutcome(False, True, "network", f"{rtype}: {type(exc).__name__}")
+        raise PushError(outcome) from exc
+    status = response.status_code
+    if status in (200, 201):
+        stored = response.json()
+        return f"{rtype}/{stored['id']}"
+    retry = status >= 500 or status in _RETRY_STATUS
+    raise PushError(SendOutcome(False, retry, str(status), f"{rtype}: {_diagnostics(response)}"))
+
+
+def _diagnostics(response: httpx.Response) -> str:
+    try:
+        issue = response.json()["issue"][0]
+        text = issue.get("diagnostics") or issue.get("details", {}).get("text") or ""
+    except Exception:
+        text = response.reason_phrase
+    return str(text)[:300]
+
+
+def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, int]:
+    """Device, Observations, then the report; returns (``DiagnosticReport/<id>``, count)."""
+    name, version = fc.model_identity(data.job.details, data.job.model_version)
+    device_ref = _put(
+        client,
+        base,
+        "Device",
+        fc.DEVICE_SYSTEM,
+        fc.device_id(name, version),
+        build_device(name, version),
+    )
+    links = remote_links(data, device_ref, [])
+    results = [
+        _put(
+            client,
+            base,
+            "Observation",
+            fc.OBSERVATION_SYSTEM,
+            fc.observation_id(data.job.id, f.index),
+            build_observation(data, f, links),
+        )
+        for f in data.findings
+    ]
+    report = build_report(data, remote_links(data, device_ref, results))
+    stored = _put(client, base, "DiagnosticReport", fc.REPORT_SYSTEM, data.job.id, report)
+    return stored, len(results)
+
+
+def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
+    """Send one job's report; never raises for remote trouble (the outcome says what to do).
+
+    An amended report also re-sends the report it replaces, so that the receiving server
+    sees that one tagged ``superseded`` as well.
+    """
+    base = settings.fhir_push_url.rstrip("/")
+    if not base:
+        return SendOutcome(False, False, "not-configured", "FHIR_PUSH_URL is empty")
+    with db.session() as session:
+        data = repo.get_report(session=session, report_id=job_id)
+        previous = (
+            repo.get_report(session=session, report_id=data.previous_job_id)
+            if data is not None and data.previous_job_id
+            else None
+        )
+    if data is None:
+        return SendOutcome(False, False, "no-report", "job has no finished report")
+    headers = {"Accept": fc.FHIR_MEDIA_TYPE, "Content-Type": fc.FHIR_MEDIA_TYPE}
+    try:
+        with httpx.Client(timeout=TIMEOUT, headers=headers) as client:
+            stored, count = _push_one(client, base, data)
+            if previous is not None:
+                _push_one(client, base, previous)
+    except PushError as exc:
+        log.warning(
+            "event=fhir_push_failed job=%s status=%s retry=%s",
+            job_id,
+            exc.outcome.status,
+            exc.outcome.retry,
+        )
+        return exc.outcome
+    log.info("event=fhir_pushed job=%s observations=%d", job_id, count)
+    return SendOutcome(True, False, "200", stored)
