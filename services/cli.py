@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from services.core.logs import setup_logging
-from services.core.settings import Settings
+from services.core.settings import Settings, default_model_dir
 
+DEFAULT_MODEL_DIR = default_model_dir()
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
 app.add_typer(db_app, name="db")
+fpr_app = typer.Typer(no_args_is_help=True, help="The second stage: mine, train, fit.")
+app.add_typer(fpr_app, name="fpr")
 
 
 def _settings() -> Settings:
@@ -65,17 +69,31 @@ def demo(
     raise typer.Exit(run(_settings(), directory, timeout=timeout))
 
 
+class PhantomDomain(StrEnum):
+    v1 = "v1"
+    wide = "wide"
+    shifted = "shifted"
+
+
 @app.command()
 def phantom(
     outdir: Path,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     nodules: Annotated[int | None, typer.Option(help="number of nodules (random if unset)")] = None,
     slices: Annotated[int | None, typer.Option(help="number of slices (random if unset)")] = None,
+    domain: Annotated[
+        PhantomDomain,
+        typer.Option(
+            help="v1: the original phantoms; wide: model v2's training distribution (noise "
+            "by kernel, thick slices, prone/feet-first, contrast, look-alikes, artefacts, "
+            "masses); shifted: wide with held-out scanner settings"
+        ),
+    ] = PhantomDomain.v1,
 ) -> None:
     """Write a synthetic chest CT series plus truth.json and the ground-truth mask."""
     from services.modeling.phantom import write_phantom
 
-    result = write_phantom(outdir, seed=seed, nodules=nodules, slices=slices)
+    result = write_phantom(outdir, seed=seed, nodules=nodules, slices=slices, domain=domain.value)
     typer.echo(f"wrote {result.n_slices} slices and {len(result.nodules)} nodules to {outdir}")
 
 
@@ -133,7 +151,7 @@ def jobs(
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option(help="model folder to write")] = Path("models/nodule-seg"),
+    out: Annotated[Path, typer.Option(help="model folder to write")] = DEFAULT_MODEL_DIR,
     minutes: Annotated[float, typer.Option(help="training time budget")] = 60.0,
     seed: int = 0,
     device: str = "auto",
@@ -191,18 +209,91 @@ def train(
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Path, typer.Option(help="model folder")] = Path("models/nodule-seg"),
+    model_dir: Annotated[Path, typer.Option(help="model folder")] = DEFAULT_MODEL_DIR,
     scans: Annotated[int, typer.Option(help="held-out phantoms")] = 30,
     seed: Annotated[int, typer.Option(help="first held-out seed")] = 100000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     cache_dir: Annotated[
         Path, typer.Option(help="held-out case cache", envvar="NODULEFLOW_EVAL_CACHE")
     ] = Path("var/cache/eval"),
+    domain: Annotated[
+        str | None, typer.Option(help="phantom domain: v1, wide or shifted (held-out shift)")
+    ] = None,
 ) -> None:
     """FROC/CPM, Dice and diameter error on held-out phantoms, by stratum."""
     from services.modeling.evaluation.evaluate import main
 
-    main(model_dir=model_dir, scans=scans, seed=seed, as_json=as_json, cache_dir=cache_dir)
+    main(
+        model_dir=model_dir,
+        scans=scans,
+        seed=seed,
+        as_json=as_json,
+        cache_dir=cache_dir,
+        domain=domain,
+    )
+
+
+@app.command("evaluate-real")
+def evaluate_real(
+    folders: Annotated[list[Path], typer.Argument(help="real series folders with truth.json")],
+    model_dir: Annotated[Path, typer.Option(help="model folder")] = DEFAULT_MODEL_DIR,
+) -> None:
+    """The model on real CT series: findings, false positives, masses, kernel agreement."""
+    from services.modeling.evaluation.realct import main
+
+    print(json.dumps(main(folders, model_dir), indent=1))
+
+
+@fpr_app.command("mine")
+def fpr_mine(
+    out: Annotated[Path, typer.Argument(help="folder of mined shards")],
+    first: Annotated[int, typer.Option(help="first phantom seed")] = 60000,
+    count: Annotated[int, typer.Option(help="phantoms to mine")] = 80,
+    domain: Annotated[str | None, typer.Option(help="phantom domain (v1, wide, shifted)")] = None,
+    real: Annotated[
+        list[Path] | None, typer.Option(help="real series folder with truth.json (negatives)")
+    ] = None,
+    model_dir: Annotated[Path, typer.Option(help="model folder")] = DEFAULT_MODEL_DIR,
+) -> None:
+    """Mine second-stage samples: stage one's candidates, nodules and look-alike points."""
+    from services.modeling.fpr.command import mine_command
+
+    mine_command(model_dir, out, first, count, domain, real or [])
+
+
+@fpr_app.command("train")
+def fpr_train(
+    shards: Annotated[list[Path], typer.Argument(help="folders of mined shards")],
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint (resumed if it exists)")] = Path(
+        "var/cache/fpr/checkpoint.pt"
+    ),
+    minutes: Annotated[float, typer.Option(help="training minutes in this run")] = 30.0,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="leave out shards whose name contains this")
+    ] = None,
+) -> None:
+    """Train (or continue training) the second-stage patch classifier."""
+    from services.modeling.fpr.command import train_command
+
+    train_command(shards, checkpoint, minutes, threads, device, exclude or [])
+
+
+@fpr_app.command("fit")
+def fpr_fit(
+    val: Annotated[Path, typer.Argument(help="folder of validation shards")],
+    checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path(
+        "var/cache/fpr/checkpoint.pt"
+    ),
+    model_dir: Annotated[Path, typer.Option(help="model folder")] = DEFAULT_MODEL_DIR,
+    masses: Annotated[str | None, typer.Option(help="masses section as JSON")] = None,
+    fp_per_scan: Annotated[float, typer.Option(help="operating point")] = 1.0,
+) -> None:
+    """Calibrate the second stage on validation candidates and install it into the model."""
+    from services.modeling.fpr.command import fit_command
+
+    fit_command(checkpoint, val, model_dir, masses, fp_per_scan)
 
 
 @db_app.command("upgrade")

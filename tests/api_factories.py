@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from sqlalchemy.orm import Session
 
 from services.core.db import Delivery, Finding, Instance, Job, Series, Study
@@ -74,8 +75,8 @@ def make_study(
                 Instance(
                     series_id=series.id,
                     sop_instance_uid=uid(3, n, s, i),
-                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    sop_class_uid=CTImageStorage,
+                    transfer_syntax_uid=ExplicitVRLittleEndian,
                     instance_number=i + 1,
                     path=f"x/{n}/{s}/{i}.dcm",
                     size=1000,

@@ -104,7 +104,7 @@ def nodule_finding(series: NoduleSeries, number: int) -> NoduleFinding:
     diameter = 2 * sphere.radius_vox * series.volume.spacing[1]
     return NoduleFinding(
         index=number,
-        center_lps=(float(center[0]), float(center[1]), float(center[2])),
+        center_mm=(float(center[0]), float(center[1]), float(center[2])),
         diameter_mm=diameter,
         long_axis_mm=diameter * 1.05,
         short_axis_mm=diameter * 0.9,
@@ -194,9 +194,9 @@ def seed_reporting_job(
                 Finding(
                     job=job,
                     index=finding.index,
-                    center_x=finding.center_lps[0],
-                    center_y=finding.center_lps[1],
-                    center_z=finding.center_lps[2],
+                    center_x=finding.center_mm[0],
+                    center_y=finding.center_mm[1],
+                    center_z=finding.center_mm[2],
                     diameter_mm=finding.diameter_mm,
                     long_axis_mm=finding.long_axis_mm,
                     short_axis_mm=finding.short_axis_mm,

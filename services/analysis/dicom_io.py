@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_IMAGE_STORAGE = str(uid.CTImageStorage)
+ENHANCED_CT_STORAGE = str(uid.EnhancedCTImageStorage)
+LEGACY_ENHANCED_CT_STORAGE = str(uid.LegacyConvertedEnhancedCTImageStorage)
 MULTIFRAME_CT_CLASSES = frozenset({ENHANCED_CT_STORAGE, LEGACY_ENHANCED_CT_STORAGE})
 
 # Transfer syntaxes whose PixelData is stored natively (Deflated is inflated by pydicom on read).

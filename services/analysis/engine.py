@@ -23,6 +23,7 @@ from services.analysis import preprocess, tiling
 from services.analysis.config import AnalysisConfig, config_from_manifest
 from services.analysis.manifest import ModelFile, ModelManifest
 from services.analysis.stage2 import Calibration, Stage2
+from services.core.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 FLOOR = 0.02
 
 
-class ModelError(Exception):
+class ModelError(PermanentError):
     """The model folder is missing, incomplete, corrupt or does not match its manifest."""
+
+    code = "model-unusable"
 
 
 def sha256_of(path: Path) -> str:

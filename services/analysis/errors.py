@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from services.core.errors import PermanentError
+
 # Codes whose job outcome is "skipped" (no suitable series) rather than "failed" (bad data).
 SKIP_CODES = frozenset({"not-ct", "no-usable-series", "too-few-slices", "gantry-tilt", "not-dicom"})
 FAIL_CODES = frozenset(
@@ -14,7 +16,7 @@ FAIL_CODES = frozenset(
 )
 
 
-class AnalysisError(Exception):
+class AnalysisError(PermanentError):
     """Permanent, human-actionable failure of the analysis of one study.
 
     ``code`` is a stable machine-readable reason, ``skip`` tells the job layer whether the
@@ -26,7 +28,7 @@ class AnalysisError(Exception):
     def __init__(self, code: str, message: str, *, skip: bool | None = None) -> None:
         if code not in SKIP_CODES | FAIL_CODES:
             raise ValueError(f"unknown analysis error code {code!r}")
-        super().__init__(f"{code}: {message}")
-        self.code = code
+        super().__init__(
+            f"{code}: {message}", code=code, skip=code in SKIP_CODES if skip is None else skip
+        )
         self.message = message
-        self.skip = code in SKIP_CODES if skip is None else skip

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from services.analysis.lungrads import rank
+from services.core.contracts import Finding
 
 
 @dataclass(frozen=True)
@@ -39,19 +40,13 @@ class FindingResult:
     #: "nodule" (up to 30 mm) or "mass" (larger, found by the mass pass)
     finding_type: str = "nodule"
 
+    def to_contract(self) -> Finding:
+        """The finding as the services exchange it (:class:`services.core.contracts.Finding`)."""
+        return Finding.model_validate(self, from_attributes=True)
+
     def to_dict(self) -> dict[str, Any]:
-        """The DESIGN.md ``findings`` item (JSON-ready; no mask, no bbox)."""
-        return {
-            "center_mm": [round(float(v), 2) for v in self.center_mm],
-            "diameter_mm": round(float(self.diameter_mm), 1),
-            "long_axis_mm": round(float(self.long_axis_mm), 1),
-            "short_axis_mm": round(float(self.short_axis_mm), 1),
-            "volume_mm3": round(float(self.volume_mm3), 1),
-            "mean_hu": round(float(self.mean_hu), 1),
-            "kind": self.kind,
-            "confidence": round(float(self.confidence), 3),
-            "lung_rads": self.lung_rads,
-        }
+        """The ``analyze --json`` item: the contract's fields, rounded (no mask, no bbox)."""
+        return dict(self.to_contract().rounded().to_json())
 
 
 def suspicion_order(findings: list[FindingResult]) -> list[FindingResult]:

@@ -6,7 +6,7 @@ looks like a 25 mm nodule and is segmented whole, while the pass costs 1/scale³
 first. Its components are measured on the real grid; those at least ``min_diameter_mm``
 across become findings of type ``mass``, Lung-RADS 4B (ACR Lung-RADS v2022: solid ≥ 15 mm;
 a mass is reported as at least 4B so a worklist puts it first). Nodule candidates lying
-inside a mass (its fringe, split by the first pass) are dropped.
+inside a mass or touching it (its fringe, split off by the first pass) are dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage
 
 from services.analysis.findings import FindingResult, suspicion_order
 from services.analysis.geometry import Volume
@@ -82,19 +83,29 @@ def as_mass(finding: FindingResult, volume: Volume) -> FindingResult:
     )
 
 
-def _inside(finding: FindingResult, mass: FindingResult, volume: Volume) -> bool:
-    k, j, i = (round(float(v)) for v in volume.lps_to_index(np.asarray(finding.center_mm)))
-    k0, j0, i0, k1, j1, i1 = mass.bbox
-    if not (k0 <= k < k1 and j0 <= j < j1 and i0 <= i < i1):
+def _touches(finding: FindingResult, mass: FindingResult, margin: int = 2) -> bool:
+    """Whether ``finding``'s mask, grown by ``margin`` voxels, meets ``mass``'s mask."""
+    a, b = finding.bbox, mass.bbox
+    lo = [max(a[n] - margin, b[n]) for n in range(3)]
+    hi = [min(a[n + 3] + margin, b[n + 3]) for n in range(3)]
+    if any(h <= low for low, h in zip(lo, hi, strict=True)):
         return False
-    return bool(mass.mask[k - k0, j - j0, i - i0])
+    grown = np.zeros([h - low for low, h in zip(lo, hi, strict=True)], dtype=bool)
+    # the finding's mask, clipped to the shared box, dilated by the margin (box dilation)
+    src = tuple(slice(max(lo[n], a[n]) - a[n], min(hi[n], a[n + 3]) - a[n]) for n in range(3))
+    dst = tuple(slice(max(lo[n], a[n]) - lo[n], min(hi[n], a[n + 3]) - lo[n]) for n in range(3))
+    grown[dst] = finding.mask[src]
+    if margin:
+        grown = ndimage.binary_dilation(grown, iterations=margin)
+    theirs = mass.mask[tuple(slice(lo[n] - b[n], hi[n] - b[n]) for n in range(3))]
+    return bool((grown & theirs).any())
 
 
 def merge_masses(
-    candidates: list[FindingResult], masses: list[FindingResult], volume: Volume
+    candidates: list[FindingResult], masses: list[FindingResult]
 ) -> list[FindingResult]:
-    """Candidates not inside a mass, plus the masses, most suspicious first."""
+    """Candidates not touching a mass, plus the masses, most suspicious first."""
     if not masses:
         return candidates
-    kept = [c for c in candidates if not any(_inside(c, m, volume) for m in masses)]
+    kept = [c for c in candidates if not any(_touches(c, m) for m in masses)]
     return suspicion_order(kept + masses)

@@ -66,7 +66,9 @@ def sample_cube(
 
 
 def candidate_patches(
-    hu: NDArray[np.floating], spacing: Spacing, centers_kji: Sequence[Sequence[float]]
+    hu: NDArray[np.floating],
+    spacing: Spacing,
+    centers_kji: Sequence[Sequence[float]] | NDArray[np.floating],
 ) -> NDArray[np.float32]:
     """``(n, len(SCALES_MM), PATCH, PATCH, PATCH)`` patches of the candidates at ``centers_kji``."""
     out = np.empty((len(centers_kji), len(SCALES_MM), PATCH, PATCH, PATCH), dtype=np.float32)

@@ -143,13 +143,19 @@ def analyze_volume(
         size=config.size,
     )
     del prob
-    if config.stage2 is not None and candidates:
-        candidates = rescored(candidates, volume, config.stage2)
+    if config.stage2 is not None:
+        t3 = time.perf_counter()
+        candidates = rescored(candidates, volume, config.stage2) if candidates else candidates
+        timings["second_stage"] = time.perf_counter() - t3
     if config.masses is not None:
-        masses = find_masses(volume, box, engine, config.masses, lungs)
-        candidates = merge_masses(candidates, masses, volume)
+        t3 = time.perf_counter()
+        masses = find_masses(volume, (box[0], box[1], box[2]), engine, config.masses, lungs)
+        candidates = merge_masses(candidates, masses)
+        timings["mass_pass"] = time.perf_counter() - t3
     findings = candidates if all_candidates else reportable(candidates, config)
-    timings["postprocess"] = time.perf_counter() - t2
+    timings["postprocess"] = (
+        time.perf_counter() - t2 - timings.get("second_stage", 0.0) - timings.get("mass_pass", 0.0)
+    )
     log.info(
         "event=volume_analyzed shape=%s crop=%s lung_ml=%.0f findings=%d "
         "crop_s=%.2f inference_s=%.2f postprocess_s=%.2f",

@@ -51,25 +51,38 @@ class Calibration:
         return cls(a=float(data["a"]), b=float(data["b"]))
 
 
-def fit_platt(logits: Sequence[float], labels: Sequence[int], iterations: int = 500) -> Calibration:
-    """Platt scaling by Newton's method on the log loss (labels 0/1, both present)."""
+def fit_platt(logits: Sequence[float], labels: Sequence[int], iterations: int = 100) -> Calibration:
+    """Platt scaling: damped Newton's method on the log loss (labels 0/1, both present)."""
     x = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    if len(x) != len(y) or y.min() == y.max():
+    if len(x) != len(y) or not len(y) or y.min() == y.max():
         raise ValueError("need as many labels as logits, with both classes")
     # Platt's smoothed targets keep the fit finite when the classes separate.
     pos, neg = float(y.sum()), float(len(y) - y.sum())
     t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2))
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b
+        return float(np.sum(np.logaddexp(0.0, z) - t * z))
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(a * x + b, -60, 60)))
         g = np.array([((p - t) * x).sum(), (p - t).sum()])
-        w = p * (1 - p) + 1e-9
+        w = p * (1 - p) + 1e-12
         h = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]])
-        step = np.linalg.solve(h + 1e-6 * np.eye(2), g)
-        a, b = a - float(step[0]), b - float(step[1])
-        if abs(step).max() < 1e-9:
+        step = np.linalg.solve(h + 1e-9 * np.eye(2), g)
+        scale = 1.0
+        while scale > 1e-6:
+            na, nb = a - scale * float(step[0]), b - scale * float(step[1])
+            trial = loss(na, nb)
+            if trial <= current:
+                break
+            scale /= 2.0
+        if scale <= 1e-6 or current - trial < 1e-12:
             break
+        a, b, current = na, nb, trial
     return Calibration(a=max(a, 1e-3), b=b)
 
 

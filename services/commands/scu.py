@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255)
-WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}  # PS3.4 B.2.3 Warning
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ class SendReport:
 
     def add(self, path: Path, status: int | None, error: str = "") -> None:
         with self._lock:
-            if status == 0x0000:
+            category = code_to_category(status) if status is not None else None
+            if category == STATUS_SUCCESS:
                 self.success += 1
-            elif status in WARNING_STATUSES:
+            elif category == STATUS_WARNING:  # PS3.4 B.2.3: stored, with a warning
                 self.warning += 1
             else:
                 reason = error or (f"status 0x{status:04X}" if status is not None else "no reply")

@@ -23,6 +23,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from services.core.backoff import Backoff
+from services.core.errors import TransientError
 from services.core.messages import ROUTES
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ class Delivered:
 Handler = Callable[[Delivered], Verdict]
 
 
-class PublishError(RuntimeError):
+class PublishError(TransientError, RuntimeError):
     """The broker did not confirm a message; the caller keeps it and tries again."""
+
+    code = "broker-unavailable"
 
 
 class Broker(Protocol):
@@ -67,7 +71,8 @@ class Broker(Protocol):
 
 @dataclass(frozen=True)
 class Topology:
-    """Names derived from one prefix; the default prefix gives DESIGN.md's names."""
+    """Names derived from one prefix; the default prefix gives the names of
+    docs/architecture.md ("Messages")."""
 
     prefix: str = "noduleflow"
     delivery_limit: int = 5
@@ -85,7 +90,7 @@ class Topology:
         return self.prefix + base.removeprefix("noduleflow")
 
     def queue_for(self, logical_queue: str) -> str:
-        """Map a DESIGN.md queue name (``noduleflow.inference``) into this prefix."""
+        """Map a logical queue name (``noduleflow.inference``) into this prefix."""
         return self.prefix + logical_queue.removeprefix("noduleflow")
 
     def routing_keys(self) -> dict[str, str]:
@@ -282,24 +287,24 @@ class RabbitBroker:
         connection is opened until it returns, so one process never runs two jobs at once,
         and this method returns only when no handler is running.
         """
-        backoff = 0.5
+        backoff = Backoff(first=0.5, cap=30.0)
         while not stop.is_set():
             consumer = _Consumer(self, self.topology.queue_for(queue_name), handler, stop)
             try:
                 consumer.run()
-                backoff = 0.5
+                backoff.reset()
             except (pika.exceptions.AMQPError, OSError) as exc:
                 if consumer.consuming:
-                    backoff = 0.5  # it had worked: start the backoff afresh
+                    backoff.reset()  # it had worked: start the backoff afresh
+                delay = backoff.failed()
                 log.warning(
                     "event=broker_consume_lost queue=%s error=%s retry_in=%.1f",
                     queue_name,
                     exc.__class__.__name__,
-                    backoff,
+                    delay,
                 )
                 consumer.wait_idle()  # before backing off and reconnecting
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                stop.wait(delay)
             finally:
                 consumer.wait_idle()  # also on a clean stop: return only when idle
 

@@ -33,12 +33,6 @@ class NoduleflowError(Exception):
         if code is not None:
             self.code = code
 
-    @property
-    def reason(self) -> str:
-        """``code: message``, the form job and delivery reasons take."""
-        text = str(self)
-        return text if text.startswith(f"{self.code}:") else f"{self.code}: {text}"
-
 
 class PermanentError(NoduleflowError):
     """Retrying cannot help; ``skip`` tells a job to end ``skipped`` rather than ``failed``."""

@@ -1,4 +1,4 @@
-"""Versioned message bodies exchanged over the broker (DESIGN.md, "Messages and queues")."""
+"""Versioned message bodies exchanged over the broker (docs/architecture.md, "Messages")."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.core.backoff import Backoff
 from services.core.broker import Broker, PublishError
 from services.core.db import Database, OutboxMessage
 from services.core.messages import StudyReady, StudyResult
@@ -76,15 +77,16 @@ class Relay:
         return published
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        backoff = interval
+        backoff = Backoff(first=2 * interval, cap=15.0)  # after an error: doubling, to 15 s
         while not stop.is_set():
             try:
                 self.relay_once()
-                backoff = interval
+                backoff.reset()
+                delay = interval
             except Exception:
                 log.exception("event=outbox_relay_error")
-                backoff = min(backoff * 2, 15.0)
-            self.wake.wait(backoff)
+                delay = backoff.failed()
+            self.wake.wait(delay)
             self.wake.clear()
 
     def pending(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,18 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def default_model_dir() -> Path:
+    """The shipped model, found wherever the command runs.
+
+    A source checkout (or an editable install) keeps it in ``models/nodule-seg`` beside the
+    ``services`` package; a wheel installs it under ``<prefix>/share/noduleflow/models``.
+    """
+    checkout = Path(__file__).resolve().parents[2] / "models" / "nodule-seg"
+    if (checkout / "model.json").is_file():
+        return checkout
+    return Path(sys.prefix) / "share" / "noduleflow" / "models" / "nodule-seg"
 
 
 class Settings(BaseSettings):
@@ -59,7 +72,7 @@ class Settings(BaseSettings):
     fhir_push_url: str = ""
     public_base_url: str = ""
 
-    model_dir: Path = Path("models/nodule-seg")
+    model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
     job_max_attempts: int = 3
 

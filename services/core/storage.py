@@ -12,11 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from services.core.errors import PermanentError
 from services.core.uids import is_valid_uid
 
 
-class UnsafeKeyError(ValueError):
+class UnsafeKeyError(PermanentError, ValueError):
     """A UID that is not safe to use in a storage key."""
+
+    code = "unsafe-key"
 
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> str:

@@ -17,6 +17,7 @@ from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
+from services.core.threads import ThreadGroup
 from services.receiver import fast
 from services.receiver.fast import tempfiles
 from services.receiver.fast.balance import LoadBoard
@@ -80,21 +81,21 @@ class Background:
     def __init__(self, tracker: StudyTracker, relay: Relay) -> None:
         self.tracker = tracker
         self.relay = relay
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
+        self.group = ThreadGroup()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self.group.stop_event
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return self.group.threads
 
     def start(self) -> None:
-        self.stop_event.clear()
+        self.group.restart()
+        self.group.on_stop(self.relay.wake.set)
         for name, target in (("tracker", self.tracker.run), ("relay", self.relay.run)):
-            thread = threading.Thread(
-                target=target, args=(self.stop_event,), name=f"noduleflow-{name}", daemon=True
-            )
-            thread.start()
-            self.threads.append(thread)
+            self.group.spawn(f"noduleflow-{name}", target, self.stop_event)
 
     def stop(self) -> None:
-        self.stop_event.set()
-        self.relay.wake.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-        self.threads.clear()
+        self.group.stop(timeout=10)

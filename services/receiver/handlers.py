@@ -84,13 +84,9 @@ def handle_rejected(event: Event, registry: Registry) -> None:
 
 
 def _digest(path: Path) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    size = 0
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
+        sha = hashlib.file_digest(handle, "sha256").hexdigest()
+        return handle.tell(), sha
 
 
 def conflict_status(conflict: InstanceConflict) -> Dataset:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from services.core.errors import PermanentError
 from services.core.uids import is_valid_uid
 from services.receiver.fast.headparse import read_head
 
@@ -44,8 +45,10 @@ _TAGS = [
 ]
 
 
-class HeaderError(ValueError):
+class HeaderError(PermanentError, ValueError):
     """The data set cannot be indexed; ``reason`` is safe to log (no patient data)."""
+
+    code = "invalid-header"
 
     def __init__(self, reason: str, *, bad_uid: bool = False) -> None:
         super().__init__(reason)

@@ -36,6 +36,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from sqlalchemy import bindparam, select, text
 
+from services.core.errors import PermanentError
 from services.core.storage import fsync_dir
 from services.core.uids import is_valid_uid
 from services.receiver.fast.tempfiles import HEAD_BYTES
@@ -72,8 +73,10 @@ class ReconcileReport:
     failed: int = 0
 
 
-class Unusable(Exception):
+class Unusable(PermanentError):
     """A stored file that cannot be indexed; ``reason`` is safe to log."""
+
+    code = "unindexable"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -132,16 +135,11 @@ def _name(entry: os.DirEntry[str]) -> str:
 
 
 def _digest(path: Path) -> tuple[int, str, bytes]:
-    sha = hashlib.sha256()
-    size = 0
-    head = b""
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            if not head:
-                head = chunk[:HEAD_BYTES]
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest(), head
+        head = handle.read(HEAD_BYTES)
+        handle.seek(0)
+        sha = hashlib.file_digest(handle, "sha256").hexdigest()
+        return handle.tell(), sha, head
 
 
 def check_whole(path: Path, size: int) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.core import audit
 from services.core.db import Database, Instance, Series, Study
+from services.core.errors import PermanentError, TransientError
 from services.core.storage import LocalStorage, fsync_dir, instance_key
 from services.receiver.dirsync import DirSyncer
 from services.receiver.index import InstanceHeader
@@ -85,15 +86,17 @@ _OCCUPIED_POLL_SECONDS = 0.05
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-class NoSpaceError(OSError):
+class NoSpaceError(TransientError, OSError):
     """Free space on the storage volume is below the configured reserve."""
+
+    code = "out-of-space"
 
 
 class _Occupied(Exception):
     """A file is already at the path of a new instance."""
 
 
-class InstanceConflict(Exception):
+class InstanceConflict(PermanentError):
     """The instance reuses the SOP Instance UID of a stored instance that belongs to another
     study, series, patient or SOP class (``reason`` ``other-…``), or the Series Instance UID
     of a series of another study (``series-in-other-study``). Nothing stored was changed.
@@ -101,6 +104,8 @@ class InstanceConflict(Exception):
     Every attribute is safe to log (UIDs, no patient data). ``quarantined`` is where the
     incoming bytes were kept, relative to the storage root ("" if they could not be).
     """
+
+    code = "instance-conflict"
 
     def __init__(
         self,

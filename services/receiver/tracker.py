@@ -22,6 +22,7 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from services.core import outbox
+from services.core.backoff import Backoff
 from services.core.db import Database, Instance, Job, JobState, Series, Study
 from services.core.messages import STUDY_READY, SeriesRef, StudyReady
 
@@ -197,12 +198,13 @@ class StudyTracker:
 
     def run(self, stop: threading.Event, interval: float = 0.25) -> None:
         """Poll until ``stop`` is set; errors (database down) are logged and retried."""
-        backoff = interval
+        backoff = Backoff(first=2 * interval, cap=10.0)  # after an error: doubling, to 10 s
         while not stop.is_set():
             try:
                 self.complete_due()
-                backoff = interval
+                backoff.reset()
+                delay = interval
             except Exception:
                 log.exception("event=tracker_error")
-                backoff = min(backoff * 2, 10.0)
-            stop.wait(backoff)
+                delay = backoff.failed()
+            stop.wait(delay)

@@ -17,6 +17,7 @@ from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
+from services.core.threads import ThreadGroup
 from services.reporter.delivery.dispatch import Dispatcher, Sender
 from services.reporter.delivery.senders import default_senders, retry_policy
 from services.reporter.results import ResultConsumer
@@ -34,43 +35,44 @@ class Reporter:
     consumer: ResultConsumer
     dispatcher: Dispatcher
     serve_http: bool = False
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
+    group: ThreadGroup = field(default_factory=ThreadGroup)
     http_server: Any = None
 
+    @property
+    def stop_event(self) -> threading.Event:
+        return self.group.stop_event
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return self.group.threads
+
     def start(self) -> None:
-        self.stop_event.clear()
-        self._thread(
+        self.group.restart()
+        self.group.on_stop(self.dispatcher.wake)
+        self.group.spawn(
             "reporter-consumer",
             self.broker.consume,
             REPORTING_QUEUE,
             self.consumer.handle,
             self.stop_event,
         )
-        self._thread("reporter-dispatcher", self.dispatcher.run, self.stop_event)
+        self.group.spawn("reporter-dispatcher", self.dispatcher.run, self.stop_event)
         if self.serve_http:
             self.http_server = http_server(self.settings, self.db, self.broker)
             if self.http_server is not None:
-                self._thread("reporter-http", self.http_server.run)
+                self.group.on_stop(self._stop_http)
+                self.group.spawn("reporter-http", self.http_server.run)
         log.info(
             "event=reporter_started pacs=%s http=%s",
             self.settings.pacs or "outbox",
             self.http_server is not None,
         )
 
-    def _thread(self, name: str, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self.threads.append(thread)
+    def _stop_http(self) -> None:
+        self.http_server.should_exit = True
 
     def stop(self, timeout: float = 15.0) -> None:
-        self.stop_event.set()
-        self.dispatcher.wake()
-        if self.http_server is not None:
-            self.http_server.should_exit = True
-        for thread in self.threads:
-            thread.join(timeout)
-        self.threads.clear()
+        self.group.stop(timeout=timeout)
         log.info("event=reporter_stopped")
 
 

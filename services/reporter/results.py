@@ -4,8 +4,11 @@ delivery rows, idempotently by job id, and acknowledges only after the commit.
 * ``done``: build SEG, key images and SR (deterministic UIDs, so a redelivered message
   rebuilds the same instances), create the Delivery rows, set the job ``done``
   (finished_at, timings["report"]) and audit 110110 "report created", in one commit.
-* ``failed`` / ``skipped``: record the state and reason; no SR claims a result.
+* ``failed`` / ``skipped``: the worker recorded the job's end in the same commit that queued
+  the message (one writer per state), so the job is final: nothing to do, no report.
 * A job already in a final state: acknowledged without side effects.
+* A result that contradicts the database (not ``done``, job not final) cannot happen while the
+  worker is the only writer of ``failed``/``skipped``; it is dead-lettered for a person to see.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy.orm import Session
 from services.core import audit
 from services.core.broker import Delivered, Verdict
 from services.core.db import Database, Job, JobState
+from services.core.errors import PermanentError, TransientError
 from services.core.messages import StudyResult
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
@@ -33,7 +37,7 @@ from services.reporter.dicom.artefacts import (
     outbox_relative,
     write_artefacts,
 )
-from services.reporter.dicom.inputs import InputError, load_inputs
+from services.reporter.dicom.inputs import load_inputs
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +71,15 @@ class ResultConsumer:
             if JobState(job.state).final:
                 log.info("event=result_duplicate job=%s state=%s", job.id, job.state)
                 return Verdict.ACK
-        if message.status == "done":
-            return self._report(message)
-        return self._record_end(message)
-
-    def _record_end(self, message: StudyResult) -> Verdict:
-        """Failed or skipped: the job's state and reason, and no report."""
-        with self.db.session() as session:
-            job = session.get(Job, message.job_id)
-            if job is None or JobState(job.state).final:
-                return Verdict.ACK
-            job.state = message.status
-            job.reason = job.reason or (message.reason or "")
-            job.finished_at = datetime.now(UTC)
-        log.info(
-            "event=result_recorded job=%s status=%s no_report=true", message.job_id, message.status
-        )
-        return Verdict.ACK
+        if message.status != "done":
+            log.error(
+                "event=result_state_mismatch job=%s status=%s note=the worker records the end "
+                "before it publishes; the job should be final",
+                message.job_id,
+                message.status,
+            )
+            return Verdict.REJECT
+        return self._report(message)
 
     def _report(self, message: StudyResult) -> Verdict:
         started = time.perf_counter()
@@ -93,9 +89,9 @@ class ResultConsumer:
                 assert job is not None
                 inputs = load_inputs(session, self.storage, job)
             artefacts = write_artefacts(self.settings, inputs)
-        except (InputError, ValueError) as exc:
+        except (PermanentError, ValueError) as exc:  # ValueError: the builders' validation
             return self._fail(message.job_id, f"report not built: {exc}")
-        except (OSError, SQLAlchemyError):
+        except (TransientError, OSError, SQLAlchemyError):
             raise  # transient (disk, database): the broker redelivers
         except Exception as exc:  # a builder bug must not leave the job in "reporting"
             log.exception("event=report_build_crashed job=%s", message.job_id)

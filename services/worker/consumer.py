@@ -13,6 +13,7 @@ import threading
 from services.core.broker import Broker, Handler
 from services.core.messages import INFERENCE_QUEUE
 from services.core.outbox import Relay
+from services.core.threads import ThreadGroup
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +34,23 @@ class Worker:
         self.handler = handler
         self.relay = relay
         self.queue = queue
-        self.stopping = stop or threading.Event()
-        self._relay_stop = threading.Event()
-        self._consumer: threading.Thread | None = None
-        self._relayer: threading.Thread | None = None
+        # Two groups, stopped in order: the consumer first (the job in hand finishes and is
+        # settled), then the relay (after one last flush of what the drain committed).
+        self._consuming = ThreadGroup(stop)
+        self._relaying = ThreadGroup()
+        self.stopping = self._consuming.stop_event
+        self._started = False
 
     def start(self) -> None:
-        if self._consumer is not None:
+        if self._started:
             raise RuntimeError("worker already started")
-        self._consumer = threading.Thread(
-            target=self._consume, name="noduleflow-worker", daemon=True
-        )
-        self._consumer.start()
+        self._started = True
+        self._consuming.spawn("noduleflow-worker", self._consume)
         if self.relay is not None:
-            self._relayer = threading.Thread(
-                target=self.relay.run,
-                args=(self._relay_stop,),
-                name="noduleflow-worker-relay",
-                daemon=True,
+            self._relaying.on_stop(self.relay.wake.set)
+            self._relaying.spawn(
+                "noduleflow-worker-relay", self.relay.run, self._relaying.stop_event
             )
-            self._relayer.start()
         log.info("event=worker_started queue=%s", self.queue)
 
     def _consume(self) -> None:
@@ -64,29 +62,25 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._consumer is not None and self._consumer.is_alive()
+        return self._consuming.alive
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the consumer to end; True when it has."""
-        if self._consumer is not None:
-            self._consumer.join(timeout)
-        return not self.alive
+        return self._consuming.join(timeout)
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
         """Take no new work; with ``wait``, let the current job finish, then stop relaying."""
         if not self.stopping.is_set():
             log.info("event=worker_stopping queue=%s", self.queue)
-        self.stopping.set()
+        self._consuming.stop(wait=False)
         if not wait:
             return
         self.join(timeout)
         if self.relay is not None:
-            self._relay_stop.set()
-            self.relay.wake.set()
+            self._relaying.stop(wait=False)
             try:
                 self.relay.relay_once()  # flush results committed during the drain
             except Exception:
                 log.warning("event=worker_final_relay_failed", exc_info=True)
-        if self._relayer is not None:
-            self._relayer.join(timeout=10)
+        self._relaying.stop(timeout=10)
         log.info("event=worker_stopped queue=%s", self.queue)

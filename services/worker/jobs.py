@@ -11,12 +11,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
 from services.core.broker import Delivered, Verdict
 from services.core.db import Database, JobState
+from services.core.errors import NoduleflowError, is_db_unavailable
 from services.core.messages import StudyReady
 from services.core.outbox import Relay
 from services.core.storage import LocalStorage
@@ -29,9 +30,11 @@ from services.worker.policy import (
     RetryPolicy,
     StorageUnavailable,
     StudyUnusable,
-    is_db_unavailable,
 )
 from services.worker.progress import JobProgress
+
+if TYPE_CHECKING:
+    from services.analysis.pipeline import ProbabilityModel
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class JobHandler:
         self,
         db: Database,
         storage: LocalStorage,
-        engine: Any,
+        engine: ProbabilityModel,
         relay: Relay,
         *,
         policy: RetryPolicy,
@@ -158,14 +161,13 @@ class JobHandler:
                 results.finding_rows(result.findings),  # fresh rows for every try
                 details=details,
                 timings=timings,
-                model_version=details["model"]["version"],
             ),
         )
         log.info(
             "event=job_committed job=%s findings=%d provider=%s analysis_s=%.2f total_s=%.2f",
             claim.job_id,
             count,
-            details["provider"],
+            details.model.provider if details.model else "",
             analysed - started - load,
             time.perf_counter() - started,
         )
@@ -223,7 +225,7 @@ class JobHandler:
             exc.__class__.__name__,
             decision.action.value,
             decision.reason,
-            exc_info=not isinstance(exc, StudyUnusable | BadMessage | StorageUnavailable),
+            exc_info=not isinstance(exc, NoduleflowError),
         )
         if decision.action is Action.DEAD_LETTER:
             return Verdict.REJECT

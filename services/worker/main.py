@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
@@ -25,10 +25,13 @@ from services.worker.faults import Faults
 from services.worker.jobs import JobHandler
 from services.worker.policy import RetryPolicy
 
+if TYPE_CHECKING:
+    from services.analysis.pipeline import ProbabilityModel
+
 log = logging.getLogger(__name__)
 
 
-def load_engine(settings: Settings) -> Any:
+def load_engine(settings: Settings) -> ProbabilityModel:
     """The process's one model session; logs which provider and model version run."""
     from services.analysis.engine import Engine
 
@@ -52,7 +55,7 @@ def build_worker(
     settings: Settings,
     db: Database,
     broker: Broker,
-    engine: Any = None,
+    engine: ProbabilityModel | None = None,
     *,
     relay: bool = True,
 ) -> Worker:

@@ -14,26 +14,48 @@ from enum import Enum
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from services.core.backoff import capped_exponential
+from services.core.errors import (
+    PermanentError,
+    TransientError,
+    is_db_unavailable,
+    is_transient,
+)
 
-class BadMessage(ValueError):
+__all__ = [
+    "Action",
+    "BadMessage",
+    "Decision",
+    "RetryPolicy",
+    "StorageUnavailable",
+    "StudyUnusable",
+    "describe",
+    "is_db_unavailable",
+    "is_transient",
+]
+
+
+class BadMessage(PermanentError, ValueError):
     """The message itself is unusable (not JSON, wrong schema, unknown job)."""
 
+    code = "bad-message"
 
-class StudyUnusable(Exception):
+
+class StudyUnusable(PermanentError):
     """A permanent property of the study: retrying cannot help (the job ends)."""
 
     def __init__(self, code: str, message: str, *, skip: bool) -> None:
-        super().__init__(message)
-        self.code = code
-        self.skip = skip
+        super().__init__(message, code=code, skip=skip)
 
     @property
     def reason(self) -> str:
         return f"{self.code}: {self}"
 
 
-class StorageUnavailable(OSError):
+class StorageUnavailable(TransientError, OSError):
     """Stored instances cannot be read right now (volume not mounted, file missing)."""
+
+    code = "storage-unavailable"
 
 
 class Action(Enum):
@@ -50,25 +72,11 @@ class Decision:
     delay: float = 0.0
 
 
-_OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
-_TRANSIENT_ERRNOS = {
-    errno.EAGAIN,
-    errno.EBUSY,
-    errno.EIO,
-    errno.ENOENT,
-    errno.ENOMEM,
-    errno.ENOSPC,
-    errno.ESTALE,
-    errno.ETIMEDOUT,
-    errno.EMFILE,
-}
-
-
 def describe(error: BaseException) -> str:
     """A short, patient-free description of a transient error for the job's reason."""
     if isinstance(error, StorageUnavailable):
         return f"storage unavailable ({error})"
-    if isinstance(error, MemoryError) or _is_out_of_memory(error):
+    if isinstance(error, MemoryError):
         return "out of memory"
     if isinstance(error, OperationalError | PoolTimeoutError | DBAPIError):
         return "database unavailable"
@@ -77,36 +85,16 @@ def describe(error: BaseException) -> str:
     return f"internal error ({error.__class__.__name__})"
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return any(marker in text for marker in _OOM_MARKERS)
-
-
-def is_db_unavailable(error: BaseException) -> bool:
-    """The database cannot be reached or refused for now (connection, pool, lock, deadlock)."""
-    if isinstance(error, OperationalError | PoolTimeoutError):
-        return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Errors a later attempt (here or on another worker) can plausibly get past."""
-    if isinstance(error, StorageUnavailable | MemoryError | OperationalError | PoolTimeoutError):
-        return True
-    if isinstance(error, DBAPIError):
-        return bool(error.connection_invalidated)
-    if isinstance(error, OSError):
-        return error.errno in _TRANSIENT_ERRNOS
-    return _is_out_of_memory(error)
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff ``base * factor**(attempt-1)`` capped at ``max_delay``.
 
-    ``attempt`` is 1 for the first try. Unknown errors (bugs) are retried like transient
-    ones, since another worker or a later model may succeed, but the job then fails with
-    the error's class name so a person can act on it.
+    ``attempt`` is 1 for the first try. Decided by the error's type
+    (:mod:`services.core.errors`): a bad message is dead-lettered, a permanent error ends
+    the job (skipped or failed, as the error says), anything else is retried until
+    ``max_attempts``. Unknown errors (bugs) are retried like transient ones, since another
+    worker or a later model may succeed, but the job then fails with the error's class name
+    so a person can act on it.
     """
 
     max_attempts: int = 3
@@ -118,8 +106,9 @@ class RetryPolicy:
     outage_patience: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        exponent = min(max(0, attempt - 1), 64)  # no float overflow for absurd attempts
-        return float(min(self.max_delay, self.base_delay * self.factor**exponent))
+        return capped_exponential(
+            attempt, first=self.base_delay, cap=self.max_delay, factor=self.factor
+        )
 
     def outage_delay(self, tries: int, waited: float) -> float | None:
         """Seconds to wait before database try ``tries + 1``; None once patience is spent."""
@@ -132,6 +121,10 @@ class RetryPolicy:
             return Decision(Action.DEAD_LETTER, f"bad message: {error}")
         if isinstance(error, StudyUnusable):
             return Decision(Action.SKIP if error.skip else Action.FAIL, error.reason)
+        if isinstance(error, PermanentError):
+            text = str(error)
+            reason = text if text.startswith(f"{error.code}:") else f"{error.code}: {text}"
+            return Decision(Action.SKIP if error.skip else Action.FAIL, reason)
         what = describe(error)
         if attempt < self.max_attempts:
             return Decision(

@@ -16,7 +16,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from services.core import audit
+from services.core.contracts import JobDetails
 from services.core.db import Database, Finding, Instance, Job, JobState, OutboxMessage, Series
+from services.core.errors import PermanentError
 from services.core.messages import STUDY_RESULT, StudyResult
 from services.core.outbox import enqueue
 from services.worker.policy import BadMessage
@@ -24,8 +26,11 @@ from services.worker.policy import BadMessage
 _RUNNABLE = (JobState.RECEIVING.value, JobState.QUEUED.value, JobState.INFERRING.value)
 
 
-class ClaimLost(RuntimeError):
-    """Another attempt owns the job now (a redelivery was claimed elsewhere)."""
+class ClaimLost(PermanentError, RuntimeError):
+    """Another attempt owns the job now (a redelivery was claimed elsewhere): this attempt
+    stops writing; the owner records the outcome."""
+
+    code = "claim-lost"
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ def claim(
             reason = f"gave up after {job.attempts} attempts: {last}"
             _end(session, job, study_uid, JobState.FAILED, reason)
             return Ended(JobState.FAILED.value, "attempts exhausted")
-        details = dict(job.details or {}, worker=worker)
+        details = job.job_details.model_copy(update={"worker": worker}).to_stored()
         moved = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempts == job.attempts, Job.state.in_(_RUNNABLE))
@@ -156,11 +161,14 @@ def commit_result(
     claim: Claim,
     findings: list[Finding],
     *,
-    details: dict[str, Any],
+    details: JobDetails,
     timings: dict[str, float],
-    model_version: str,
 ) -> None:
-    """Findings, job state, details, timings and the StudyResult outbox row, atomically."""
+    """Findings, job state, details, timings and the StudyResult outbox row, atomically.
+
+    ``model_version`` is the model's version from ``details`` (indexed for FHIR Device reads).
+    """
+    model_version = details.model.version if details.model else ""
     with db.session() as session:
         moved = session.execute(
             update(Job)
@@ -169,7 +177,7 @@ def commit_result(
                 state=JobState.REPORTING.value,
                 progress=1.0,
                 reason="",
-                details=details,
+                details=details.to_stored(),
                 timings=timings,
                 findings_count=len(findings),
                 model_version=model_version[:64],
@@ -205,7 +213,7 @@ def finish(
     state: JobState,
     reason: str,
     *,
-    details: dict[str, Any] | None = None,
+    details: JobDetails | None = None,
     timings: dict[str, float] | None = None,
 ) -> None:
     """End this attempt's job as failed or skipped, with its StudyResult, atomically."""
@@ -216,7 +224,7 @@ def finish(
         "updated_at": _now(),
     }
     if details is not None:
-        values["details"] = details
+        values["details"] = details.to_stored()
     if timings is not None:
         values["timings"] = timings
     with db.session() as session:

@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python tests/perf/bench_analyze.py [--workdir DIR] [--slices 300]``
 
 Writes the phantom once (``write_phantom``; reused when ``--workdir`` already holds it),
-then times ``analyze_files`` (read, assemble, crop, inference, postprocess) with the CPU
+then times ``analyze_files`` (read, assemble, crop, stage-one inference, second stage, mass
+pass, postprocess) with the CPU
 provider and prints the total against the anchor: ≤ 30 s per study on 2 CPU cores. When
 ONNX Runtime offers CUDA or TensorRT, the same study is timed on each; otherwise GPU
 figures are reported as not measured. Without a model in ``--model-dir`` the inference
@@ -32,7 +33,15 @@ from services.analysis.config import AnalysisConfig
 from services.analysis.pipeline import AnalysisResult, analyze_files
 
 ANCHOR_S = 30.0
-STAGES = ("read", "assemble", "crop", "inference", "postprocess")
+STAGES = (
+    "read",
+    "assemble",
+    "crop",
+    "inference",
+    "second_stage",
+    "mass_pass",
+    "postprocess",
+)
 
 
 class ZeroModel:

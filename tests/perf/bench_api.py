@@ -29,6 +29,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -92,8 +94,8 @@ def seed(url: str, reports: int) -> None:
                     {
                         "series_id": n + 1,
                         "sop_instance_uid": f"1.2.826.0.1.3680043.10.543.7.{n}",
-                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "sop_class_uid": str(CTImageStorage),
+                        "transfer_syntax_uid": str(ExplicitVRLittleEndian),
                         "path": f"x/{n}.dcm",
                         "size": 1,
                         "sha256": "0" * 64,

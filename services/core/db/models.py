@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
+from services.core import contracts
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -46,7 +48,8 @@ class Base(DeclarativeBase):
 
 
 class JobState(enum.StrEnum):
-    """Job life cycle of DESIGN.md: receiving → queued → inferring → reporting → done."""
+    """Job life cycle (docs/architecture.md, "Job states"): receiving → queued → inferring →
+    reporting → done, or failed / skipped with a reason."""
 
     RECEIVING = "receiving"
     QUEUED = "queued"
@@ -151,7 +154,7 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     # {"read": s, "assemble": s, "crop": s, "inference": s, "postprocess": s, ...}
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # Series chosen, instance count, provider, model name/version, etc.
+    # How the result was made: ``contracts.JobDetails`` as stored (read it via job_details).
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_version: Mapped[str] = mapped_column(String(64), default="")
     findings_count: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -164,9 +167,19 @@ class Job(Base):
     )
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", cascade="all")
 
+    @property
+    def job_details(self) -> contracts.JobDetails:
+        return contracts.JobDetails.parse(self.details)
+
+    @property
+    def model_identity(self) -> contracts.ModelIdentity:
+        """The model that made the result (``details.model``, else ``model_version``)."""
+        return self.job_details.identity(self.model_version)
+
 
 class Finding(Base):
-    """One nodule found by one job; geometry in patient LPS millimetres."""
+    """One finding of one job: a ``contracts.Finding`` (centre as ``center_x/_y/_z``, patient
+    LPS mm) plus its place in the job (``index``) and its voxels (mask, source slices)."""
 
     __tablename__ = "findings"
     __table_args__ = (UniqueConstraint("job_id", "index", name="uq_findings_job_index"),)
@@ -185,6 +198,8 @@ class Finding(Base):
     kind: Mapped[str] = mapped_column(String(16))
     confidence: Mapped[float] = mapped_column(Float)
     lung_rads: Mapped[str] = mapped_column(String(4))
+    solid_diameter_mm: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    finding_type: Mapped[str] = mapped_column(String(8), default="nodule", server_default="nodule")
     # Mask: voxel bounding box in the chosen series' volume (z0, y0, x0, z1, y1, x1),
     # and the packed boolean mask inside it (numpy.packbits, zlib-compressed).
     mask_bbox: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -197,6 +212,42 @@ class Finding(Base):
     @property
     def center_mm(self) -> list[float]:
         return [self.center_x, self.center_y, self.center_z]
+
+    @classmethod
+    def from_contract(
+        cls,
+        finding: contracts.Finding,
+        *,
+        index: int,
+        bbox: list[int],
+        mask_shape: list[int],
+        mask: bytes,
+        source_sop_uids: list[str],
+    ) -> Finding:
+        """The row of ``finding``; the one mapping from the contract to the columns."""
+        x, y, z = finding.center_mm
+        return cls(
+            index=index,
+            center_x=x,
+            center_y=y,
+            center_z=z,
+            **finding.model_dump(exclude={"center_mm"}),
+            mask_bbox={"bbox": bbox, "shape": mask_shape},
+            mask=mask,
+            source_sop_uids={"uids": source_sop_uids},
+        )
+
+    def to_contract(self) -> contracts.Finding:
+        """The row as the shared finding (the mapping back; mask and slices stay here)."""
+        values = {name: getattr(self, name) for name in _CONTRACT_COLUMNS}
+        values = {name: value for name, value in values.items() if value is not None}
+        return contracts.Finding.model_validate(
+            {**values, "center_mm": (self.center_x, self.center_y, self.center_z)}
+        )
+
+
+#: Finding columns named as the contract's fields (all but the centre, split into x/y/z)
+_CONTRACT_COLUMNS = tuple(name for name in contracts.Finding.model_fields if name != "center_mm")
 
 
 class OutboxMessage(Base):

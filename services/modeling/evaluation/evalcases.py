@@ -39,12 +39,13 @@ class EvalCase:
 PHANTOM_DIR = Path(__file__).resolve().parents[1] / "phantom"
 
 
-def phantom_version() -> str:
-    """Digest of the phantom generator's source: a new phantom means new cached cases."""
+def phantom_version(domain: str = "v1") -> str:
+    """Digest of the phantom generator's source, with the domain unless v1: a new phantom
+    or another domain means other cached cases."""
     digest = hashlib.sha256()
     for path in sorted(PHANTOM_DIR.glob("*.py")):
         digest.update(path.read_bytes())
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()[:10] + ("" if domain == "v1" else f"-{domain}")
 
 
 def from_phantom(case: Any, seed: int) -> EvalCase:
@@ -102,9 +103,10 @@ def eval_case(seed: int, *, cache_dir: Path | None = CACHE_DIR, **kwargs: Any) -
 
     path = None
     if cache_dir is not None:
-        key = phantom_version() + (
-            "-" + hashlib.sha256(repr(sorted(kwargs.items())).encode()).hexdigest()[:6]
-            if kwargs
+        rest = {k: v for k, v in kwargs.items() if k != "domain"}
+        key = phantom_version(str(kwargs.get("domain", "v1"))) + (
+            "-" + hashlib.sha256(repr(sorted(rest.items())).encode()).hexdigest()[:6]
+            if rest
             else ""
         )
         path = cache_dir / key / f"{seed}.npz"

@@ -40,6 +40,8 @@ class ScanOutcome:
     scan: froc.Scan
     nodules: list[NoduleOutcome]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the findings a report would carry (operating point and 3 mm rule applied)
+    reported: froc.Scan | None = None
 
 
 def score_case(case: EvalCase, findings: list[Any]) -> ScanOutcome:
@@ -87,6 +89,7 @@ def run(
     ``cache_dir`` (None: generated every time)."""
     from services.analysis.engine import Engine
     from services.analysis.pipeline import analyze_volume
+    from services.analysis.reporting import reportable
 
     engine = Engine.load(model_dir, providers)
     results = []
@@ -97,6 +100,8 @@ def run(
         timings: dict[str, float] = {}
         findings = analyze_volume(case.volume, engine, timings=timings, all_candidates=True)
         outcome = score_case(case, findings)
+        shown = reportable(findings, engine.config)
+        outcome.reported = score_case(case, shown).scan
         outcome.seconds = {"case": t1 - t0, **timings, "slices": float(case.volume.shape[0])}
         results.append(outcome)
         found = sum(o.hit_score is not None for o in outcome.nodules)
@@ -116,7 +121,13 @@ def run(
 
 
 def main(
-    model_dir: Path, scans: int, seed: int, as_json: bool, *, cache_dir: Path | None = CACHE_DIR
+    model_dir: Path,
+    scans: int,
+    seed: int,
+    as_json: bool,
+    *,
+    cache_dir: Path | None = CACHE_DIR,
+    domain: str | None = None,
 ) -> None:
     """Print the metrics (tables, or JSON with ``as_json``) for the CLI."""
     from services.core.logs import setup_logging
@@ -128,9 +139,12 @@ def main(
         log.warning(
             "event=eval_seed_overlap seed=%d note=seeds below 100000 may be training data", seed
         )
-    results = run(model_dir, scans, seed, cache_dir=cache_dir)
+    kwargs: dict[str, Any] = {} if domain is None else {"domain": domain}
+    results = run(model_dir, scans, seed, cache_dir=cache_dir, **kwargs)
     summary = summarize(results)
-    summary["command"] = f"noduleflow evaluate --scans {scans} --seed {seed}"
+    summary["command"] = f"noduleflow evaluate --scans {scans} --seed {seed}" + (
+        f" --domain {domain}" if domain else ""
+    )
     summary["model_dir"] = str(model_dir)
     if as_json:
         print(json.dumps(summary, indent=2, default=_jsonable))

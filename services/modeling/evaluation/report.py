@@ -61,6 +61,29 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
     fps = sum(h < 0 for s in scans for h in froc.match(s))
     ge6 = froc.froc(scans, [1.0], include=lambda t: t.diameter_mm >= 6.0)[0]
     inference = [r.seconds.get("inference", 0.0) for r in results]
+    shown = [r.reported for r in results if r.reported is not None]
+    at_point: dict[str, Any] = {}
+    if len(shown) == len(results) and shown:
+        hits = [froc.match(s) for s in shown]
+        found = [
+            {h for h in hit if h >= 0 and froc.scored(s.truths[h])}
+            for s, hit in zip(shown, hits, strict=True)
+        ]
+        scored_all = sum(sum(froc.scored(t) for t in s.truths) for s in shown)
+        in_reports = [
+            (n in f)
+            for s, f in zip(shown, found, strict=True)
+            for n, t in enumerate(s.truths)
+            if froc.scored(t) and t.diameter_mm >= 6.0
+        ]
+        at_point = {
+            "sensitivity": round(sum(len(f) for f in found) / max(scored_all, 1), 4),
+            "sensitivity_ge_6mm": (round(float(np.mean(in_reports)), 4) if in_reports else None),
+            "false_positives_per_scan": round(
+                sum(h < 0 for hit in hits for h in hit) / len(shown), 3
+            ),
+            "findings_per_scan": round(sum(len(s.detections) for s in shown) / len(shown), 3),
+        }
     overall = {
         "scans": len(scans),
         "findings": sum(len(s.detections) for s in scans),
@@ -72,6 +95,7 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
         "nodules_under_3mm_not_scored": len(everything) - len(nodules),
         "inference_seconds_mean": round(float(np.mean(inference)), 2) if inference else None,
         "inference_seconds_max": round(float(np.max(inference)), 2) if inference else None,
+        "at_operating_point": at_point,
     }
     strata: dict[str, list[dict[str, Any]]] = {}
     for name, key in STRATA.items():
@@ -130,6 +154,10 @@ def markdown(summary: dict[str, Any]) -> str:
         if key == "froc":
             for rate, sens in value.items():
                 lines.append(f"| sensitivity at {rate} FP/scan | {_fmt(sens)} |")
+        elif isinstance(value, dict):
+            for sub, item in value.items():
+                label = f"{key} {sub}".replace("_", " ")
+                lines.append(f"| {label} | {_fmt(item)} |")
         else:
             lines.append(f"| {key.replace('_', ' ')} | {_fmt(value)} |")
     for name, rows in summary["strata"].items():

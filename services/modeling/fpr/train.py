@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy import ndimage
 from torch import nn
 
 from services.modeling.fpr.mine import Shard
@@ -76,8 +77,7 @@ def augment(batch: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.
         x = np.rot90(x, int(rng.integers(4)), axes=(2, 3))
         if rng.random() < 0.3:
             width = int(rng.integers(2, 4))
-            kernel = np.ones(width, dtype=np.float32) / width
-            x = np.apply_along_axis(lambda v, k=kernel: np.convolve(v, k, mode="same"), 1, x)
+            x = ndimage.uniform_filter1d(x, width, axis=1, mode="nearest")
         x = x * np.float32(rng.uniform(0.92, 1.08)) + np.float32(rng.uniform(-0.03, 0.03))
         x = x + rng.normal(0.0, rng.uniform(0.0, 0.04), x.shape).astype(np.float32)
         out[n] = x
@@ -142,7 +142,8 @@ def train(
         loss.backward()
         optimiser.step()
         iteration += 1
-        running = 0.95 * running + 0.05 * float(loss) if iteration > 1 else float(loss)
+        value = float(loss.detach())
+        running = 0.95 * running + 0.05 * value if iteration > 1 else value
         if iteration % CHECKPOINT_EVERY == 0:
             _save(checkpoint, net, optimiser, iteration, now, rng)
             log.info("event=fpr_step iteration=%d loss=%.4f minutes=%.1f", iteration, running, now)

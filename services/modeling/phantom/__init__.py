@@ -1,10 +1,12 @@
 """Synthetic chest CT phantoms with lung nodules and exact ground truth.
 
 The generator lives in :mod:`services.modeling.phantom.generate` (``generate_case``,
-``write_case``, ``write_phantom``); the other modules are its parts: body habitus and scanner
-parameters (``params``), body shapes (``shapes``, ``segments``), anatomy rendering
-(``anatomy``, ``raster``), vessel and airway trees (``trees``, ``tubes``), nodules
-(``nodules``, ``placement``), the scanner model (``scanner``), ground truth (``truth``) and
+``write_case``, ``write_phantom``, ``draw_settings``); the other modules are its parts: body
+habitus, scanner parameters and the domains ``v1``/``wide``/``shifted`` (``params``), the
+wider domains' extras (``world``), body shapes (``shapes``, ``segments``), anatomy rendering
+(``anatomy``, ``raster``), vessel and airway trees (``trees``, ``tubes``), nodules and masses
+(``nodules``, ``placement``), benign look-alikes (``mimics``), metal and motion artefacts
+(``artefacts``), the scanner model (``scanner``, ``kernels``), ground truth (``truth``) and
 the DICOM writer (``dicom``).
 """
 
@@ -12,6 +14,8 @@ from services.modeling.phantom.generate import (
     NoduleTruth,
     PhantomCase,
     PhantomResult,
+    Settings,
+    draw_settings,
     generate_case,
     write_case,
     write_phantom,
@@ -21,6 +25,8 @@ __all__ = [
     "NoduleTruth",
     "PhantomCase",
     "PhantomResult",
+    "Settings",
+    "draw_settings",
     "generate_case",
     "write_case",
     "write_phantom",

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from services.modeling.phantom.raster import Grid
-from services.modeling.phantom.shapes import Arr, Body
+from services.modeling.phantom.shapes import Arr, Body, Plane
 
 F32 = np.float32
 AIR, FAT, MUSCLE, SKIN = -1000.0, -100.0, 42.0, 25.0
@@ -59,9 +59,14 @@ def _interp_index(
 def table_image(body: Body, grid: Grid, rng: np.random.Generator) -> Arr:
     x = grid.xs()[None, :]
     y = grid.ys()[:, None]
-    top = F32(body.cy + body.h.half_depth_post + rng.uniform(0.5, 6.0))
-    curve = top - F32(0.0009) * (x - F32(body.cx)) ** 2
-    depth = y - curve
+    if body.world is not None and body.world.prone:  # the table under the patient's front
+        top = F32(body.cy - body.h.half_depth_ant - rng.uniform(0.5, 6.0))
+        curve = top + F32(0.0009) * (x - F32(body.cx)) ** 2
+        depth = curve - y
+    else:
+        top = F32(body.cy + body.h.half_depth_post + rng.uniform(0.5, 6.0))
+        curve = top - F32(0.0009) * (x - F32(body.cx)) ** 2
+        depth = y - curve
     wide = np.abs(x - F32(body.cx)) < F32(rng.uniform(200.0, 250.0))
     img = np.full((grid.matrix, grid.matrix), AIR, dtype=F32)
     shell = F32(rng.uniform(2.0, 3.5))
@@ -139,6 +144,21 @@ class SliceRenderer:
             su, sv = dx / F32(half_w), (y - F32(yc)) / F32(6.5)
             sr = np.sqrt(su * su + sv * sv)
             self.sternum[key] = (sr < 1.0, (sr < 1.0) & (sr > 0.75))
+        # wide/shifted: the gastric bubble's in-plane equation, centre z and z semi-axis
+        self.stomach: tuple[Arr, float, float] | None = None
+        self.stomach_gas = np.zeros((0, 0), dtype=bool)
+        world = body.world
+        if world is not None and world.stomach is not None and not empty:
+            radius, fluid = world.stomach
+            xs_, ys_ = body.cx + 0.45 * body.a_c, body.cy_c - 0.05 * body.b_ant_c
+            top = body.plane(np.array([xs_], dtype=F32), np.array([ys_], dtype=F32)).diaphragm
+            zs_ = float(top[0]) - world.diaphragm_muscle - world.subphrenic_fat - 0.85 * radius
+            q = ((x - F32(xs_)) / F32(radius)) ** 2 + ((y - F32(ys_)) / F32(0.8 * radius)) ** 2
+            # the air-fluid level: gas on the non-dependent side
+            level = 0.8 * radius * (1.0 - 2.0 * fluid)
+            gas_y = (y - F32(ys_)) * F32(-1.0 if world.prone else 1.0) < F32(level)
+            self.stomach = (q.astype(F32), zs_, 0.9 * radius)
+            self.stomach_gas = np.asarray(np.broadcast_to(gas_y, q.shape))
 
     def render(self, z: float) -> tuple[Arr, NDArray[np.bool_], NDArray[np.bool_]]:
         """HU image, lung and cavity masks of the plane at ``z``, inside ``self.window``."""
@@ -164,12 +184,18 @@ class SliceRenderer:
         med = cav & b.mediastinum(p, z)
         img[cav] = MUSCLE - 10.0
         np.copyto(img, MED_FAT + F32(12.0) * tex, where=med)
-        heart = (p.heart + b.heart_w2(z)) < 1.0
-        np.copyto(img, HEART + F32(4.0) * tex, where=heart)
+        heart_eq = b.heart_eq(p, z)
+        heart = heart_eq < 1.0
+        if b.world is None:
+            np.copyto(img, HEART + F32(4.0) * tex, where=heart)
+        else:
+            self._heart(img, p, z, heart_eq, heart, med, tex)
         below = cav & (F32(z) < p.diaphragm) & ~heart
         liver = below & (self.xs[None, :] < F32(b.cx + 0.25 * b.a_c))
         np.copyto(img, LIVER + F32(5.0) * tex, where=liver)
         np.copyto(img, SPLEEN + F32(6.0) * tex, where=below & ~liver)
+        if b.world is not None:
+            self._lung_base(img, p, z, below, liver, tex)
         lung = b.lung_in(p, z, cav_depth)
         boost = F32(h.lung_gradient * (1.6 if t < 0.4 else 1.0))
         fine = self.fine.slice(z, *self.window)
@@ -201,6 +227,62 @@ class SliceRenderer:
             img[solid] = CANCELLOUS
             img[rim] = CORTEX * 0.9
         return img, lung, lung | med
+
+    def _heart(
+        self,
+        img: Arr,
+        p: Plane,
+        z: float,
+        heart_eq: Arr,
+        heart: NDArray[np.bool_],
+        med: NDArray[np.bool_],
+        tex: Arr,
+    ) -> None:
+        """Wide/shifted heart: pericardium line, myocardium, blood pools (contrast)."""
+        world = self.b.world
+        assert world is not None
+        if not heart.any() and world.pericardium_hu is None:
+            return
+        if world.pericardium_hu is not None:
+            sac = self.b.heart_eq(p, z, fat=True)
+            line = med & (sac < 1.0) & (sac > 0.94) & ~heart
+            img[line] = world.pericardium_hu
+        c = world.contrast
+        if c is None:
+            np.copyto(img, HEART + F32(4.0) * tex, where=heart)
+            return
+        np.copyto(img, F32(c.myocardium) + F32(6.0) * tex, where=heart)
+        assert p.heart_v is not None
+        pool = heart & (heart_eq < F32(world.chamber_frac**2)) & (np.abs(p.heart_v) > 0.07)
+        right = p.heart_v < 0  # anterior-right of the septum: right ventricle
+        np.copyto(img, F32(c.right_heart) + F32(8.0) * tex, where=pool & right)
+        np.copyto(img, F32(c.left_heart) + F32(8.0) * tex, where=pool & ~right)
+
+    def _lung_base(
+        self,
+        img: Arr,
+        p: Plane,
+        z: float,
+        below: NDArray[np.bool_],
+        liver: NDArray[np.bool_],
+        tex: Arr,
+    ) -> None:
+        """Wide/shifted: diaphragm muscle over the liver and spleen, subphrenic fat, the
+        gastric air bubble under the left dome."""
+        world = self.b.world
+        assert world is not None
+        under = p.diaphragm - F32(z)  # depth below the diaphragm surface (mm)
+        if self.stomach is not None:
+            q, zs, rz = self.stomach
+            dz = (z - zs) / rz
+            if abs(dz) < 1.0:
+                bubble = below & ~liver & (q < F32(1.0 - dz * dz))
+                img[bubble & self.stomach_gas] = AIR
+                img[bubble & ~self.stomach_gas] = 15.0
+                np.copyto(img, F32(MUSCLE), where=bubble & (q > F32(0.85 * (1.0 - dz * dz))))
+        fat = below & (under < F32(world.diaphragm_muscle + world.subphrenic_fat))
+        np.copyto(img, F32(0.6 * FAT) + F32(10.0) * tex, where=fat)  # thin: partly volumed
+        img[below & (under < F32(world.diaphragm_muscle))] = MUSCLE
 
     def _spine(self, img: Arr, z: float, tex: Arr) -> None:
         b = self.b

@@ -3,9 +3,11 @@
 Patient, General Study, General Series, Frame of Reference, General Equipment, Image Plane,
 Image Pixel, CT Image, VOI LUT and SOP Common modules (PS3.3 A.3), Explicit VR Little Endian,
 uncompressed. Variations a real archive shows: signed or unsigned pixels with different
-rescale intercepts, PixelPaddingValue outside the reconstruction circle, InstanceNumber
-increasing toward the head or the feet (and sometimes not in spatial order), file names that
-say nothing about order. Every UID is derived from the seed, so reruns are identical.
+rescale intercepts (and, in the wider domains, slopes), PixelPaddingValue outside the
+reconstruction circle, InstanceNumber increasing toward the head or the feet (and sometimes
+not in spatial order), file names that say nothing about order, and (wider domains) the
+ImageOrientationPatient of head/feet-first, supine/prone positions. Every UID is derived
+from the seed, so reruns are identical.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_u
     ds.ManufacturerModelName = "synthetic chest CT"
     ds.InstitutionName = "noduleflow"
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CT CHEST WITHOUT CONTRAST"
+    world = case.meta.get("world")
+    contrast = isinstance(world, dict) and world.get("contrast") is not None
+    ds.StudyDescription = f"CT CHEST {'WITH' if contrast else 'WITHOUT'} CONTRAST"
     ds.SeriesDescription = f"Chest {sc['thickness']}mm {sc['kernel']}"
     ds.PatientName = f"{_LAST[seed % len(_LAST)]}^{_FIRST[(seed // 7) % len(_FIRST)]}"
     ds.PatientID = f"PHANTOM-{seed:06d}"
@@ -59,14 +63,14 @@ def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_u
     ds.SpacingBetweenSlices = sc["spacing"]
     ds.KVP = sc["kvp"]
     ds.ConvolutionKernel = sc["kernel"]
-    ds.PatientPosition = "FFS" if sc["feet_first"] else "HFS"
+    ds.PatientPosition = sc.get("patient_position", "FFS" if sc["feet_first"] else "HFS")
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = f"{seed % 100000}"
     ds.SeriesNumber = int(rng.integers(2, 9))
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = [_number(v) for v in (*case.volume.row_dir, *case.volume.col_dir)]
     ds.PixelSpacing = [case.volume.spacing[1], case.volume.spacing[2]]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -77,7 +81,7 @@ def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_u
     ds.PixelRepresentation = sc["pixel_representation"]
     ds.PixelPaddingValue = sc["padding_stored"]
     ds.RescaleIntercept = sc["rescale_intercept"]
-    ds.RescaleSlope = 1
+    ds.RescaleSlope = _number(float(sc.get("rescale_slope", 1)))
     ds.RescaleType = "HU"
     ds.WindowCenter = [-600, 40]
     ds.WindowWidth = [1500, 400]
@@ -85,9 +89,16 @@ def _base(case: PhantomCase, seed: int, study_uid: str, series_uid: str, frame_u
     return ds
 
 
-def _instance_order(n: int, feet_first: bool, shuffled: bool, seed: int) -> list[int]:
-    """InstanceNumber for each k (k = 0 lowest z)."""
-    numbers = list(range(1, n + 1)) if feet_first else list(range(n, 0, -1))
+def _number(value: float) -> int | float:
+    """Whole numbers as integers (the files v1 always wrote), others as they are."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _instance_order(
+    n: int, feet_first: bool, shuffled: bool, seed: int, k_up: bool = True
+) -> list[int]:
+    """InstanceNumber for each k (``k_up``: k = 0 is the lowest z, else the highest)."""
+    numbers = list(range(1, n + 1)) if feet_first == k_up else list(range(n, 0, -1))
     if shuffled:
         perm = np.random.default_rng([seed, 0x494E]).permutation(n)
         numbers = [int(perm[k]) + 1 for k in range(n)]
@@ -107,11 +118,18 @@ def write_series(
     n = vol.shape[0]
     base = _base(case, seed, study_uid, series_uid, frame_uid)
     intercept = float(sc["rescale_intercept"])
+    slope = float(sc.get("rescale_slope", 1.0))
     dtype = np.int16 if sc["pixel_representation"] == 1 else np.uint16
     lo, hi = (np.iinfo(dtype).min, np.iinfo(dtype).max)
     if sc["pixel_representation"] == 0:
         hi = 2 ** int(sc["bits_stored"]) - 1
-    numbers = _instance_order(n, bool(sc["feet_first"]), bool(sc["shuffled_instances"]), seed)
+    numbers = _instance_order(
+        n,
+        bool(sc["feet_first"]),
+        bool(sc["shuffled_instances"]),
+        seed,
+        k_up=vol.slice_dir[2] > 0,
+    )
     names = np.random.default_rng([seed, 0x46]).permutation(n)
     sop_uids: list[str] = []
     files: list[Path] = []
@@ -127,7 +145,8 @@ def write_series(
         position = vol.index_to_lps(np.array([k, 0.0, 0.0]))
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
         ds.SliceLocation = round(float(position[2]), 4)
-        stored = np.clip(np.round(vol.hu[k] - intercept), lo, hi).astype(dtype)
+        values = vol.hu[k] - intercept if slope == 1.0 else (vol.hu[k] - intercept) / slope
+        stored = np.clip(np.round(values), lo, hi).astype(dtype)
         ds.PixelData = stored.tobytes()
         path = outdir / f"IM{int(names[k]):05d}.dcm"
         ds.save_as(path, enforce_file_format=True)

@@ -20,6 +20,9 @@ from services.modeling.phantom.shapes import Body
 
 F32 = np.float32
 KINDS = ("solid", "part-solid", "ground-glass")
+#: wide/shifted masses (30-80 mm, solid tissue): their truth kind, so evaluation can tell them
+MASS = "mass"
+_FINE_VOXELS = 4_000_000  # render big boxes (masses) slab by slab
 LOCATIONS = ("isolated", "juxtapleural", "juxtavascular")
 SHAPES = ("round", "lobulated", "spiculated")
 
@@ -98,7 +101,14 @@ def sample_spec(
 
 
 def extent(spec: NoduleSpec) -> float:
-    reach = spec.radius * spec.axes.max() * (1 + spec.lobe_amp.sum())
+    if spec.kind == MASS:  # the lobes' actual reach, not their sum: masses are large
+        dirs = np.random.default_rng(0).normal(size=(400, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        cos = dirs @ spec.lobes.T
+        rad = 1.0 + (spec.lobe_amp * (np.exp(5.0 * (cos - 1.0)) - 0.2)).sum(axis=1)
+        reach = spec.radius * spec.axes.max() * float(rad.max()) * 1.08
+    else:
+        reach = spec.radius * spec.axes.max() * (1 + spec.lobe_amp.sum())
     if len(spec.spicules):
         reach = max(reach, float(np.linalg.norm(spec.spicules.p1 - spec.center, axis=1).max()))
     return reach + 2.0
@@ -127,12 +137,19 @@ def _shape_distance(
 
 
 def render(
-    spec: NoduleSpec, grid: Grid, body: Body, rng: np.random.Generator
+    spec: NoduleSpec,
+    grid: Grid,
+    body: Body,
+    rng: np.random.Generator,
+    lung_mask: NDArray[np.bool_] | None = None,
 ) -> (
     tuple[tuple[slice, slice, slice], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
     | None
 ):
-    """Box, occupancy, solid-core occupancy and texture of a nodule on the output grid."""
+    """Box, occupancy, solid-core occupancy and texture of a nodule on the output grid.
+
+    The nodule is clipped to the lung at each fine z sample, or with ``lung_mask`` (masses)
+    to that output-grid lung mask, far cheaper for a big box."""
     reach = extent(spec)
     ps = grid.pixel_spacing
     c = spec.center
@@ -147,6 +164,40 @@ def render(
     nk = k1 - k0
     x = grid.xs()[i0:i1][None, None, :]
     y = grid.ys()[j0:j1][None, :, None]
+    step = max(1, _FINE_VOXELS // max(1, grid.n_fine(1) * (j1 - j0) * (i1 - i0)))
+    clip = None if lung_mask is None else body
+    if step >= nk:
+        occ, core = _occupancy(spec, grid, body if clip is None else None, k0, nk, x, y)
+    else:  # a mass: slab by slab, each slab's fine samples only
+        occ = np.empty((nk, j1 - j0, i1 - i0), dtype=F32)
+        core = np.empty_like(occ)
+        for start in range(0, nk, step):
+            n = min(step, nk - start)
+            occ[start : start + n], core[start : start + n] = _occupancy(
+                spec, grid, body if clip is None else None, k0 + start, n, x, y
+            )
+    box = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+    if lung_mask is not None:
+        occ *= lung_mask[box]
+        core *= lung_mask[box]
+    tex = ndimage.gaussian_filter(rng.standard_normal((nk, j1 - j0, i1 - i0)).astype(F32), 1.2)
+    tex /= max(float(tex.std()), 1e-6)
+    return box, occ, core, tex.astype(F32)
+
+
+def _occupancy(
+    spec: NoduleSpec,
+    grid: Grid,
+    body: Body | None,
+    k0: int,
+    nk: int,
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Occupancy and solid-core occupancy of output slices ``k0 .. k0 + nk`` (clipped to
+    ``body``'s lung unless ``body`` is ``None``)."""
+    ps = grid.pixel_spacing
+    c = spec.center
     z = grid.fine_z(k0, grid.n_fine(nk))[:, None, None]
     ex, ey, ez = x - F32(c[0]), y - F32(c[1]), z - F32(c[2])
     width = ps * (2.0 if spec.kind == "ground-glass" else 1.0)
@@ -154,20 +205,20 @@ def render(
     if len(spec.spicules):
         sd = distance_to(spec.spicules, x, y, z)
         occ = np.maximum(occ, soft_inside(-sd, ps) * F32(0.9))
-    lung = body.lung(
-        np.broadcast_to(x, occ.shape), np.broadcast_to(y, occ.shape), np.broadcast_to(z, occ.shape)
-    )
-    occ *= lung
+    if body is not None:
+        lung = body.lung(
+            np.broadcast_to(x, occ.shape),
+            np.broadcast_to(y, occ.shape),
+            np.broadcast_to(z, occ.shape),
+        )
+        occ *= lung
     core = np.zeros_like(occ)
-    if spec.kind == "part-solid":
+    if spec.kind == "part-solid" or (spec.kind == MASS and spec.core_frac > 0):
         core = (
             soft_inside(_shape_distance(spec, ex, ey, ez, spec.core_offset, spec.core_frac), ps)
             * occ
         )
-    box = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
-    tex = ndimage.gaussian_filter(rng.standard_normal((nk, j1 - j0, i1 - i0)).astype(F32), 1.2)
-    tex /= max(float(tex.std()), 1e-6)
-    return box, grid.reduce(occ, 0, nk), grid.reduce(core, 0, nk), tex.astype(F32)
+    return grid.reduce(occ, 0, nk), grid.reduce(core, 0, nk)
 
 
 def paint(
@@ -185,6 +236,9 @@ def paint(
     if spec.kind == "solid":
         value = F32(spec.solid_hu) + F32(25.0) * tex
         sub += occ * (value - sub)
+    elif spec.kind == MASS:  # solid tissue, a necrotic (low-density) core in some
+        sub += occ * (F32(spec.solid_hu) + F32(20.0) * tex - sub)
+        sub += core * (F32(spec.ggo_hu) + F32(8.0) * tex - sub)
     else:
         ggo = F32(spec.ggo_hu) + F32(45.0) * tex
         sub += occ * (ggo - sub)

@@ -8,8 +8,9 @@ Domains (``generate_case(seed, domain=...)``):
 * ``v1``: the original distribution, drawn from the case's main generator exactly as
   before (its stream must not change: fixed-seed tests and the shipped model depend on it).
 * ``wide``: the training distribution of model v2. The patient is drawn as in v1 and then
-  shifted on the table; every acquisition setting is drawn from the separate domain
-  generator (``np.random.default_rng([seed, 2])``) from the wider ranges of ``WIDE``.
+  shifted on the table; every acquisition setting is drawn from the wider ranges of
+  ``WIDE`` with a generator of the domain's own (children of ``SeedSequence([seed, 2])``,
+  never the main generator).
 * ``shifted``: a held-out evaluation distribution, like ``wide`` except on the axes
   ``SHIFTED`` names, where it draws settings outside the wide ranges (see ``RANGES``).
 """
@@ -337,19 +338,21 @@ def _sample_wider(
     pixel_spacing: float | None,
     thickness: float | None,
 ) -> Scanner:
+    # a fixed number of draws whatever the caller fixes: the same seed keeps its other
+    # settings (and, downstream, its world) when slices, spacing or thickness are given
     body_width = 2.0 * habitus.half_width
+    roll, u = float(rng.random()), float(rng.random())
     if pixel_spacing is None:
         lo, hi = ranges.fov_ps[0] * 512, ranges.fov_ps[1] * 512
-        roll = rng.random()
         if roll < 0.15:  # targeted reconstruction that clips the body
-            fov = float(rng.uniform(0.75, 0.95)) * body_width
+            fov = (0.75 + 0.2 * u) * body_width
         elif roll < 0.3:  # any field of view the scanner offers
-            fov = float(rng.uniform(lo, hi))
+            fov = lo + (hi - lo) * u
         else:
-            fov = body_width + float(rng.uniform(5.0, 120.0))
+            fov = body_width + 5.0 + 115.0 * u
         pixel_spacing = round(min(max(fov, lo), hi) / matrix, 4)
-    if thickness is None:
-        thickness = float(rng.choice(ranges.thickness, p=ranges.thickness_p))
+    drawn = float(rng.choice(ranges.thickness, p=ranges.thickness_p))
+    thickness = drawn if thickness is None else thickness
     spacing = _overlap_spacing(rng, thickness)
     n_slices, z_first = _slices_and_z(rng, habitus, spacing, slices)
     family = str(rng.choice(ranges.kernel_families, p=ranges.kernel_p))

@@ -7,12 +7,20 @@ from the pool the points that suit its location and size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.modeling.phantom.nodules import KINDS, LOCATIONS, SHAPES, NoduleSpec, sample_spec
+from services.modeling.phantom.nodules import (
+    KINDS,
+    LOCATIONS,
+    MASS,
+    SHAPES,
+    NoduleSpec,
+    sample_spec,
+)
 from services.modeling.phantom.raster import Grid
 from services.modeling.phantom.segments import Segments, nearest_surface
 from services.modeling.phantom.shapes import Body
@@ -40,6 +48,9 @@ _DIRS = np.array(
 )
 _DIRS /= np.linalg.norm(_DIRS, axis=1, keepdims=True)
 _STEPS = np.arange(1.5, 42.0, 2.5)
+#: wide/shifted: which points the scan shows (inside the reconstruction circle)
+Inside = Callable[[NDArray[np.float64]], NDArray[np.bool_]]
+MASS_MARGIN = 1.12
 
 
 def _in_lung(body: Body, pts: F64) -> NDArray[np.bool_]:
@@ -70,7 +81,13 @@ class Pool:
 
 
 def _pool(
-    rng: np.random.Generator, body: Body, z_lo: float, z_hi: float, vessels: Segments, n: int = 1000
+    rng: np.random.Generator,
+    body: Body,
+    z_lo: float,
+    z_hi: float,
+    vessels: Segments,
+    n: int = 1000,
+    inside: Inside | None = None,
 ) -> Pool:
     m = 6 * n
     pts = np.stack(
@@ -81,7 +98,10 @@ def _pool(
         ],
         axis=1,
     )
-    pts = pts[_in_lung(body, pts)][:n]
+    keep = _in_lung(body, pts)
+    if inside is not None:
+        keep &= inside(pts)
+    pts = pts[keep][:n]
     rays = pts[:, None, None, :] + _STEPS[None, None, :, None] * _DIRS[None, :, None, :]
     outside = ~_in_lung(body, rays.reshape(-1, 3)).reshape(len(pts), len(_DIRS), len(_STEPS))
     first = np.where(outside.any(axis=2), outside.argmax(axis=2), len(_STEPS) - 1)
@@ -101,13 +121,18 @@ def place_nodules(
     vessels: Segments,
     min_d: float,
     max_d: float,
+    *,
+    inside: Inside | None = None,
+    avoid: tuple[NoduleSpec, ...] = (),
 ) -> list[NoduleSpec]:
+    """``count`` nodules; wide/shifted pass ``inside`` (the reconstruction circle) and the
+    masses to keep clear of (``avoid``)."""
     if count == 0:
         return []
     z_lo = grid.z0 + 0.5 * grid.thickness
     z_hi = grid.z0 + (grid.n_slices - 1) * grid.spacing - 0.5 * grid.thickness
     max_d = max(min(max_d, (z_hi - z_lo) * 0.9), min_d)
-    pool = _pool(rng, body, z_lo, z_hi, vessels)
+    pool = _pool(rng, body, z_lo, z_hi, vessels, inside=inside)
     mid = (vessels.p0 + vessels.p1) / 2
     usable = np.flatnonzero(
         (vessels.r1 > 0.8) & (vessels.r1 < 3.5) & (mid[:, 2] > z_lo) & (mid[:, 2] < z_hi)
@@ -122,7 +147,11 @@ def place_nodules(
             diameter = max(min_d, _diameter(rng, kind, min_d, max_d) * shrink)
             where = location if attempt < 40 else "juxtapleural"
             centre = _candidate(rng, pool, where, diameter / 2.0, vessels, usable)
-            if centre is None or not _fits(body, specs, centre, diameter / 2.0, z_lo, z_hi):
+            if centre is None or not _fits(
+                body, [*avoid, *specs], centre, diameter / 2.0, z_lo, z_hi
+            ):
+                continue
+            if inside is not None and not inside(centre[None])[0]:
                 continue
             specs.append(sample_spec(rng, centre, diameter, kind, where, shape))
             break
@@ -165,3 +194,74 @@ def _fits(
         return False
     core = np.vstack([centre, centre + _DIRS * r * 0.7])
     return bool(_in_lung(body, core).all())
+
+
+def place_mass(
+    rng: np.random.Generator,
+    body: Body,
+    grid: Grid,
+    inside: Inside | None,
+    min_d: float = 30.0,
+    max_d: float = 80.0,
+) -> NoduleSpec | None:
+    """A lung mass of ``min_d``-``max_d`` mm (truth kind ``"mass"``), lobulated or
+    spiculated solid tissue, usually abutting the chest wall or the mediastinum (the lung
+    clips it flat there); ``None`` when the scanned lung has no room for one. The drawn size
+    is a little larger (``MASS_MARGIN``) so that the measured one, after the lung's clipping,
+    still starts at ``min_d``."""
+    z_lo = grid.z0 + 0.5 * grid.thickness
+    z_hi = grid.z0 + (grid.n_slices - 1) * grid.spacing - 0.5 * grid.thickness
+    top = min(max_d * 1.02, (z_hi - z_lo) * 0.95)
+    if top < min_d * MASS_MARGIN:
+        return None
+    pool = _pool(rng, body, z_lo, z_hi, Segments.concat([]), n=800, inside=inside)
+    if len(pool.points) == 0:
+        return None
+    centre_xy = np.array([body.cx, body.cy_c])
+    outward = ((pool.points[:, :2] - centre_xy) * _DIRS[pool.border_dir, :2]).sum(axis=1) > 0
+    wall = outward | (_DIRS[pool.border_dir, 2] < -0.5)  # chest wall or diaphragm
+    location = str(rng.choice(["juxtapleural", "juxtamediastinal", "isolated"], p=[0.5, 0.3, 0.2]))
+    shape = str(rng.choice(["lobulated", "spiculated", "round"], p=[0.5, 0.38, 0.12]))
+    for attempt in range(80):
+        lo = min_d * MASS_MARGIN
+        d = float(rng.uniform(lo, max(lo, top))) * 0.97 ** max(0, attempt - 20)
+        d = max(d, lo)
+        r = d / 2.0
+        where = location if attempt < 50 else "juxtapleural"
+        if where == "isolated":
+            ok = np.flatnonzero(pool.border > min(r * 0.8, 38.0))
+        else:
+            side = wall if where == "juxtapleural" else ~wall
+            ok = np.flatnonzero(side & (pool.border < 25.0))
+        if len(ok) == 0:
+            continue
+        i = int(rng.choice(ok))
+        centre = pool.points[i]
+        if where != "isolated":  # the mass reaches 0.3 r beyond the lung border
+            centre = centre + _DIRS[pool.border_dir[i]] * (pool.border[i] - 0.7 * r)
+        if not z_lo + 0.3 * r <= centre[2] <= z_hi - 0.3 * r:
+            continue
+        core = np.vstack([centre, centre + _DIRS * r * 0.45])
+        if not _in_lung(body, core).mean() >= 0.85:
+            continue
+        if inside is not None and not inside(core).all():
+            continue
+        spec = sample_spec(rng, centre, d, "solid", where, shape)
+        necrosis = float(rng.uniform(0.3, 0.55)) if d > 45.0 and rng.random() < 0.5 else 0.0
+        axes = np.array([1.0, rng.uniform(0.88, 1.0), rng.uniform(0.85, 1.0)])
+        return replace(
+            spec,
+            kind=MASS,
+            axes=axes / np.cbrt(axes.prod()),
+            lobe_amp=spec.lobe_amp * (0.6 if shape == "lobulated" else 1.0),
+            spicules=replace(
+                spec.spicules,
+                p1=spec.spicules.p0 + (spec.spicules.p1 - spec.spicules.p0) * 0.45,
+                r0=spec.spicules.r0 * 1.6,
+                r1=spec.spicules.r1 * 1.6,
+            ),
+            solid_hu=float(rng.uniform(15.0, 60.0)),
+            ggo_hu=float(rng.uniform(-5.0, 25.0)),
+            core_frac=necrosis,
+        )
+    return None

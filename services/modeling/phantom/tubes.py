@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -11,6 +12,7 @@ from services.modeling.phantom.raster import Grid, rasterize_tubes
 from services.modeling.phantom.segments import Segments
 from services.modeling.phantom.shapes import Body
 from services.modeling.phantom.trees import (
+    Tree,
     airway_shift,
     bend,
     grow_tree,
@@ -18,6 +20,9 @@ from services.modeling.phantom.trees import (
     mediastinal_tubes,
     ribs,
 )
+
+if TYPE_CHECKING:
+    from services.modeling.phantom.world import World
 
 F32 = np.float32
 
@@ -43,11 +48,19 @@ class Tubes:
     layers: list[Layer]
 
 
-def build_tubes(body: Body, rng: np.random.Generator, points_per_lung: int = 2400) -> Tubes:
+def build_tubes(
+    body: Body,
+    rng: np.random.Generator,
+    points_per_lung: int = 2400,
+    extra: np.random.Generator | None = None,
+) -> Tubes:
+    """The tubular anatomy; with a world (``body.world``, wide/shifted) also branch-point
+    bulges, varied bronchi and contrast, drawn from ``extra``."""
     h = body.h
     med = mediastinal_tubes(body)
     z_at = lambda t: h.z_low + t * h.lung_height  # noqa: E731
     arteries, veins, airway_wall = [], [], []
+    trees: list[Tree] = []
     for side in (-1.0, 1.0):
         root_a = np.array(
             [
@@ -64,6 +77,7 @@ def build_tubes(body: Body, rng: np.random.Generator, points_per_lung: int = 240
         vein = bend(
             grow_tree(root_v, pts[points_per_lung:], float(rng.uniform(5.5, 7.5)), rng), rng
         )
+        trees += [art, vein]
         arteries.append(art.segments())
         veins.append(vein.segments())
         shift = airway_shift(art)
@@ -96,7 +110,69 @@ def build_tubes(body: Body, rng: np.random.Generator, points_per_lung: int = 240
         ),
         Layer("trachea", med["trachea"], 30.0, inner=(-1000.0, 1.0, -1.5), solid=True),
     ]
-    return Tubes(mediastinal=med, vessels=vessels, layers=layers)
+    if body.world is None:
+        return Tubes(mediastinal=med, vessels=vessels, layers=layers)
+    assert extra is not None
+    return _wider(body.world, med, trees, layers, extra)
+
+
+def bulges(
+    tree: Tree, extra: np.random.Generator, fraction: float, scale: tuple[float, float]
+) -> Segments:
+    """Branch-point bulges: at a share of the bifurcations (nodes with two or more children)
+    a short capsule wider than the parent branch, as a vessel fork looks on a slice."""
+    n = len(tree.pos)
+    children = np.bincount(tree.parent[tree.parent >= 0], minlength=n)
+    fork = np.flatnonzero((children >= 2) & (tree.parent >= 0) & (tree.radius >= 0.35))
+    fork = fork[(tree.radius[fork] <= 3.0) & (extra.random(len(fork)) < fraction)]
+    r = tree.radius[fork] * extra.uniform(scale[0], scale[1], len(fork))
+    d = tree.pos[fork] - tree.pos[tree.parent[fork]]
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+    half = (d * (0.35 * r)[:, None]) * extra.uniform(0.3, 1.0, (len(fork), 1))
+    return Segments(tree.pos[fork] - half, tree.pos[fork] + half, r, r)
+
+
+def _wider(
+    world: World,
+    med: dict[str, Segments],
+    trees: list[Tree],
+    layers: list[Layer],
+    extra: np.random.Generator,
+) -> Tubes:
+    by_name = {layer.name: layer for layer in layers}
+    bumps = [bulges(t, extra, world.bulge_fraction, world.bulge_scale) for t in trees]
+    arteries = Segments.concat([t.segments() for t in trees[0::2]] + bumps[0::2])
+    veins = Segments.concat([t.segments() for t in trees[1::2]] + bumps[1::2])
+    wall = world.airway_wall
+    bronchi = Segments.concat(
+        [
+            t.segments(
+                min_radius=world.airway_min_radius, shift=airway_shift(t), scale=0.95, add=0.15
+            )
+            for t in trees[0::2]
+        ]
+    )
+    airways = replace(by_name["airways"], segments=bronchi, inner=(-1000.0, 1.0 - wall, -0.05))
+    c = world.contrast
+    if c is None:
+        great = [by_name["great_vessels"]]
+        vessels = [replace(by_name["vessels"], segments=Segments.concat([arteries, veins]))]
+    else:
+        great = [
+            Layer("aorta", med["aorta"], c.aorta, solid=True),
+            Layer("pulmonary_trunk", med["pulmonary"], c.pulmonary, solid=True),
+            Layer("svc", med["svc"], c.svc, solid=True),
+        ]
+        vessels = [
+            Layer("arteries", arteries, c.pulmonary, clip_to_cavity=True),
+            Layer("veins", veins, c.veins, clip_to_cavity=True),
+        ]
+    rest = [by_name[name] for name in ("oesophagus", "ribs", "costal_cartilage")]
+    return Tubes(
+        mediastinal=med,
+        vessels=Segments.concat([arteries, veins]),
+        layers=[*great, rest[0], *vessels, *rest[1:], airways, by_name["trachea"]],
+    )
 
 
 def paint_tubes(

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.errors import PermanentError
 from services.receiver.fast.patching import Patch, Replaced, apply, restore
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ _BELOW = (3, 1, 0)
 DEFAULT_MAX_INSTANCE_BYTES = 4 << 30  # per received data set (see :mod:`.tempfiles`)
 
 
-class UnsupportedPynetdicom(RuntimeError):
+class UnsupportedPynetdicom(PermanentError, RuntimeError):
     """The installed pynetdicom is not one the fast path was written for."""
+
+    code = "unsupported-pynetdicom"
 
 
 @dataclass(frozen=True)

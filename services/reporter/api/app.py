@@ -3,7 +3,7 @@
 - ``/fhir``: ``metadata``; DiagnosticReport and Observation and ImagingStudy read + search;
   Patient and Device read. ``application/fhir+json``, searchset Bundles with ``total`` and
   self/first/next/previous links, an OperationOutcome for every error (strict parameters).
-- ``/api``: ``studies/{uid}``, ``studies/{uid}/findings`` (DESIGN.md shape),
+- ``/api``: ``studies/{uid}``, ``studies/{uid}/findings`` (``contracts.Finding``),
   ``studies/{uid}/key-images/{index}.png``, ``jobs``, ``worklist``.
 - ``/worklist``, ``/studies/{uid}``: HTML shells; their data comes from ``/api`` with the
   bearer token the user types in (kept in sessionStorage).

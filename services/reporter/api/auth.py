@@ -27,6 +27,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from services.core.errors import PermanentError
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ def _algorithms_for(key: Any) -> list[str]:
     return []
 
 
-class AuthError(Exception):
+class AuthError(PermanentError):
     """Authentication failed (401); the reason is for logs only."""
+
+    code = "unauthorised"
 
 
 @dataclass(frozen=True)

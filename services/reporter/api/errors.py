@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.core.errors import NoduleflowError
 from services.reporter.fhir.common import FHIR_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ _HTTP_CODES = {
 }
 
 
-class ApiError(Exception):
-    """An error a client can act on; becomes an OperationOutcome with ``status``."""
+class ApiError(NoduleflowError):
+    """An error a client can act on; becomes an OperationOutcome with ``status`` (whether a
+    retry can help is the client's to read from it: 503 with Retry-After, or a 4xx)."""
 
     def __init__(
         self,
@@ -45,10 +47,9 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, code=code or _HTTP_CODES.get(status, "processing"))
         self.status = status
         self.message = message
-        self.code = code or _HTTP_CODES.get(status, "processing")
         self.headers = headers or {}
 
 

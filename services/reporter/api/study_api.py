@@ -23,18 +23,8 @@ def artefact_path(settings: Settings, study_uid: str, version: int, name: str) -
 
 
 def finding_dict(finding: Finding) -> dict[str, Any]:
-    """DESIGN.md's finding shape (the same list ``analyze --json`` prints)."""
-    return {
-        "center_mm": finding.center_mm,
-        "diameter_mm": finding.diameter_mm,
-        "long_axis_mm": finding.long_axis_mm,
-        "short_axis_mm": finding.short_axis_mm,
-        "volume_mm3": finding.volume_mm3,
-        "mean_hu": finding.mean_hu,
-        "kind": finding.kind,
-        "confidence": finding.confidence,
-        "lung_rads": finding.lung_rads,
-    }
+    """The shared finding shape (``contracts.Finding``, as ``analyze --json`` prints it)."""
+    return finding.to_contract().to_json()
 
 
 def _findings(session: Session, job: Job) -> list[Finding]:

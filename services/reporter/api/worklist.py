@@ -48,6 +48,7 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
         select(
             Finding.job_id,
             func.count(Finding.id).label("nodules"),
+            func.sum(case((Finding.finding_type == "mass", 1), else_=0)).label("masses"),
             func.max(Finding.diameter_mm).label("largest"),
             func.max(_rank_expression()).label("rank"),
         )
@@ -62,6 +63,7 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
             Study,
             Job,
             func.coalesce(agg.c.nodules, 0),
+            func.coalesce(agg.c.masses, 0),
             agg.c.largest,
             rank.label("rank"),
             func.count().over().label("total"),
@@ -97,12 +99,13 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
         total = rows[0].total
     else:  # past the end (or nothing matches): count separately
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    return {"total": total, "items": [_item(*row[:5]) for row in rows]}
+    return {"total": total, "items": [_item(*row[:6]) for row in rows]}
 
 
 def _item(
-    study: Study, job: Job | None, nodules: int, largest: float | None, rank: int
+    study: Study, job: Job | None, nodules: int, masses: int, largest: float | None, rank: int
 ) -> dict[str, Any]:
+    done = job is not None and job.state == JobState.DONE.value
     return {
         "study_uid": study.study_instance_uid,
         "patient_name": study.patient_name.replace("^", " ").strip(),
@@ -115,7 +118,9 @@ def _item(
         "reason": job.reason if job else "",
         "job_id": job.id if job else None,
         "version": job.version if job else None,
-        "nodules": nodules if job and job.state == JobState.DONE.value else None,
+        # findings of the latest analysis (nodules and masses), and how many are masses
+        "nodules": nodules if done else None,
+        "masses": int(masses) if done else None,
         "largest_mm": round(largest, 1) if largest is not None else None,
         "lung_rads": LUNG_RADS_ORDER[rank] if rank >= 0 else None,
     }

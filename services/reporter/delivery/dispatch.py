@@ -3,7 +3,7 @@
 Rows are committed together with the job's completion (a transactional outbox for files).
 The dispatcher sends due rows through a sender per kind, records every attempt on the
 row (attempts, last_status, last_error, next_attempt_at) and backs off exponentially
-(pure ``RetryPolicy``) until the row is delivered, refused for good, or out of attempts.
+(pure ``DeliveryPolicy``) until the row is delivered, refused for good, or out of attempts.
 With no PACS configured, the files in the outbox folder are the delivery (state
 ``written``). Failures are never silent: the row says why, and an error is logged.
 """
@@ -21,7 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.core import audit
+from services.core.backoff import capped_exponential
 from services.core.db import Database, Delivery
+from services.core.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ class SendOutcome:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: ``base * 2**(attempt-1)`` seconds, capped; pure."""
+class DeliveryPolicy:
+    """When to retry a delivery: ``base * 2**(attempt-1)`` seconds, capped
+    (:func:`services.core.backoff.capped_exponential`); pure."""
 
     base_seconds: float = 2.0
     cap_seconds: float = 600.0
@@ -49,7 +52,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempt - 1)))
+        return capped_exponential(attempt, first=self.base_seconds, cap=self.cap_seconds)
 
     def decide(self, attempt: int, outcome: SendOutcome) -> tuple[str, float | None]:
         """New state after ``attempt`` ended with ``outcome``, and the delay if pending."""
@@ -115,7 +118,7 @@ class Dispatcher:
         self,
         db: Database,
         senders: dict[str, Sender],
-        policy: RetryPolicy,
+        policy: DeliveryPolicy,
         *,
         poll_seconds: float = 1.0,
     ) -> None:
@@ -168,7 +171,8 @@ class Dispatcher:
                 outcome = sender(task)
             except Exception as exc:  # a sender bug must not kill the loop
                 log.exception("event=delivery_sender_crashed id=%s kind=%s", row.id, row.kind)
-                outcome = SendOutcome(False, True, "error", f"{exc.__class__.__name__}: {exc}")
+                retry = not isinstance(exc, PermanentError)  # by type: bugs get retried
+                outcome = SendOutcome(False, retry, "error", f"{exc.__class__.__name__}: {exc}")
         self.record(session, row, outcome)
 
     def record(self, session: Session, row: Delivery, outcome: SendOutcome) -> None:

@@ -1,8 +1,8 @@
 """C-STORE SCU to the PACS, and how its answers are classified (PS3.4 B.2.3, PS3.7 C).
 
-Status classes of a C-STORE response:
+Status classes of a C-STORE response (categories as ``pynetdicom.status`` names them):
 
-* ``0x0000`` success; warnings ``0xB000`` (coercion of data elements), ``0xB006``
+* Success ``0x0000``; Warning, e.g. ``0xB000`` (coercion of data elements), ``0xB006``
   (elements discarded), ``0xB007`` (data set does not match SOP class): the instance
   was stored, so the delivery is done (the warning is recorded).
 * ``0xA7xx`` refused, out of resources: transient, retry later.
@@ -23,28 +23,21 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from services.reporter.delivery.dispatch import SendOutcome
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
-WARNING_COERCION = 0xB000  # PS3.4 B.2.3: coercion of data elements
-WARNING_ELEMENTS_DISCARDED = 0xB006  # PS3.4 B.2.3: elements discarded
-WARNING_SOP_CLASS_MISMATCH = 0xB007  # PS3.4 B.2.3: data set does not match SOP class
-SUCCESS_STATUSES = {
-    SUCCESS,
-    WARNING_COERCION,
-    WARNING_ELEMENTS_DISCARDED,
-    WARNING_SOP_CLASS_MISMATCH,
-}
 
 
 def classify_status(status: int) -> SendOutcome:
     """Map a C-STORE response status to an outcome (pure)."""
     text = f"0x{status:04X}"
-    if status in SUCCESS_STATUSES:
-        detail = "stored" if status == SUCCESS else "stored with warning"
+    category = code_to_category(status)
+    if category in (STATUS_SUCCESS, STATUS_WARNING):
+        detail = "stored" if category == STATUS_SUCCESS else "stored with warning"
         return SendOutcome(ok=True, retry=False, status=text, detail=detail)
     if status & 0xFF00 == 0xA700:
         return SendOutcome(ok=False, retry=True, status=text, detail="refused: out of resources")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.delivery.dispatch import DeliveryTask, RetryPolicy, Sender, SendOutcome
+from services.reporter.delivery.dispatch import DeliveryPolicy, DeliveryTask, Sender, SendOutcome
 from services.reporter.delivery.pacs import PacsAddress, Timeouts, store
 from services.reporter.dicom.artefacts import resolve_outbox_path
 from services.reporter.dicom.inputs import InputError
@@ -67,8 +67,8 @@ def default_senders(
     return senders
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
+def retry_policy(settings: Settings) -> DeliveryPolicy:
+    return DeliveryPolicy(
         base_seconds=settings.delivery_backoff_seconds,
         max_attempts=settings.delivery_max_attempts,
     )

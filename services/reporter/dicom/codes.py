@@ -16,6 +16,7 @@ PRIVATE_SCHEME_NAME = "noduleflow codes"
 MANUFACTURER = "noduleflow"
 
 NODULE = codes.SCT.Nodule  # 27925004
+MASS = codes.SCT.Mass  # 4147007: findings over 30 mm (``finding_type`` "mass")
 LUNG = codes.SCT.Lung  # 39607008
 ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # 49755003
 CT_PROCEDURE = codes.SCT.ComputedTomography  # 77477000
@@ -44,6 +45,11 @@ _KINDS = {
     "ground-glass": "Ground-glass",
 }
 LUNG_RADS_CATEGORIES = ("0", "1", "2", "3", "4A", "4B", "4X", "S")
+
+
+def finding_concept(finding_type: str) -> CodedConcept:
+    """The finding's concept: Nodule (SCT 27925004) or, for a mass, Mass (SCT 4147007)."""
+    return MASS if finding_type == "mass" else NODULE
 
 
 def nodule_kind(kind: str) -> CodedConcept:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -13,14 +12,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.core.db import Finding, Instance, Job, JobState, Series
+from services.core.errors import PermanentError
 from services.core.masks import unpack_mask
 from services.core.storage import LocalStorage
 from services.reporter.dicom.model import Algorithm, NoduleFinding, OutputUids
 from services.reporter.dicom.sanitise import image_header, study_header
 
 
-class InputError(RuntimeError):
+class InputError(PermanentError, RuntimeError):
     """The job's inputs are unusable (missing series or files); permanent for this job."""
+
+    code = "report-inputs"
 
 
 @dataclass
@@ -40,7 +42,7 @@ class JobInputs:
 
 
 def finding_from_row(row: Finding) -> NoduleFinding:
-    """A NoduleFinding from the worker's row (mask unpacked from its bounding box)."""
+    """A NoduleFinding from the worker's row (``Finding.to_contract``, mask unpacked)."""
     box = (row.mask_bbox or {}).get("bbox")
     shape = (row.mask_bbox or {}).get("shape")
     if box and shape and row.mask:
@@ -50,27 +52,17 @@ def finding_from_row(row: Finding) -> NoduleFinding:
         bbox, mask = (0, 0, 0, 0, 0, 0), np.zeros((0, 0, 0), dtype=bool)
     uids = (row.source_sop_uids or {}).get("uids") or []
     return NoduleFinding(
+        **dict(row.to_contract()),
         index=row.index,
-        center_lps=(row.center_x, row.center_y, row.center_z),
-        diameter_mm=row.diameter_mm,
-        long_axis_mm=row.long_axis_mm,
-        short_axis_mm=row.short_axis_mm,
-        volume_mm3=row.volume_mm3,
-        mean_hu=row.mean_hu,
-        kind=row.kind,
-        confidence=row.confidence,
-        lung_rads=row.lung_rads,
-        bbox=bbox,  # type: ignore[arg-type]
+        bbox=bbox,
         mask=mask,
         source_sop_uids=tuple(str(uid) for uid in uids),
     )
 
 
 def algorithm_of(job: Job) -> Algorithm:
-    model: dict[str, Any] = (job.details or {}).get("model") or {}
-    name = str(model.get("name") or "nodule-seg")
-    version = str(model.get("version") or job.model_version or "unknown")
-    return Algorithm(name=name, version=version)
+    model = job.model_identity
+    return Algorithm(name=model.name, version=model.version)
 
 
 def superseded_version(session: Session, job: Job) -> int | None:
@@ -105,9 +97,9 @@ def _series_sop_uids(session: Session, series_uid: str, storage: LocalStorage) -
 
 def load_inputs(session: Session, storage: LocalStorage, job: Job) -> JobInputs:
     """Everything needed to build the job's artefacts; raises InputError when unusable."""
-    details = job.details or {}
-    series_uid = str(details.get("series_uid") or "")
-    sop_uids = [str(uid) for uid in details.get("sop_uids") or []]
+    details = job.job_details
+    series_uid = details.series_uid
+    sop_uids = list(details.sop_uids)
     if not sop_uids:
         if not series_uid:
             raise InputError("job names no series")

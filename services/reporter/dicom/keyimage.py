@@ -38,7 +38,7 @@ def window(hu: NDArray[np.floating], level: float, width: float) -> NDArray[np.u
 
 def caption(finding: NoduleFinding, algorithm: Algorithm) -> list[str]:
     return [
-        f"Nodule {finding.index}: {finding.diameter_mm:.1f} mm {finding.kind}",
+        f"{finding.label}: {finding.diameter_mm:.1f} mm {finding.kind}",
         f"axes {finding.long_axis_mm:.1f} x {finding.short_axis_mm:.1f} mm, "
         f"vol {finding.volume_mm3:.0f} mm3",
         f"Lung-RADS {finding.lung_rads}, confidence {finding.confidence:.2f}",

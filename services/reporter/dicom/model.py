@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ConfigDict, Field, PlainValidator, model_validator
 
+from services.core.contracts import KINDS, Finding
 from services.core.uids import derived_uid, is_valid_uid
 
-KINDS = ("solid", "part-solid", "ground-glass")
+__all__ = ["KINDS", "Algorithm", "NoduleFinding", "OutputUids"]
 
 
 @dataclass(frozen=True)
@@ -24,46 +27,53 @@ class Algorithm:
             raise ValueError("algorithm name and version are required")
 
 
-@dataclass(frozen=True, eq=False)
-class NoduleFinding:
-    """One nodule as the reporter needs it; geometry in patient LPS millimetres.
+def _bool_array(value: object) -> NDArray[np.bool_]:
+    return np.asarray(value, dtype=bool)
+
+
+class NoduleFinding(Finding):
+    """One finding as the builders take it: the shared :class:`Finding` (a nodule or a mass,
+    ``center_mm`` in patient LPS) plus its place in the job and its voxels.
 
     ``mask`` is the boolean mask inside ``bbox`` = ``(k0, j0, i0, k1, j1, i1)`` (half-open
-    voxel box in the series volume, ``k`` indexing the slices sorted along the normal).
+    voxel box in the series volume, ``k`` indexing the slices sorted along the normal);
+    ``source_sop_uids`` are the SOP Instance UIDs of slices ``k0 .. k1-1``. Invalid values
+    raise ``ValueError`` (pydantic's ``ValidationError``).
     """
 
-    index: int
-    center_lps: tuple[float, float, float]
-    diameter_mm: float
-    long_axis_mm: float
-    short_axis_mm: float
-    volume_mm3: float
-    mean_hu: float
-    kind: str
-    confidence: float
-    lung_rads: str
-    bbox: tuple[int, int, int, int, int, int]
-    mask: NDArray[np.bool_]
-    source_sop_uids: tuple[str, ...] = field(default=())
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.index < 1:
-            raise ValueError("finding index is 1-based")
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown nodule kind {self.kind!r}")
+    index: int = Field(ge=1)  # 1-based, in order of suspicion
+    bbox: tuple[int, int, int, int, int, int]
+    mask: Annotated[NDArray[np.bool_], PlainValidator(_bool_array)]
+    source_sop_uids: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _mask_fits_bbox(self) -> NoduleFinding:
         k0, j0, i0, k1, j1, i1 = self.bbox
-        if self.mask.shape != (k1 - k0, j1 - j0, i1 - i0):
-            raise ValueError(f"mask shape {self.mask.shape} does not match bbox {self.bbox}")
-        for value in (self.long_axis_mm, self.short_axis_mm, self.volume_mm3, self.diameter_mm):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError("measurements must be finite and non-negative")
+        shape = getattr(self.mask, "shape", None)
+        if shape != (k1 - k0, j1 - j0, i1 - i0):
+            raise ValueError(f"mask shape {shape} does not match bbox {self.bbox}")
+        return self
+
+    # Identity semantics (the mask is an array): two findings are equal only if the same.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def label(self) -> str:
+        """``Nodule 2`` or ``Mass 1``: how the SEG, SR and key images name the finding."""
+        return f"{'Mass' if self.is_mass else 'Nodule'} {self.index}"
 
     @property
     def has_mask(self) -> bool:
         return bool(self.mask.size and self.mask.any())
 
     def largest_slice(self) -> int:
-        """Volume slice index ``k`` where the nodule has the largest cross-section."""
+        """Volume slice index ``k`` where the finding has the largest cross-section."""
         areas = self.mask.reshape(self.mask.shape[0], -1).sum(axis=1)
         return self.bbox[0] + int(np.argmax(areas))
 

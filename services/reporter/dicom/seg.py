@@ -41,13 +41,13 @@ def segment_description(
 ) -> SegmentDescription:
     return SegmentDescription(
         segment_number=number,
-        segment_label=f"Nodule {finding.index}",
+        segment_label=finding.label,
         segmented_property_category=nf.ABNORMAL_STRUCTURE,
-        segmented_property_type=nf.NODULE,
+        segmented_property_type=nf.finding_concept(finding.finding_type),
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_identification(algorithm),
         tracking_uid=uids.tracking_uid(finding.index),
-        tracking_id=f"Nodule {finding.index}",
+        tracking_id=finding.label,
         anatomic_regions=[nf.LUNG],
     )
 

@@ -2,11 +2,12 @@
 
 Each nodule is a TID 1411 Volumetric ROI group (PS3.16 A.35.? / highdicom
 ``VolumetricROIMeasurementsAndQualitativeEvaluations``): tracking identifier and UID,
-finding "Nodule" (SCT 27925004), finding site "Lung" (SCT 39607008), the algorithm
-(TID 4019), a reference to its SEG segment with the source images it was segmented on,
-long/short axis, diameter and volume in UCUM units, mean attenuation in HU, and the kind
-and Lung-RADS category as qualitative evaluations. TID 1411 is extensible; we add the
-centre as an SCOORD3D POINT "Center" (DCM 111010) in the series' frame of reference.
+finding "Nodule" (SCT 27925004; "Mass", SCT 4147007, for a mass), finding site "Lung"
+(SCT 39607008), the algorithm (TID 4019), a reference to its SEG segment with the source
+images it was segmented on, long/short axis, diameter and volume in UCUM units, mean
+attenuation in HU, and the kind and Lung-RADS category as qualitative evaluations. TID 1411
+is extensible; we add the centre as an SCOORD3D POINT "Center" (DCM 111010) in the series'
+frame of reference.
 
 A study without nodules gets a report whose TID 1500 "Qualitative Evaluations" container
 states it (Nodule = Absent, "No nodules detected"), never an empty or missing report.
@@ -108,7 +109,7 @@ def _center_item(finding: NoduleFinding, frame_of_reference_uid: str) -> Scoord3
     return Scoord3DContentItem(
         name=nf.CENTER,
         graphic_type=GraphicTypeValues3D.POINT,
-        graphic_data=np.asarray([finding.center_lps], dtype=np.float64),
+        graphic_data=np.asarray([finding.center_mm], dtype=np.float64),
         frame_of_reference_uid=frame_of_reference_uid,
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
@@ -130,9 +131,9 @@ def nodule_group(
     """TID 1411 group for one nodule (TID 1501 when it has no segment to point at)."""
     common = {
         "tracking_identifier": TrackingIdentifier(
-            uid=uids.tracking_uid(finding.index), identifier=f"Nodule {finding.index}"
+            uid=uids.tracking_uid(finding.index), identifier=finding.label
         ),
-        "finding_type": nf.NODULE,
+        "finding_type": nf.finding_concept(finding.finding_type),
         "algorithm_id": AlgorithmIdentification(name=algorithm.name, version=algorithm.version),
         "finding_sites": [FindingSite(anatomic_location=nf.LUNG)],
         "measurements": _measurements(finding),

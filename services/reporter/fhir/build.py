@@ -96,7 +96,8 @@ def lung_rads_concept(category: str) -> dict[str, Any]:
 
 
 def build_observation(data: ReportInput, finding: Finding, links: Links) -> Observation:
-    """One nodule: size, volume, attenuation, kind, Lung-RADS, confidence and centre (LPS mm)."""
+    """One finding (nodule or mass): size, volume, attenuation, kind, Lung-RADS, confidence and
+    centre (LPS mm)."""
     return Observation.model_validate(_observation(data, finding, links))
 
 
@@ -167,7 +168,10 @@ def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str,
         "category": [
             {"coding": [{"system": fc.OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}
         ],
-        "code": {"coding": [fc.NODULE_CODE], "text": f"Lung nodule {finding.index}"},
+        "code": {
+            "coding": [fc.FINDING_CODES.get(finding.finding_type, fc.NODULE_CODE)],
+            "text": f"Lung {finding.finding_type or 'nodule'} {finding.index}",
+        },
         "subject": links.subject,
         "effectiveDateTime": fc.fhir_datetime(data.study.study_date, data.study.study_time),
         "issued": fc.instant(data.job.finished_at),
@@ -190,16 +194,25 @@ def conclusion(data: ReportInput) -> str:
         return f"No lung nodules detected. Lung-RADS 1. {tail}"
     largest = max(findings, key=lambda f: f.diameter_mm)
     category = fc.highest_lung_rads([f.lung_rads for f in findings])
-    count = f"{len(findings)} lung nodule{'s' if len(findings) > 1 else ''} detected"
+    masses = sum(1 for f in findings if f.finding_type == "mass")
+    nodules = len(findings) - masses
+    counted = [f"{nodules} lung nodule{'s' if nodules > 1 else ''}"] if nodules else []
+    if masses:
+        counted.append(f"{masses} lung mass{'es' if masses > 1 else ''}")
     return (
-        f"{count}; largest {largest.diameter_mm:.1f} mm ({largest.kind}). "
-        f"Highest Lung-RADS category {category}. {tail}"
+        f"{' and '.join(counted)} detected; largest {largest.diameter_mm:.1f} mm "
+        f"({_type(largest)}). Highest Lung-RADS category {category}. {tail}"
     )
+
+
+def _type(finding: Finding) -> str:
+    """``solid``, or ``mass, solid`` for a mass."""
+    return f"mass, {finding.kind}" if finding.finding_type == "mass" else finding.kind
 
 
 def _narrative(data: ReportInput, text: str) -> dict[str, str]:
     rows = "".join(
-        f"<tr><td>{f.index}</td><td>{f.diameter_mm:.1f} mm</td><td>{html.escape(f.kind)}</td>"
+        f"<tr><td>{f.index}</td><td>{f.diameter_mm:.1f} mm</td><td>{html.escape(_type(f))}</td>"
         f"<td>{html.escape(f.lung_rads)}</td></tr>"
         for f in data.findings
     )

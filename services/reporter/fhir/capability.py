@@ -20,7 +20,7 @@ _DOCS = {
     "date": "study date, prefixes eq ne gt ge lt le",
     "issued": "report issue time, prefixes eq ne gt ge lt le",
     "_lastUpdated": "prefixes eq ne gt ge lt le",
-    "code": "http://snomed.info/sct|27925004 (nodule)",
+    "code": "http://snomed.info/sct|27925004 (nodule) or |4147007 (mass)",
     "derived-from": "ImagingStudy/<Study Instance UID>",
     "_id": "logical id",
 }

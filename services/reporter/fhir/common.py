@@ -15,6 +15,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from services.core.contracts import JobDetails
+
 FHIR_VERSION = "4.0.1"
 FHIR_MEDIA_TYPE = "application/fhir+json"
 
@@ -38,6 +40,9 @@ OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 # LOINC 24627-2 "CT Chest" (the report's procedure code, as in the FHIR ServiceRequest examples).
 REPORT_CODE = {"system": LOINC, "code": "24627-2", "display": "CT Chest"}
 NODULE_CODE = {"system": SNOMED, "code": "27925004", "display": "Nodule"}
+MASS_CODE = {"system": SNOMED, "code": "4147007", "display": "Mass"}
+#: the Observation code of each ``finding_type`` (contracts.Finding)
+FINDING_CODES = {"nodule": NODULE_CODE, "mass": MASS_CODE}
 LUNG_CODE = {"system": SNOMED, "code": "39607008", "display": "Lung structure"}
 
 LUNG_RADS_ORDER = ("0", "1", "2", "3", "4A", "4B", "4X")
@@ -68,11 +73,10 @@ def parse_observation_id(value: str) -> tuple[str, int] | None:
 
 
 def model_identity(details: dict[str, Any] | None, model_version: str = "") -> tuple[str, str]:
-    """``(name, version)`` of the model that produced a job."""
-    model = (details or {}).get("model") or {}
-    name = str(model.get("name") or "nodule-seg")
-    version = str(model.get("version") or model_version or "unknown")
-    return name, version
+    """``(name, version)`` of the model that produced a job, from the columns ``details`` and
+    ``model_version`` (``contracts.JobDetails.identity``: the one place with the fallbacks)."""
+    model = JobDetails.parse(details).identity(model_version)
+    return model.name, model.version
 
 
 def device_id(name: str, version: str) -> str:

@@ -21,6 +21,7 @@ import httpx
 from fhir.resources.R4B.resource import Resource
 
 from services.core.db import Database
+from services.core.errors import NoduleflowError, PermanentError, TransientError
 from services.core.settings import Settings
 from services.reporter.delivery.dispatch import SendOutcome
 from services.reporter.fhir import common as fc
@@ -33,10 +34,24 @@ TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 _RETRY_STATUS = {408, 425, 429}
 
 
-class PushError(Exception):
+class PushError(NoduleflowError):
+    """A push step failed; ``outcome`` is what the delivery row records."""
+
     def __init__(self, outcome: SendOutcome) -> None:
-        super().__init__(outcome.detail)
+        super().__init__(outcome.detail, code=f"fhir-{outcome.status}")
         self.outcome = outcome
+
+
+class PushUnavailable(PushError, TransientError):
+    """Network error, timeout, 408, 425, 429 or 5xx: the delivery is retried."""
+
+
+class PushRefused(PushError, PermanentError):
+    """Any other 4xx: resending the same resources would be refused again."""
+
+
+def _error(outcome: SendOutcome) -> PushError:
+    return PushUnavailable(outcome) if outcome.retry else PushRefused(outcome)
 
 
 def remote_links(data: ReportInput, device_ref: str, results: list[str]) -> Links:
@@ -79,16 +94,16 @@ def _put(
         response = client.put(url, json=_body(resource))
     except httpx.TimeoutException as exc:
         outcome = SendOutcome(False, True, "timeout", f"{rtype}: {type(exc).__name__}")
-        raise PushError(outcome) from exc
+        raise _error(outcome) from exc
     except httpx.HTTPError as exc:
         outcome = SendOutcome(False, True, "network", f"{rtype}: {type(exc).__name__}")
-        raise PushError(outcome) from exc
+        raise _error(outcome) from exc
     status = response.status_code
     if status in (200, 201):
         stored = response.json()
         return f"{rtype}/{stored['id']}"
     retry = status >= 500 or status in _RETRY_STATUS
-    raise PushError(SendOutcome(False, retry, str(status), f"{rtype}: {_diagnostics(response)}"))
+    raise _error(SendOutcome(False, retry, str(status), f"{rtype}: {_diagnostics(response)}"))
 
 
 def _diagnostics(response: httpx.Response) -> str:
@@ -157,7 +172,7 @@ def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
             "event=fhir_push_failed job=%s status=%s retry=%s",
             job_id,
             exc.outcome.status,
-            exc.outcome.retry,
+            isinstance(exc, TransientError),
         )
         return exc.outcome
     log.info("event=fhir_pushed job=%s observations=%d", job_id, count)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from services.core.db import Finding, Job, JobState, Study
@@ -210,17 +210,14 @@ def report_statement(search: Search) -> tuple[Any, Any]:
 def observation_statement(search: Search) -> tuple[Any, Any]:
     where: list[Any] = [Job.state == DONE]
     where += _patients(search, "patient") + _patients(search, "subject")
+    codes = {coding["code"]: finding_type for finding_type, coding in fc.FINDING_CODES.items()}
     for ors in search.values("code"):
-        where.append(
-            true()
-            if any(
-                isinstance(v, Token)
-                and v.code == fc.NODULE_CODE["code"]
-                and v.system in (None, fc.SNOMED)
-                for v in ors
-            )
-            else false()
-        )
+        types = {
+            codes[v.code]
+            for v in ors
+            if isinstance(v, Token) and v.code in codes and v.system in (None, fc.SNOMED)
+        }
+        where.append(Finding.finding_type.in_(sorted(types)) if types else false())
     for ors in search.values("derived-from"):
         uids = [
             v.id

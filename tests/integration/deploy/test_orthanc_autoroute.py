@@ -19,7 +19,12 @@ import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    SegmentationStorage,
+    generate_uid,
+)
 
 from tests.factories import ct_slice
 from tests.integration.deploy.repo import ORTHANC_DIR
@@ -29,8 +34,8 @@ from tests.services import free_port, require_tool, wait_port
 pytestmark = pytest.mark.integration
 
 PASSWORD = "routing-test-" + generate_uid()[-12:]
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = Comprehensive3DSRStorage
+SEGMENTATION = SegmentationStorage
 
 
 def _result_object(path: Path, sop_class: str, modality: str, manufacturer: str) -> Path:

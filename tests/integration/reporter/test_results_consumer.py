@@ -126,16 +126,20 @@ def test_no_nodules_still_gets_an_sr(db: Database, settings: Settings) -> None:
 def test_failed_or_skipped_jobs_get_no_report(
     db: Database, settings: Settings, status: str
 ) -> None:
+    # As the worker leaves it: the end recorded in the commit that queued the message.
     series = nodule_series()
-    job_id = seed_reporting_job(db, settings.storage_dir, series, state="inferring")
+    job_id = seed_reporting_job(db, settings.storage_dir, series, state=status)
+    with db.session() as session:
+        session.get(Job, job_id).reason = "not-ct: not a chest CT"
     verdict = ResultConsumer(db, settings).handle(
-        message(job_id, series.study_uid, status=status, reason="not a chest CT")
+        message(job_id, series.study_uid, status=status, reason="not-ct: not a chest CT")
     )
     assert verdict is Verdict.ACK
     job = job_of(db, job_id)
-    assert (job.state, job.reason) == (status, "not a chest CT")
+    assert (job.state, job.reason) == (status, "not-ct: not a chest CT")
     assert not artefact_dir(settings, series.study_uid, 1).exists()
     assert deliveries(db, job_id) == []
+    assert report_audits(db) == 0
 
 
 def test_missing_source_file_fails_the_job_with_a_reason(db: Database, settings: Settings) -> None:

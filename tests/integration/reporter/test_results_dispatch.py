@@ -11,9 +11,9 @@ from sqlalchemy import select
 from services.core.db import Database, Delivery
 from services.reporter.delivery.dispatch import (
     DELIVERED,
+    DeliveryPolicy,
     DeliveryTask,
     Dispatcher,
-    RetryPolicy,
     SendOutcome,
     upsert_delivery,
 )
@@ -46,7 +46,7 @@ def test_two_dispatchers_send_each_row_once(postgres_url: str) -> None:
             workers.add(threading.current_thread().name)
         return SendOutcome(True, False, "0x0000", "stored")
 
-    dispatchers = [Dispatcher(db, {"dicom": sender}, RetryPolicy()) for _ in range(2)]
+    dispatchers = [Dispatcher(db, {"dicom": sender}, DeliveryPolicy()) for _ in range(2)]
     threads = [threading.Thread(target=d.dispatch_once) for d in dispatchers]
     for thread in threads:
         thread.start()

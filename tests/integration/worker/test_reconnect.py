@@ -1,4 +1,4 @@
-"""R6/C9: the worker's broker connections die mid-job and while idle."""
+"""R6: the worker's broker connections die mid-job and while idle."""
 
 from __future__ import annotations
 

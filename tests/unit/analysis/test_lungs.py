@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -46,15 +44,15 @@ def test_no_lung_is_an_error() -> None:
     assert info.value.code == "no-usable-series"
 
 
-def test_fast_on_a_full_size_volume() -> None:
+def test_works_on_a_full_size_volume() -> None:
+    """Its speed is measured by ``tests/perf/bench_analyze.py`` (the ``crop`` stage), not here:
+    a timed assertion fails whenever the machine is busy."""
     spacing = (1.0, 0.7, 0.7)
     small = chest((75, 128, 128), (4.0, 2.8, 2.8))
     hu = np.repeat(np.repeat(np.repeat(small, 4, 0), 4, 1), 4, 2)  # 300 x 512 x 512
-    started = time.perf_counter()
     lungs = lung_mask(hu, spacing)
-    elapsed = time.perf_counter() - started
     assert lungs.volume_ml > 500
-    assert elapsed < 4.0, elapsed  # about 1 s on one core
+    assert lungs.mask.shape[0] < hu.shape[0]  # worked on the strided grid
 
 
 def test_juxtapleural_mass_counts_as_lung_and_chest_wall_does_not() -> None:

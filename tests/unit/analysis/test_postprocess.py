@@ -87,7 +87,7 @@ def test_offset_and_inside_filter() -> None:
     assert findings_from_probability(_prob(hu), full, offset=(5, 7, 0), inside=lambda _: 0.6)
 
 
-def test_to_dict_is_the_design_item() -> None:
+def test_to_dict_is_the_contract_item() -> None:
     hu = _lung_with(((20.0, 40.0, 30.0), 3.0, SOLID_HU))
     (finding,) = findings_from_probability(_prob(hu), volume_of(hu, SPACING))
     item = finding.to_dict()
@@ -101,7 +101,10 @@ def test_to_dict_is_the_design_item() -> None:
         "kind",
         "confidence",
         "lung_rads",
+        "solid_diameter_mm",
+        "finding_type",
     ]
+    assert item["finding_type"] == "nodule"
     assert isinstance(item["center_mm"], list) and len(item["center_mm"]) == 3
     assert all(isinstance(item[k], float) for k in ("diameter_mm", "volume_mm3", "confidence"))
     assert item["kind"] in {"solid", "part-solid", "ground-glass"}

@@ -3,7 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import _config
 
 from services.commands import scu
@@ -24,15 +30,15 @@ def test_scan_skips_non_dicom_and_walks_folders(tmp_path: Path) -> None:
 
 def test_contexts_one_per_class_and_syntax() -> None:
     files = [
-        DicomFile(Path("a"), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"),
-        DicomFile(Path("b"), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.4.70"),
-        DicomFile(Path("c"), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"),
-        DicomFile(Path("d"), "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2"),
+        DicomFile(Path("a"), CTImageStorage, ExplicitVRLittleEndian),
+        DicomFile(Path("b"), CTImageStorage, JPEGLosslessSV1),
+        DicomFile(Path("c"), CTImageStorage, ExplicitVRLittleEndian),
+        DicomFile(Path("d"), SecondaryCaptureImageStorage, ImplicitVRLittleEndian),
     ]
     assert contexts_for(files) == [
-        ("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"]),
-        ("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.4.70"]),
-        ("1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2"]),
+        (CTImageStorage, [ExplicitVRLittleEndian]),
+        (CTImageStorage, [JPEGLosslessSV1]),
+        (SecondaryCaptureImageStorage, [ImplicitVRLittleEndian]),
     ]
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydicom.uid import CTImageStorage
 
 from services.core.storage import LocalStorage, UnsafeKeyError, instance_key
 from services.core.uids import derived_uid, is_valid_uid
@@ -16,7 +17,7 @@ def test_hostile_uids_are_refused(uid: str) -> None:
 
 
 def test_valid_uid_and_key() -> None:
-    assert is_valid_uid("1.2.840.10008.5.1.4.1.1.2")
+    assert is_valid_uid(CTImageStorage)
     assert is_valid_uid("1.2.05", strict=False) and not is_valid_uid("1.2.05", strict=True)
     assert instance_key("1.2", "1.3", "1.4") == "1.2/1.3/1.4.dcm"
 

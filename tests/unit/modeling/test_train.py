@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +206,7 @@ def test_cli_passes_the_environment_in_as_parameters(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     from services.cli import app
+    from services.core.settings import default_model_dir
 
     calls = []
     monkeypatch.setattr(train, "main", lambda **kw: calls.append(kw))
@@ -218,7 +218,7 @@ def test_cli_passes_the_environment_in_as_parameters(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert calls == [
         dict(
-            out=Path("models/nodule-seg"),
+            out=default_model_dir(),
             minutes=2.0,
             seed=0,
             device="auto",

@@ -40,7 +40,7 @@ def client(db: Database, settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def test_findings_shape_is_design_md(client: TestClient, seeded) -> None:
+def test_findings_shape_is_the_contract(client: TestClient, seeded) -> None:
     uid = seeded["b1"].study.study_instance_uid
     body = client.get(f"/api/studies/{uid}/findings").json()
     assert body == {
@@ -57,6 +57,8 @@ def test_findings_shape_is_design_md(client: TestClient, seeded) -> None:
                 "kind": "solid",
                 "confidence": 0.93,
                 "lung_rads": "4B",
+                "solid_diameter_mm": 0.0,
+                "finding_type": "nodule",
             }
         ],
     }
@@ -163,3 +165,27 @@ def test_stage_histograms_pure() -> None:
     counts, total = hist["inference"]
     assert counts[0] == 0 and counts[2] == 1 and counts[-1] == 2 and total == pytest.approx(7.2)
     assert "read" not in hist
+
+
+def test_a_mass_shows_as_a_mass(client: TestClient, seeded, db: Database) -> None:
+    with db.session() as session:
+        extra = make_study(session, patient_id="PAT-M")
+        mass = finding_spec(
+            diameter_mm=41.0, lung_rads="4B", finding_type="mass", solid_diameter_mm=41.0
+        )
+        make_job(session, extra, findings=[mass, finding_spec(diameter_mm=5.0, lung_rads="2")])
+        uid = extra.study_instance_uid
+    items = client.get("/api/worklist").json()["items"]
+    row = next(i for i in items if i["study_uid"] == uid)
+    assert (row["nodules"], row["masses"], row["largest_mm"]) == (2, 1, 41.0)
+    assert {i["masses"] for i in items if i["study_uid"] != uid} == {0, None}
+    findings = client.get(f"/api/studies/{uid}").json()["findings"]
+    assert [(f["finding_type"], f["solid_diameter_mm"]) for f in findings] == [
+        ("mass", 41.0),
+        ("nodule", 0.0),
+    ]
+    masses = client.get("/fhir/Observation?code=http://snomed.info/sct|4147007").json()
+    nodules = client.get("/fhir/Observation?code=http://snomed.info/sct|27925004").json()
+    assert (masses["total"], nodules["total"]) == (1, 5)  # the seeded 4 nodules and this one
+    both = client.get("/fhir/Observation?code=http://snomed.info/sct|4147007,27925004").json()
+    assert both["total"] == 6

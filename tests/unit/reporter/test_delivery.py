@@ -13,9 +13,9 @@ from services.reporter.delivery.dispatch import (
     FAILED,
     PENDING,
     WRITTEN,
+    DeliveryPolicy,
     DeliveryTask,
     Dispatcher,
-    RetryPolicy,
     SendOutcome,
     requeue,
     upsert_delivery,
@@ -28,7 +28,7 @@ BROKEN = SendOutcome(False, False, "0xC000", "failed: cannot understand")
 
 
 def test_backoff_doubles_and_is_capped() -> None:
-    policy = RetryPolicy(base_seconds=2, cap_seconds=30, max_attempts=10)
+    policy = DeliveryPolicy(base_seconds=2, cap_seconds=30, max_attempts=10)
     assert [policy.delay(n) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
 
 
@@ -43,7 +43,7 @@ def test_backoff_doubles_and_is_capped() -> None:
     ],
 )
 def test_policy_decides_state(attempt: int, outcome: SendOutcome, state: str) -> None:
-    decided, delay = RetryPolicy(base_seconds=1, max_attempts=3).decide(attempt, outcome)
+    decided, delay = DeliveryPolicy(base_seconds=1, max_attempts=3).decide(attempt, outcome)
     assert decided == state
     assert (delay is not None) == (state == PENDING)
 
@@ -89,7 +89,7 @@ def test_retry_then_delivered(db: Database) -> None:
     job = seed_bare_job(db)
     row_id = add_row(db, job)
     sender = ScriptedSender(BUSY, OK)
-    dispatcher = Dispatcher(db, {"dicom": sender}, RetryPolicy(base_seconds=60, max_attempts=5))
+    dispatcher = Dispatcher(db, {"dicom": sender}, DeliveryPolicy(base_seconds=60, max_attempts=5))
     assert dispatcher.dispatch_once() == 1
     row = row_of(db, row_id)
     assert (row.state, row.attempts, row.last_status) == (PENDING, 1, "0xA700")
@@ -106,7 +106,7 @@ def test_permanent_failure_is_not_retried_and_is_audited(db: Database) -> None:
     job = seed_bare_job(db)
     row_id = add_row(db, job)
     sender = ScriptedSender(BROKEN)
-    dispatcher = Dispatcher(db, {"dicom": sender}, RetryPolicy(base_seconds=0, max_attempts=5))
+    dispatcher = Dispatcher(db, {"dicom": sender}, DeliveryPolicy(base_seconds=0, max_attempts=5))
     dispatcher.dispatch_once()
     assert dispatcher.dispatch_once(now=later(3600)) == 0
     row = row_of(db, row_id)
@@ -121,7 +121,7 @@ def test_gives_up_after_max_attempts(db: Database) -> None:
     job = seed_bare_job(db)
     row_id = add_row(db, job)
     sender = ScriptedSender(BUSY, BUSY, BUSY)
-    dispatcher = Dispatcher(db, {"dicom": sender}, RetryPolicy(base_seconds=0, max_attempts=3))
+    dispatcher = Dispatcher(db, {"dicom": sender}, DeliveryPolicy(base_seconds=0, max_attempts=3))
     for _ in range(5):
         dispatcher.dispatch_once(now=later(1))
     row = row_of(db, row_id)
@@ -140,7 +140,7 @@ def test_sender_per_kind_and_crash_is_contained(db: Database) -> None:
         raise RuntimeError("boom")
 
     dicom = ScriptedSender(OK)
-    dispatcher = Dispatcher(db, {"dicom": dicom, "fhir": crash}, RetryPolicy(max_attempts=3))
+    dispatcher = Dispatcher(db, {"dicom": dicom, "fhir": crash}, DeliveryPolicy(max_attempts=3))
     assert dispatcher.dispatch_once() == 3
     assert row_of(db, dicom_id).state == DELIVERED
     fhir = row_of(db, fhir_id)
@@ -166,13 +166,13 @@ def test_upsert_never_duplicates_and_written_rows_are_not_sent(db: Database) -> 
         rows = session.scalars(select(Delivery)).all()
         assert len(rows) == 1 and rows[0].state == WRITTEN
     sender = ScriptedSender()
-    assert Dispatcher(db, {"dicom": sender}, RetryPolicy()).dispatch_once() == 0
+    assert Dispatcher(db, {"dicom": sender}, DeliveryPolicy()).dispatch_once() == 0
 
 
 def test_failed_row_can_be_requeued_by_hand(db: Database) -> None:
     job = seed_bare_job(db)
     row_id = add_row(db, job)
-    dispatcher = Dispatcher(db, {"dicom": ScriptedSender(BROKEN, OK)}, RetryPolicy())
+    dispatcher = Dispatcher(db, {"dicom": ScriptedSender(BROKEN, OK)}, DeliveryPolicy())
     dispatcher.dispatch_once()
     assert row_of(db, row_id).state == FAILED
     with db.session() as session:

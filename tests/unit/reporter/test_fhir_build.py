@@ -160,3 +160,27 @@ def test_cache_key_changes_when_superseded(db: Database) -> None:
     )
     assert json.loads(cache.report(later)[2])["meta"]["tag"][0]["code"] == "superseded"
     assert cache.report(data) is not first  # evicted (max 2), rebuilt
+
+
+def test_a_mass_is_coded_as_a_mass(db: Database) -> None:
+    with db.session() as session:
+        study = make_study(session, accession="ACC-M")
+        made = make_job(
+            session,
+            study,
+            findings=[
+                finding_spec(diameter_mm=42.0, lung_rads="4B", finding_type="mass"),
+                finding_spec(diameter_mm=6.0, lung_rads="2"),
+            ],
+        )
+    data = fb.ReportInput(job=made.job, study=made.study, findings=made.findings)
+    links = fb.local_links(data)
+    mass, nodule = (
+        json.loads(fb.build_observation(data, f, links).model_dump_json()) for f in data.findings
+    )
+    assert mass["code"]["coding"] == [fc.MASS_CODE]
+    assert mass["code"]["coding"][0]["code"] == "4147007" and mass["code"]["text"] == "Lung mass 1"
+    assert nodule["code"]["coding"] == [fc.NODULE_CODE]
+    body = json.loads(fb.build_report(data, links).model_dump_json())
+    assert body["conclusion"].startswith("1 lung nodule and 1 lung mass detected; largest 42.0 mm")
+    assert "mass, solid" in body["text"]["div"]

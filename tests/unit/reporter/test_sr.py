@@ -122,7 +122,7 @@ def test_center_is_a_scoord3d_point_in_the_frame_of_reference() -> None:
     assert point.GraphicType == "POINT"
     assert point.ConceptNameCodeSequence[0].CodeMeaning == "Center"
     assert point.ReferencedFrameOfReferenceUID == series.datasets[0].FrameOfReferenceUID
-    np.testing.assert_allclose(point.GraphicData, series.findings()[0].center_lps, atol=1e-3)
+    np.testing.assert_allclose(point.GraphicData, series.findings()[0].center_mm, atol=1e-3)
 
 
 def test_references_source_images_and_seg_as_evidence() -> None:
@@ -238,11 +238,9 @@ def test_findings_without_mask_fall_back_to_tid1501() -> None:
 
 
 def test_finding_without_source_uids_references_the_source_series(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     series = two_nodules()
     headers, findings = build_inputs(series)
-    findings = [replace(f, source_sop_uids=()) for f in findings]
+    findings = [f.model_copy(update={"source_sop_uids": ()}) for f in findings]
     uids = OutputUids(series.study_uid, 1)
     seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids)
     ref = SegReference(str(seg.SOPInstanceUID), segment_numbers(findings), seg_header(seg))
@@ -256,3 +254,27 @@ def test_finding_without_source_uids_references_the_source_series(tmp_path: Path
     path = tmp_path / "sr.dcm"
     path.write_bytes(dataset_bytes(sr))
     assert dciodvfy(path)[0] == []
+
+
+def test_a_mass_is_coded_as_a_mass_in_the_sr_and_the_seg(tmp_path: Path) -> None:
+    series = two_nodules()
+    headers, findings = build_inputs(series)
+    findings = [findings[0].model_copy(update={"finding_type": "mass"}), findings[1]]
+    uids = OutputUids(series.study_uid, 1)
+    seg = build_seg(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids)
+    ref = SegReference(str(seg.SOPInstanceUID), segment_numbers(findings), seg_header(seg))
+    sr = build_sr(source_images=headers, findings=findings, algorithm=ALGORITHM, uids=uids, seg=ref)
+    groups = groups_of(reread(sr))
+    assert [g.tracking_identifier for g in groups] == ["Mass 1", "Nodule 2"]
+    assert [g.finding_type.value for g in groups] == [codes.SCT.Mass.value, codes.SCT.Nodule.value]
+    assert codes.SCT.Mass.value == "4147007"
+    segments = reread(seg).SegmentSequence
+    assert [s.SegmentLabel for s in segments] == ["Mass 1", "Nodule 2"]
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in segments] == [
+        "4147007",
+        "27925004",
+    ]
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(dataset_bytes(sr))
+    errors, _ = dciodvfy(path)
+    assert errors == []

@@ -146,7 +146,7 @@ def test_real_ct_header_with_broken_reference_gives_valid_outputs(tmp_path: Path
     mask = np.ones((1, 6, 6), dtype=bool)
     finding = NoduleFinding(
         index=1,
-        center_lps=(0.0, 0.0, 0.0),
+        center_mm=(0.0, 0.0, 0.0),
         diameter_mm=6.0,
         long_axis_mm=6.5,
         short_axis_mm=5.5,

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from services.core.broker import Delivered, InProcessBroker, Verdict
+from services.core.contracts import JobDetails, ModelIdentity
 from services.core.db import Database, Finding, Job, JobState, OutboxMessage, Study
 from services.core.masks import unpack_mask
 from services.core.messages import REPORTING_QUEUE, STUDY_READY, STUDY_RESULT, StudyResult
@@ -28,6 +29,10 @@ def storage(tmp_path: Path) -> LocalStorage:
 @pytest.fixture
 def seeded(db: Database, storage: LocalStorage, tmp_path: Path) -> SeededJob:
     return seed_job(db, storage, tmp_path)
+
+
+def details(version: str) -> JobDetails:
+    return JobDetails(model=ModelIdentity(version=version))
 
 
 def make_handler(
@@ -121,7 +126,7 @@ def test_crash_after_commit_publishes_the_committed_result_once(
     handler = make_handler(db, storage, inprocess_broker, analyze)
     claim = store.claim(db, seeded.job_id, seeded.study_uid, [], max_attempts=3, worker="w")
     assert isinstance(claim, store.Claim)
-    store.commit_result(db, claim, [], details={}, timings={}, model_version="0.1")
+    store.commit_result(db, claim, [], details=details("0.1"), timings={})
     assert results_published(inprocess_broker) == []  # "died" before the relay ran
     assert handler(seeded.delivered(count=1)) is Verdict.ACK
     assert analyze.calls == 0
@@ -154,11 +159,10 @@ def test_older_attempt_cannot_commit_after_a_takeover(db: Database, seeded: Seed
                     lung_rads="2",
                 )
             ],
-            details={},
+            details=details("x"),
             timings={},
-            model_version="x",
         )
-    store.commit_result(db, second, [], details={}, timings={}, model_version="x")
+    store.commit_result(db, second, [], details=details("x"), timings={})
     with db.session() as session:
         assert session.scalar(select(Finding.id)) is None
     assert store.result_messages(db, seeded.job_id) == 1

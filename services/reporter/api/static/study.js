@@ -24,7 +24,7 @@
     for (const f of list) {
       const cell = el("td");
       if (f.key_image) {
-        const img = el("img", { class: "key-image", alt: `Key image of nodule ${f.index}` });
+        const img = el("img", { class: "key-image", alt: `Key image of ${f.finding_type || "nodule"} ${f.index}` });
         img.src = await keyImage(f.key_image);
         cell.append(img);
       }
@@ -33,7 +33,8 @@
         el("td", { class: "num", text: f.diameter_mm.toFixed(1) + " mm" }),
         el("td", { class: "num", text: `${f.long_axis_mm.toFixed(1)} × ${f.short_axis_mm.toFixed(1)} mm` }),
         el("td", { class: "num", text: f.volume_mm3.toFixed(0) + " mm³" }),
-        el("td", { text: f.kind }), el("td", { class: "num", text: f.mean_hu.toFixed(0) }),
+        el("td", { text: f.finding_type === "mass" ? `mass, ${f.kind}` : f.kind }),
+        el("td", { class: "num", text: f.mean_hu.toFixed(0) }),
         el("td", { class: "num", text: f.center_mm.map((v) => v.toFixed(1)).join(", ") }),
         el("td", { class: "num", text: Math.round(f.confidence * 100) + " %" }), cell));
     }
@@ -60,6 +61,14 @@
       el("td", { text: ((j.details || {}).model || {}).name ? `${j.details.model.name} ${j.details.model.version}` : "" }))));
   }
 
+  function found(list) {
+    const masses = list.filter((f) => f.finding_type === "mass").length, nodules = list.length - masses;
+    const parts = [];
+    if (nodules) parts.push(`${nodules} nodule${nodules > 1 ? "s" : ""}`);
+    if (masses) parts.push(`${masses} mass${masses > 1 ? "es" : ""}`);
+    return parts.join(" and ") + " found.";
+  }
+
   let lastSeen = "";
   async function refresh() {
     try {
@@ -70,7 +79,7 @@
         lastSeen = signature;
         const n = data.findings.length;
         document.getElementById("conclusion").textContent = data.status !== "done"
-          ? "Analysis " + data.status + "." : n ? `${n} nodule${n > 1 ? "s" : ""} found.` : "No nodules found.";
+          ? "Analysis " + data.status + "." : n ? found(data.findings) : "No nodules found.";
         await findings(data.findings);
         deliveries(data.deliveries, data.fhir);
         jobs(data.jobs);

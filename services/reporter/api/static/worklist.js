@@ -19,7 +19,8 @@
     const tr = el("tr", { class: "status-" + item.status, "data-study-uid": item.study_uid },
       el("td", {}, NF.rads(item.lung_rads)),
       el("td", { class: "num", text: item.largest_mm == null ? "" : item.largest_mm.toFixed(1) + " mm" }),
-      el("td", { class: "num", text: item.nodules == null ? "" : String(item.nodules) }),
+      el("td", { class: "num", text: item.nodules == null ? ""
+        : String(item.nodules) + (item.masses ? ` (${item.masses} mass${item.masses > 1 ? "es" : ""})` : "") }),
       el("td", {}, link, el("div", { class: "muted small", text: item.patient_id || "" })),
       el("td", { text: item.accession_number || "" }),
       el("td", { text: NF.dicomDate(item.study_date) }),
