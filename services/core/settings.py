@@ -22,7 +22,9 @@ def default_model_dir() -> Path:
     """The shipped model, found wherever the command runs.
 
     A source checkout (or an editable install) keeps it in ``models/nodule-seg`` beside the
-    ``services`` package; a wheel installs it under ``<prefix>/share/noduleflow/models``.
+    ``services`` package; an installation from a wheel finds it under
+    ``<prefix>/share/noduleflow/models/nodule-seg`` (the container images copy it elsewhere
+    and set ``NODULEFLOW_MODEL_DIR``).
     """
     checkout = Path(__file__).resolve().parents[2] / "models" / "nodule-seg"
     if (checkout / "model.json").is_file():

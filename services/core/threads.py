@@ -2,7 +2,8 @@
 event, started together and stopped together (set the event, wake the sleepers, join).
 
 The worker (consumer, then result relay), the reporter (consumer, dispatcher, HTTP) and the
-receiver's background (tracker, relay) each hold one or more groups.
+receiver's background (tracker, relay) each hold one or more groups; a service with a single
+group derives from :class:`Threaded` for its ``stop_event`` and ``threads``.
 """
 
 from __future__ import annotations
@@ -65,3 +66,17 @@ class ThreadGroup:
         """Ready for another ``spawn`` round: clear the stop event and the wakers."""
         self.stop_event.clear()
         self._wakers.clear()
+
+
+class Threaded:
+    """A service whose threads are the one group ``self.group``: its stop event and threads."""
+
+    group: ThreadGroup
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self.group.stop_event
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return self.group.threads

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from pathlib import Path
 
 from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
-from services.core.threads import ThreadGroup
+from services.core.threads import Threaded, ThreadGroup
 from services.receiver import fast
 from services.receiver.fast import tempfiles
 from services.receiver.fast.balance import LoadBoard
@@ -75,21 +74,13 @@ def recover(settings: Settings, tracker: StudyTracker) -> ReconcileReport:
     return reconcile(store, margin_seconds=settings.reconcile_margin_seconds)
 
 
-class Background:
+class Background(Threaded):
     """Tracker and relay threads, stopped together."""
 
     def __init__(self, tracker: StudyTracker, relay: Relay) -> None:
         self.tracker = tracker
         self.relay = relay
         self.group = ThreadGroup()
-
-    @property
-    def stop_event(self) -> threading.Event:
-        return self.group.stop_event
-
-    @property
-    def threads(self) -> list[threading.Thread]:
-        return self.group.threads
 
     def start(self) -> None:
         self.group.restart()

@@ -17,7 +17,7 @@ from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
-from services.core.threads import ThreadGroup
+from services.core.threads import Threaded, ThreadGroup
 from services.reporter.delivery.dispatch import Dispatcher, Sender
 from services.reporter.delivery.senders import default_senders, retry_policy
 from services.reporter.results import ResultConsumer
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Reporter:
+class Reporter(Threaded):
     """Consumer and dispatcher threads (plus HTTP when ``serve_http``); non-blocking."""
 
     settings: Settings
@@ -37,14 +37,6 @@ class Reporter:
     serve_http: bool = False
     group: ThreadGroup = field(default_factory=ThreadGroup)
     http_server: Any = None
-
-    @property
-    def stop_event(self) -> threading.Event:
-        return self.group.stop_event
-
-    @property
-    def threads(self) -> list[threading.Thread]:
-        return self.group.threads
 
     def start(self) -> None:
         self.group.restart()

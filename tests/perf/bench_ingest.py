@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.factories import write_ct_series  # noqa: E402
+from tests.factories.dicom import write_ct_series  # noqa: E402
 from tests.orthanc import running_orthanc  # noqa: E402
 from tests.services import free_port, wait_port  # noqa: E402
 

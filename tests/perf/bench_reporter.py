@@ -58,7 +58,7 @@ def main() -> None:
     from services.reporter.dicom.seg import build_seg
     from services.reporter.dicom.sr import build_sr
     from services.reporter.results import ResultConsumer
-    from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
+    from tests.factories.reporting import Sphere, nodule_series, seed_reporting_job
 
     work = Path(tempfile.mkdtemp(prefix="nf-bench-reporter-"))
     settings = Settings(

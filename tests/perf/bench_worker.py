@@ -40,9 +40,9 @@ from services.core.broker import RabbitBroker, Topology, delete_topology  # noqa
 from services.core.db import Database  # noqa: E402
 from services.core.outbox import Relay  # noqa: E402
 from services.core.storage import LocalStorage  # noqa: E402
+from tests.factories.worker import queue_job, store_files  # noqa: E402
 from tests.integration.worker.harness import WorkerProc, clone_study  # noqa: E402
 from tests.services import PG_ADMIN_URL, RABBIT_URL, port_open  # noqa: E402
-from tests.unit.worker.factories import queue_job, store_files  # noqa: E402
 
 # Dense peak TFLOP/s by GPU name fragment and precision (vendor data sheets, SXM parts).
 GPU_PEAKS = {"H100": {"fp32": 67.0, "fp16": 989.0}, "H200": {"fp32": 67.0, "fp16": 989.0}}

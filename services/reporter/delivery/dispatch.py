@@ -184,16 +184,7 @@ class Dispatcher:
         if state == DELIVERED:
             row.delivered_at = datetime.now(UTC)
             row.last_error = "" if outcome.status == "0x0000" else outcome.detail[:2000]
-            audit.record(
-                session,
-                audit.INSTANCES_TRANSFERRED,
-                actor="noduleflow-reporter",
-                source=row.kind,
-                action="R",
-                object_type="sop-instance",
-                object_id=row.sop_instance_uid or row.job_id,
-                detail=f"to {row.target}",
-            )
+            _audit_transfer(session, row)
             log.info(
                 "event=delivered id=%s job=%s kind=%s status=%s attempts=%s",
                 row.id,
@@ -219,17 +210,7 @@ class Dispatcher:
         else:
             why = "refused" if not outcome.retry else f"gave up after {row.attempts} attempts"
             row.last_error = f"{why}: {outcome.detail}"[:2000]
-            audit.record(
-                session,
-                audit.INSTANCES_TRANSFERRED,
-                actor="noduleflow-reporter",
-                source=row.kind,
-                action="R",
-                object_type="sop-instance",
-                object_id=row.sop_instance_uid or row.job_id,
-                outcome="8",
-                detail=f"to {row.target}: {row.last_error}",
-            )
+            _audit_transfer(session, row, failure=row.last_error)
             log.error(
                 "event=delivery_failed id=%s job=%s kind=%s status=%s attempts=%s reason=%s",
                 row.id,
@@ -268,3 +249,19 @@ def pending(db: Database, job_ids: Iterable[str] | None = None) -> list[Delivery
         if job_ids is not None:
             query = query.where(Delivery.job_id.in_(list(job_ids)))
         return list(session.scalars(query))
+
+
+def _audit_transfer(session: Session, row: Delivery, *, failure: str = "") -> None:
+    """The Instances Transferred audit event of a delivery that ended: delivered, or (with
+    ``failure``, outcome 8) refused or given up."""
+    audit.record(
+        session,
+        audit.INSTANCES_TRANSFERRED,
+        actor="noduleflow-reporter",
+        source=row.kind,
+        action="R",
+        object_type="sop-instance",
+        object_id=row.sop_instance_uid or row.job_id,
+        outcome="8" if failure else "0",
+        detail=f"to {row.target}: {failure}" if failure else f"to {row.target}",
+    )

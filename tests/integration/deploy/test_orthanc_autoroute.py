@@ -26,7 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 from tests.integration.deploy.repo import ORTHANC_DIR
 from tests.orthanc import Orthanc
 from tests.services import free_port, require_tool, wait_port

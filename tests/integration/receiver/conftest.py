@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 
 
 @pytest.fixture(scope="session")

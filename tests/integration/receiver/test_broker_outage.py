@@ -13,7 +13,7 @@ from sqlalchemy import select
 from services.core.broker import RabbitBroker
 from services.core.db import Database, Job, OutboxMessage
 from services.core.messages import STUDY_READY, StudyReady
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import (
     receiver_settings,
     running_receiver,

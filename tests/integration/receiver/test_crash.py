@@ -22,7 +22,7 @@ from sqlalchemy import select
 from services.core.broker import Topology
 from services.core.db import Database, Instance, Job, OutboxMessage, Study
 from services.core.messages import STUDY_READY
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import storescu, wait_for
 from tests.services import free_port, port_open
 

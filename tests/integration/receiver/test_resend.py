@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from services.core.broker import InProcessBroker
 from services.core.db import Database, Instance, Job, Study
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import (
     counts,
     receiver_settings,

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from services.core.broker import InProcessBroker
 from services.core.db import Database
 from services.receiver import statuses
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 from tests.integration.receiver.harness import counts, receiver_settings, running_receiver
 from tests.services import PG_ADMIN_URL
 

@@ -11,7 +11,7 @@ from services.commands.scu import send_paths
 from services.core import audit
 from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import counts, receiver_settings, running_receiver
 
 pytestmark = pytest.mark.integration

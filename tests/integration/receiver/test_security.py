@@ -16,7 +16,7 @@ from services.core import audit
 from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database, Instance
 from services.receiver import statuses
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 from tests.integration.receiver.harness import receiver_settings, running_receiver
 from tests.services import require_tool
 

@@ -21,7 +21,7 @@ from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database, Instance, Job, Series, Study
 from services.receiver import statuses
 from services.receiver.store import CONFLICTS, QUARANTINE
-from tests.factories import ct_slice, write_ct_series
+from tests.factories.dicom import ct_slice, write_ct_series
 from tests.integration.receiver.harness import (
     receiver_settings,
     running_receiver,

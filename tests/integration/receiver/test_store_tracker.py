@@ -17,7 +17,7 @@ from services.core.storage import LocalStorage
 from services.receiver.index import parse_header
 from services.receiver.store import InstanceStore, NoSpaceError, Outcome, Received
 from services.receiver.tracker import StudyTracker
-from tests.factories import ct_slice, write_ct_series
+from tests.factories.dicom import ct_slice, write_ct_series
 
 pytestmark = pytest.mark.integration
 

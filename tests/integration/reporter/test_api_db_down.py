@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
-from tests.api_factories import seed_reports
+from tests.factories.api import seed_reports
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
-from tests.api_factories import seed_reports
+from tests.factories.api import seed_reports
 
 pytestmark = pytest.mark.integration
 

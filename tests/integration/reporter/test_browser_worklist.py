@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
-from tests.api_factories import (
+from tests.factories.api import (
     finding_spec,
     make_delivery,
     make_job,

@@ -13,7 +13,7 @@ from fhirclient.models.patient import Patient
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
-from tests.api_factories import Made, finding_spec, make_job, make_study, running_api, seed_reports
+from tests.factories.api import Made, finding_spec, make_job, make_study, running_api, seed_reports
 
 pytestmark = pytest.mark.integration
 TOKEN = "integration-token-0123456789abcdef"

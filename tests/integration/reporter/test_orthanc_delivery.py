@@ -21,8 +21,8 @@ from services.core.messages import STUDY_RESULT, StudyResult
 from services.core.settings import Settings
 from services.reporter.dicom.model import OutputUids
 from services.reporter.main import Reporter, build_reporter
+from tests.factories.reporting import NoduleSeries, Sphere, nodule_series, seed_reporting_job
 from tests.orthanc import Orthanc, running_orthanc
-from tests.reporting_factories import NoduleSeries, Sphere, nodule_series, seed_reporting_job
 
 pytestmark = pytest.mark.integration
 

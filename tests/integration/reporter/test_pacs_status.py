@@ -26,7 +26,7 @@ from services.reporter.dicom.artefacts import dataset_bytes
 from services.reporter.dicom.model import Algorithm, OutputUids
 from services.reporter.dicom.sr import build_sr
 from services.reporter.results import ResultConsumer
-from tests.reporting_factories import build_inputs, nodule_series, seed_reporting_job
+from tests.factories.reporting import build_inputs, nodule_series, seed_reporting_job
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.fhir.push import push_report
-from tests.api_factories import finding_spec, make_job, make_study
+from tests.factories.api import finding_spec, make_job, make_study
 from tests.fhirserver.medplum import running_medplum
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def test_served_resources_pass_medplum_r4_validation(
     from fastapi.testclient import TestClient
 
     from services.reporter.api.app import create_app
-    from tests.api_factories import seed_reports
+    from tests.factories.api import seed_reports
 
     with db.session() as session:
         seeded = seed_reports(session)

@@ -22,7 +22,7 @@ from services.reporter.dicom.artefacts import artefact_dir
 from services.reporter.dicom.model import OutputUids
 from services.reporter.main import build_reporter
 from services.reporter.results import ResultConsumer
-from tests.reporting_factories import Sphere, nodule_series, seed_reporting_job
+from tests.factories.reporting import Sphere, nodule_series, seed_reporting_job
 from tests.services import free_port, port_open, wait_port
 
 pytestmark = pytest.mark.integration

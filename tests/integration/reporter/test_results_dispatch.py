@@ -17,7 +17,7 @@ from services.reporter.delivery.dispatch import (
     SendOutcome,
     upsert_delivery,
 )
-from tests.reporting_factories import seed_bare_job
+from tests.factories.reporting import seed_bare_job
 
 pytestmark = pytest.mark.integration
 

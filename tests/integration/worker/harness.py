@@ -22,7 +22,7 @@ from services.core.db import Database, Finding, Job
 from services.core.messages import REPORTING_QUEUE, STUDY_RESULT, StudyResult
 from services.core.outbox import Relay
 from services.core.storage import LocalStorage
-from tests.unit.worker.factories import SeededJob, queue_job, store_files
+from tests.factories.worker import SeededJob, queue_job, store_files
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from services.analysis.config import AnalysisConfig
 from services.analysis.geometry import Volume
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 
 BODY_HU, LUNG_HU, TABLE_HU, AIR_HU = 60.0, -850.0, 300.0, -1000.0
 SOLID_HU, GGN_HU = 0.0, -600.0

@@ -14,7 +14,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_
 from services.analysis.dicom_io import read_header
 from services.analysis.errors import AnalysisError
 from services.analysis.pixels import load_hu
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 from tests.services import require_tool
 
 

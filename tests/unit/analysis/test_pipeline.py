@@ -14,7 +14,7 @@ from services.analysis.errors import AnalysisError
 from services.analysis.pipeline import analyze_files, analyze_volume
 from services.analysis.rescore import Rescorer
 from services.core.settings import Settings
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 from tests.unit.analysis.chest import GGN_HU, FakeModel, Nodule, chest, volume_of, write_volume
 
 SPACING = (1.25, 1.5, 1.5)

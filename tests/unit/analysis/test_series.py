@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import MRImageStorage
 
 from services.analysis.dicom_io import (
     CT_IMAGE_STORAGE,
@@ -150,7 +151,7 @@ def test_mixed_study_prefers_original_thin_axial_ct() -> None:
     thin = stack("1.2", n=240, step=1.25)
     thinner_derived = stack("1.3", n=480, step=0.625, image_type=("DERIVED", "SECONDARY", "MPR"))
     short_thin = stack("1.4", n=120, step=0.625)  # covers far less than the others
-    mr = stack("1.5", modality="MR", sop_class="1.2.840.10008.5.1.4.1.1.4")
+    mr = stack("1.5", modality="MR", sop_class=MRImageStorage)
     scout = stack("1.6", n=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     plan = choose_series(thick + thin + thinner_derived + short_thin + mr + scout)
     assert plan.series_instance_uid == "1.2"

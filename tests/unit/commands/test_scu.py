@@ -14,7 +14,7 @@ from pynetdicom import _config
 
 from services.commands import scu
 from services.commands.scu import DicomFile, SendReport, contexts_for, scan
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 
 
 def test_scan_skips_non_dicom_and_walks_folders(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import io
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, CTImageStorage
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
@@ -12,30 +12,28 @@ from pynetdicom.dsutils import create_file_meta, decode, encode
 from services.receiver.fast.commands import encode_store_response
 from services.receiver.fast.fastpath import encode_file_meta
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
-
 
 @pytest.mark.parametrize("sop", ["1.2.3", "1.2.826.0.1.3680043.8.498.7394322877899591360649068"])
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"])
 def test_file_meta_matches_pydicom(sop: str, syntax: str) -> None:
     reference = io.BytesIO()
     meta = create_file_meta(
-        sop_class_uid=UID(CT), sop_instance_uid=UID(sop), transfer_syntax=UID(syntax)
+        sop_class_uid=CTImageStorage, sop_instance_uid=UID(sop), transfer_syntax=UID(syntax)
     )
     write_file_meta_info(reference, meta)  # type: ignore[arg-type]
-    assert encode_file_meta(CT, sop, syntax) == reference.getvalue()
+    assert encode_file_meta(CTImageStorage, sop, syntax) == reference.getvalue()
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xA700, 0xA900, 0xC000])
 def test_store_response_matches_pynetdicom(status: int) -> None:
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = 513
-    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPClassUID = CTImageStorage
     rsp.AffectedSOPInstanceUID = "1.2.3.45"
     rsp.Status = status
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
-    assert encode_store_response(CT, "1.2.3.45", 513, status) == encode(
+    assert encode_store_response(CTImageStorage, "1.2.3.45", 513, status) == encode(
         message.command_set, True, True
     )
 
@@ -61,10 +59,13 @@ def test_context_copy_is_independent() -> None:
 
     from services.receiver.fast.fastpath import _copy_contexts
 
-    original = [build_context(CT, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])]
+    original = [build_context(CTImageStorage, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])]
     [clone] = _copy_contexts(original)
     assert clone is not original[0]
-    assert clone.abstract_syntax == CT and clone.transfer_syntax == original[0].transfer_syntax
+    assert (
+        clone.abstract_syntax == CTImageStorage
+        and clone.transfer_syntax == original[0].transfer_syntax
+    )
     clone.transfer_syntax.append("1.2.840.10008.1.2.4.70")
     clone.context_id = 3
     assert len(original[0].transfer_syntax) == 2 and original[0].context_id is None
@@ -79,7 +80,7 @@ def test_store_command_decodes_like_pydicom(originator: str | None) -> None:
 
     req = C_STORE()
     req.MessageID = 7
-    req.AffectedSOPClassUID = CT
+    req.AffectedSOPClassUID = CTImageStorage
     req.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.739432287789959136064906826629"
     req.Priority = 2
     if originator:
@@ -115,12 +116,13 @@ def test_store_command_decodes_like_pydicom(originator: str | None) -> None:
 def test_other_commands_are_left_to_pydicom() -> None:
     from pynetdicom.dimse_messages import C_ECHO_RQ
     from pynetdicom.dimse_primitives import C_ECHO
+    from pynetdicom.sop_class import Verification
 
     from services.receiver.fast.commands import decode_store_command
 
     echo = C_ECHO()
     echo.MessageID = 1
-    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.AffectedSOPClassUID = Verification
     message = C_ECHO_RQ()
     message.primitive_to_message(echo)
     data = encode(message.command_set, True, True)
@@ -135,7 +137,7 @@ def test_command_pdu_matches_pynetdicom() -> None:
 
     from services.receiver.fast.commands import command_pdu
 
-    command = encode_store_response(CT, "1.2.3.45", 7, 0x0000)
+    command = encode_store_response(CTImageStorage, "1.2.3.45", 7, 0x0000)
     primitive = P_DATA()
     primitive.presentation_data_value_list = [[5, b"\x03" + command]]  # type: ignore[list-item]
     assert command_pdu(5, command) == P_DATA_TF(primitive).encode()

@@ -11,7 +11,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from services.receiver.fast.headparse import read_head
 from services.receiver.index import HeaderError, parse_header
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 
 
 def _pydicom_header(path: Path):  # the reference: pydicom's reader

@@ -6,7 +6,7 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from services.receiver.index import HeaderError, parse_header
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 
 STUDY, SERIES = "1.2.826.0.1.3680043.10.9.1", "1.2.826.0.1.3680043.10.9.2"
 

@@ -22,7 +22,7 @@ from services.receiver.reconcile import (
     write_watermark,
 )
 from services.receiver.store import InstanceStore
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 
 
 def _store(db: Database, root: Path) -> InstanceStore:

@@ -31,7 +31,7 @@ from services.receiver.store import (
     Outcome,
     Received,
 )
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 
 STUDY_A, SERIES_A = "1.2.826.0.1.3680043.10.77.1", "1.2.826.0.1.3680043.10.77.1.1"
 STUDY_B, SERIES_B = "1.2.826.0.1.3680043.10.77.2", "1.2.826.0.1.3680043.10.77.2.1"

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
-from tests.api_factories import Made, seed_reports
+from tests.factories.api import Made, seed_reports
 
 FHIR = "application/fhir+json"
 

@@ -9,7 +9,7 @@ from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
 from services.reporter.api.metrics import stage_histograms
-from tests.api_factories import (
+from tests.factories.api import (
     Made,
     finding_spec,
     make_delivery,

@@ -15,7 +15,7 @@ from services.core.db import AuditEvent, Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
 from services.reporter.api.auth import allows
-from tests.api_factories import Made, seed_reports
+from tests.factories.api import Made, seed_reports
 
 STATIC = "s3cr3t-static-token-0123456789"
 AUD, ISS = "https://noduleflow.test/fhir", "https://idp.test"

@@ -20,7 +20,7 @@ from services.reporter.delivery.dispatch import (
     requeue,
     upsert_delivery,
 )
-from tests.reporting_factories import seed_bare_job
+from tests.factories.reporting import seed_bare_job
 
 OK = SendOutcome(True, False, "0x0000", "stored")
 BUSY = SendOutcome(False, True, "0xA700", "refused: out of resources")

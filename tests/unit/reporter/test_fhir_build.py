@@ -8,7 +8,7 @@ from services.core.db import Database
 from services.reporter.fhir import build as fb
 from services.reporter.fhir import common as fc
 from services.reporter.fhir import entities as fe
-from tests.api_factories import finding_spec, make_job, make_study
+from tests.factories.api import finding_spec, make_job, make_study
 
 
 def _input(

@@ -14,7 +14,7 @@ from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.fhir import push
 from services.reporter.fhir.push import push_report
-from tests.api_factories import finding_spec, make_job, make_study
+from tests.factories.api import finding_spec, make_job, make_study
 from tests.services import free_port
 
 

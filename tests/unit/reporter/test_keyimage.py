@@ -24,7 +24,7 @@ from services.reporter.dicom.keyimage import (
     window,
 )
 from services.reporter.dicom.model import Algorithm, OutputUids
-from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
+from tests.factories.reporting import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")
 ACCEPTED = ("needed to build DICOMDIR", "Laterality")

@@ -17,7 +17,7 @@ from pydicom import config, dcmread
 from services.reporter.dicom.artefacts import dataset_bytes
 from services.reporter.dicom.model import Algorithm, OutputUids
 from services.reporter.dicom.seg import build_seg, label_stack, segment_numbers
-from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
+from tests.factories.reporting import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")
 

@@ -28,7 +28,7 @@ from services.reporter.dicom.artefacts import dataset_bytes
 from services.reporter.dicom.model import Algorithm, OutputUids
 from services.reporter.dicom.seg import build_seg, seg_header, segment_numbers
 from services.reporter.dicom.sr import SegReference, build_sr
-from tests.reporting_factories import Sphere, build_inputs, dciodvfy, nodule_series
+from tests.factories.reporting import Sphere, build_inputs, dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "2.1.0")
 ACCEPTED_WARNINGS = ("99NDLFLW", "needed to build DICOMDIR")

@@ -18,7 +18,7 @@ from services.reporter.dicom.sanitise import (
     study_header,
 )
 from services.reporter.dicom.sr import build_sr
-from tests.reporting_factories import dciodvfy, nodule_series
+from tests.factories.reporting import dciodvfy, nodule_series
 
 ALGORITHM = Algorithm("nodule-seg", "1.0")
 

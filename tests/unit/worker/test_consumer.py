@@ -13,7 +13,7 @@ from services.worker.consumer import Worker
 from services.worker.faults import Faults
 from services.worker.jobs import JobHandler
 from services.worker.policy import RetryPolicy
-from tests.unit.worker.factories import FakeAnalyze, FakeResult, seed_job
+from tests.factories.worker import FakeAnalyze, FakeResult, seed_job
 
 
 class SlowAnalyze(FakeAnalyze):

@@ -17,8 +17,8 @@ from services.worker import store
 from services.worker.faults import Faults
 from services.worker.jobs import JobHandler
 from services.worker.policy import RetryPolicy, StorageUnavailable, StudyUnusable
+from tests.factories.worker import FakeAnalyze, FakeFinding, FakeResult, SeededJob, seed_job
 from tests.services import free_port
-from tests.unit.worker.factories import FakeAnalyze, FakeFinding, FakeResult, SeededJob, seed_job
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from services.core.messages import REPORTING_QUEUE, STUDY_READY
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
 from services.worker.main import build_worker, run
+from tests.factories.worker import queue_job, store_files
 from tests.unit.analysis.chest import FakeModel, Nodule, chest, write_volume
-from tests.unit.worker.factories import queue_job, store_files
 
 
 def test_in_process_worker_runs_the_real_pipeline(

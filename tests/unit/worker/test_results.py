@@ -8,7 +8,7 @@ import pytest
 from services.core.contracts import JobDetails
 from services.core.masks import unpack_mask
 from services.worker import results
-from tests.unit.worker.factories import FakeFinding, FakeResult
+from tests.factories.worker import FakeFinding, FakeResult
 
 
 def test_a_mass_keeps_its_type_and_solid_diameter() -> None:

@@ -6,17 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.reporter.api import audit_reads
 from services.reporter.api.auth import Principal
 from services.reporter.api.deps import (
     SessionDep,
     SettingsDep,
     StateDep,
-    client_host,
     ensure_scope,
     require,
 )
 from services.reporter.api.errors import ApiError
+from services.reporter.api.routes import audited
 from services.reporter.fhir import repo
 from services.reporter.fhir.build import ReportInput
 from services.reporter.fhir.query import REPORT_SPEC, report_statement
@@ -24,7 +23,6 @@ from services.reporter.fhir.response import (
     FhirResponse,
     parse_request,
     resource_response,
-    searchset,
 )
 
 router = APIRouter(prefix="/fhir/DiagnosticReport", tags=["fhir"])
@@ -66,15 +64,9 @@ def search_reports(
         matches.append(state.reports.report(full))
         if include_results:
             includes.extend(state.reports.observations(full))
-    audit_reads.search(
-        session,
-        actor=principal.subject,
-        source=client_host(request),
-        resource_type=TYPE,
-        params=search.names,
-        total=total,
+    return audited.searchset(
+        request, session, settings, principal, search, total, matches, includes
     )
-    return searchset(request, settings, search, total, matches, includes)
 
 
 @router.get("/{report_id}", response_class=FhirResponse)
@@ -88,11 +80,5 @@ def read_report(
     data = repo.get_report(session=session, report_id=report_id[:64])
     if data is None:
         raise ApiError(404, f"{TYPE}/{report_id[:64]} not found")
-    audit_reads.read(
-        session,
-        actor=principal.subject,
-        source=client_host(request),
-        resource_type=TYPE,
-        ids=data.job.id,
-    )
+    audited.read(request, session, principal, TYPE, data.job.id)
     return resource_response(state.reports.report(data)[2])

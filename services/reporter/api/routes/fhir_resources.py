@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from services.core.db.models import utcnow
-from services.reporter.api import audit_reads
 from services.reporter.api.auth import Principal
-from services.reporter.api.deps import SessionDep, SettingsDep, StateDep, client_host, require
+from services.reporter.api.deps import SessionDep, SettingsDep, StateDep, require
 from services.reporter.api.errors import ApiError
+from services.reporter.api.routes import audited
 from services.reporter.fhir import repo
 from services.reporter.fhir.build import ReportInput, local_links, observation_json
 from services.reporter.fhir.capability import capability_statement
@@ -29,7 +29,6 @@ from services.reporter.fhir.response import (
     fhir_base,
     parse_request,
     resource_response,
-    searchset,
 )
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -76,15 +75,7 @@ def search_observations(
         else entry(observation_json(data, finding, local_links(data)))
         for data, (finding, _, _) in zip(inputs, rows, strict=True)
     ]
-    audit_reads.search(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="Observation",
-        params=search.names,
-        total=total,
-    )
-    return searchset(request, settings, search, total, matches)
+    return audited.searchset(request, session, settings, who, search, total, matches)
 
 
 def _indexed(data: ReportInput) -> bool:
@@ -104,13 +95,7 @@ def read_observation(
     if found is None:
         raise ApiError(404, f"Observation/{observation_id[:80]} not found")
     data, finding = found
-    audit_reads.read(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="Observation",
-        ids=observation_id,
-    )
+    audited.read(request, session, who, "Observation", observation_id)
     if _indexed(data):
         return resource_response(state.reports.observations(data)[finding.index - 1][2])
     return resource_response(observation_json(data, finding, local_links(data)))
@@ -128,15 +113,7 @@ def search_imaging_studies(
     matches = [
         entry(build_imaging_study(s, series.get(s.id, [])).model_dump(mode="json")) for s in studies
     ]
-    audit_reads.search(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="ImagingStudy",
-        params=search.names,
-        total=total,
-    )
-    return searchset(request, settings, search, total, matches)
+    return audited.searchset(request, session, settings, who, search, total, matches)
 
 
 @router.get("/ImagingStudy/{study_uid}", response_class=FhirResponse)
@@ -147,13 +124,7 @@ def read_imaging_study(
     if study is None:
         raise ApiError(404, "ImagingStudy not found")
     series = repo.series_infos(session=session, study_ids=[study.id])
-    audit_reads.read(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="ImagingStudy",
-        ids=study.study_instance_uid,
-    )
+    audited.read(request, session, who, "ImagingStudy", study.study_instance_uid)
     return resource_response(build_imaging_study(study, series.get(study.id, [])))
 
 
@@ -164,13 +135,7 @@ def read_patient(
     study = repo.get_patient(session=session, patient_key=patient_id[:64])
     if study is None:
         raise ApiError(404, "Patient not found")
-    audit_reads.read(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="Patient",
-        ids=study.patient_key,
-    )
+    audited.read(request, session, who, "Patient", study.patient_key)
     return resource_response(build_patient(study))
 
 

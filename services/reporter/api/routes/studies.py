@@ -9,20 +9,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from services.core.job_listing import query_jobs
-from services.reporter.api import audit_reads
-from services.reporter.api.deps import ApiReaderDep, SessionDep, SettingsDep, client_host
+from services.reporter.api.deps import ApiReaderDep, SessionDep, SettingsDep
 from services.reporter.api.errors import ApiError
+from services.reporter.api.routes import audited
 from services.reporter.api.study_api import findings_view, key_image, study_view
 from services.reporter.api.worklist import MAX_LIMIT, STATES, WorklistFilter, query_worklist
 
 router = APIRouter(prefix="/api", tags=["api"])
 LungRads = Literal["0", "1", "2", "3", "4A", "4B", "4X"]
-
-
-def _audit_study(request: Request, session: SessionDep, who: ApiReaderDep, uid: str) -> None:
-    audit_reads.read(
-        session, actor=who.subject, source=client_host(request), resource_type="Study", ids=uid
-    )
 
 
 @router.get("/studies/{study_uid}")
@@ -36,7 +30,7 @@ def get_study(
     view = study_view(session=session, settings=settings, study_uid=study_uid[:64])
     if view is None:
         raise ApiError(404, "Study not found")
-    _audit_study(request, session, who, study_uid)
+    audited.read(request, session, who, "Study", study_uid)
     return view
 
 
@@ -47,7 +41,7 @@ def get_findings(
     view = findings_view(session=session, study_uid=study_uid[:64])
     if view is None:
         raise ApiError(404, "Study not found")
-    _audit_study(request, session, who, study_uid)
+    audited.read(request, session, who, "Study", study_uid)
     return view
 
 
@@ -63,7 +57,7 @@ def get_key_image(
     path = key_image(session=session, settings=settings, study_uid=study_uid[:64], index=index)
     if path is None:
         raise ApiError(404, "Key image not found")
-    _audit_study(request, session, who, study_uid)
+    audited.read(request, session, who, "Study", study_uid)
     return FileResponse(path, media_type="image/png")
 
 
@@ -76,14 +70,7 @@ def get_jobs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> dict[str, object]:
     rows = query_jobs(session, study_uid=study, limit=limit)
-    audit_reads.search(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="Job",
-        params=request.query_params.keys(),
-        total=len(rows),
-    )
+    audited.search(request, session, who, "Job", request.query_params.keys(), len(rows))
     return {"jobs": rows}
 
 
@@ -110,12 +97,5 @@ def get_worklist(
         offset=offset,
     )
     result = query_worklist(session=session, filters=filters)
-    audit_reads.search(
-        session,
-        actor=who.subject,
-        source=client_host(request),
-        resource_type="Worklist",
-        params=request.query_params.keys(),
-        total=result["total"],
-    )
+    audited.search(request, session, who, "Worklist", request.query_params.keys(), result["total"])
     return result

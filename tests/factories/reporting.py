@@ -17,7 +17,7 @@ from services.core.db import Database, Finding, Instance, Job, JobState, Series,
 from services.core.masks import bbox_of, pack_mask
 from services.core.storage import LocalStorage, instance_key
 from services.reporter.dicom.model import NoduleFinding
-from tests.factories import ct_slice
+from tests.factories.dicom import ct_slice
 
 BACKGROUND_HU = -850
 NODULE_HU = 40

@@ -18,7 +18,7 @@ from services.core.db import Database, Instance, Job, JobState, Series, Study
 from services.core.messages import STUDY_READY, SeriesRef, StudyReady
 from services.core.outbox import enqueue
 from services.core.storage import LocalStorage, instance_key
-from tests.factories import write_ct_series
+from tests.factories.dicom import write_ct_series
 
 
 @dataclass
