@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from services.core.logs import setup_logging
 from services.core.settings import Settings, default_model_dir
@@ -21,7 +22,15 @@ app.add_typer(fpr_app, name="fpr")
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    """Settings from the environment; a refused value ends the command with one line per
+    setting (never the value itself) instead of a traceback."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "NODULEFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"noduleflow: {name}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
     setup_logging(settings.log_level)
     return settings
 

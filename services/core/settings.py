@@ -2,20 +2,94 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "token", "xxx"}
+#: Static API tokens: at least this long, and at least this many bits by the estimate of
+#: :func:`token_weakness` (``openssl rand -hex 32`` gives 64 characters, ~250 bits).
+MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_BITS = 32.0
+#: Words that mark a token as a placeholder or a guessable password, found in the token with
+#: case, separators and common digit-for-letter swaps ignored (``Ch4nge-M3`` is ``changeme``).
+WEAK_TOKEN_WORDS = (
+    "changeme",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "letmein",
+    "admin",
+    "default",
+    "example",
+    "placeholder",
+    "qwerty",
+    "dummy",
+)
+_LEET = str.maketrans("0134578@$", "oieastbas")
 
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _collapse_runs(text: str) -> str:
+    """``text`` with every run of three or more characters that repeat or count up or down
+    by one (``aaaa``, ``1234``, ``fedc``) kept as its first character."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        j = i + 1
+        if j < len(text):
+            step = ord(text[j]) - ord(text[i])
+            if step in (-1, 0, 1):
+                while j + 1 < len(text) and ord(text[j + 1]) - ord(text[j]) == step:
+                    j += 1
+                if j - i >= 2:  # three or more characters: one
+                    out.append(text[i])
+                    i = j + 1
+                    continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def token_bits(token: str) -> float:
+    """A conservative strength estimate in bits: the Shannon entropy of the token's own
+    characters times its length, after runs (``aaaa``, ``1234``) count as one character."""
+    text = _collapse_runs(token)
+    if not text:
+        return 0.0
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c * math.log2(c / n) for c in counts.values())
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too weak for a static API token, or None. The reason never quotes
+    the token."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"shorter than {MIN_TOKEN_LENGTH} characters"
+    folded = re.sub(r"[^a-z]", "", token.lower().translate(_LEET))
+    for word in WEAK_TOKEN_WORDS:
+        if word in folded:
+            return f"contains the placeholder or dictionary word {word!r}"
+    if re.fullmatch(r"(.+?)\1+", token, flags=re.DOTALL):
+        return "repeats a shorter pattern"
+    bits = token_bits(token)
+    if bits < MIN_TOKEN_BITS:
+        return (
+            f"too predictable (about {bits:.0f} bits; repeated or sequential characters count once)"
+        )
+    return None
 
 
 def default_model_dir() -> Path:
@@ -35,7 +109,10 @@ def default_model_dir() -> Path:
 class Settings(BaseSettings):
     """Runtime configuration; built once at start-up and passed down."""
 
-    model_config = SettingsConfigDict(env_prefix="NODULEFLOW_", extra="ignore")
+    # hide_input_in_errors: a refused value (an API token) is never echoed in the error
+    model_config = SettingsConfigDict(
+        env_prefix="NODULEFLOW_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite:///var/noduleflow.db"
     broker_url: str = ""
@@ -48,7 +125,11 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     receiver_processes: int = 0  # 0 = one per CPU, at most 4 (`noduleflow receiver`)
-    max_associations: int = 16
+    max_associations: int = 16  # negotiated associations per SCP process
+    # Connections that have not finished association negotiation (receiver/admission.py):
+    acse_timeout_seconds: float = Field(default=5.0, gt=0)  # closed after this long
+    max_pending_connections: int = Field(default=32, ge=1)  # per SCP process
+    max_connections_per_peer: int = Field(default=16, ge=1)  # per source address and process
     max_pdu_size: int = 131072
     dicom_tls_cert: Path | None = None
     dicom_tls_key: Path | None = None
@@ -87,10 +168,14 @@ class Settings(BaseSettings):
 
     @field_validator("api_tokens")
     @classmethod
-    def _no_placeholder_tokens(cls, value: list[str]) -> list[str]:
-        for token in value:
-            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
-                raise ValueError("API token is a placeholder or shorter than 16 characters")
+    def _strong_tokens(cls, value: list[str]) -> list[str]:
+        for number, token in enumerate(value, start=1):
+            reason = token_weakness(token)
+            if reason is not None:
+                raise ValueError(
+                    f"NODULEFLOW_API_TOKENS: token {number} of {len(value)} is refused: "
+                    f"{reason}. Generate tokens with `openssl rand -hex 32`."
+                )
         return value
 
     @field_validator("ae_title")

@@ -6,6 +6,7 @@ Bound as ``(evt.EVT_C_STORE, handle_store, [store, registry])`` and so on (see
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 from pathlib import Path
@@ -17,7 +18,7 @@ from pynetdicom.events import Event
 from services.receiver import statuses
 from services.receiver.associations import Registry
 from services.receiver.fast.fastpath import release_requested
-from services.receiver.fast.tempfiles import HashingFile, discard
+from services.receiver.fast.tempfiles import NO_SPACE_ERRNOS, HashingFile, discard
 from services.receiver.index import HeaderError, parse_header
 from services.receiver.policy import rejection_reason
 from services.receiver.store import (
@@ -106,6 +107,15 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int 
     handle = getattr(request, "_dataset_file", None)
     path = Path(event.dataset_path)
     if isinstance(handle, HashingFile):
+        if handle.failed:  # not written (full volume, I/O error); the file is gone already
+            state.failed += 1
+            log.warning(
+                "event=instance_refused reason=%s errno=%s calling_aet=%s",
+                "disk-full" if handle.no_space else "storage-error",
+                errno.errorcode.get(handle.error or 0, handle.error),
+                state.calling_aet,
+            )
+            return statuses.OUT_OF_RESOURCES
         if handle.overflow:
             state.failed += 1
             log.warning("event=instance_refused reason=too-large calling_aet=%s", state.calling_aet)
@@ -147,6 +157,13 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int 
         return statuses.OUT_OF_RESOURCES
     except Exception as exc:
         state.failed += 1
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # filled up meanwhile
+            log.warning(
+                "event=instance_refused reason=disk-full errno=%s calling_aet=%s",
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                state.calling_aet,
+            )
+            return statuses.OUT_OF_RESOURCES
         log.error(
             "event=instance_not_stored reason=%s study=%s sop=%s",
             exc.__class__.__name__,

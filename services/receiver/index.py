@@ -107,8 +107,19 @@ def _uid(ds: Source, keyword: str) -> str:
     return value
 
 
+def _present(ds: Source, keyword: str) -> bool:
+    value = ds.get(keyword)
+    return value is not None and str(value).strip("\x00 ") != ""
+
+
 def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
-    """Build a validated header from an already-read data set."""
+    """Build a validated header from an already-read data set.
+
+    A data set with neither SOP Class UID nor SOP Instance UID is not a composite instance
+    at all (bytes that do not decode into one: PS3.4 B.2.3 "Cannot understand"); one that
+    has them but a missing or unsafe UID is a security matter (``bad_uid``)."""
+    if not _present(ds, "SOPClassUID") and not _present(ds, "SOPInstanceUID"):
+        raise HeaderError("not a DICOM data set: no SOP Class or SOP Instance UID")
     header = InstanceHeader(
         sop_class_uid=_uid(ds, "SOPClassUID"),
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),
@@ -157,8 +168,9 @@ def parse_header(
     Raises
     ------
     HeaderError
-        Not DICOM, a UID that is missing or not ``^[0-9]+(\\.[0-9]+)*$`` of at most 64
-        characters, or a data set that contradicts its request.
+        Not DICOM (``bad_uid`` False), a UID that is missing or not
+        ``^[0-9]+(\\.[0-9]+)*$`` of at most 64 characters (``bad_uid`` True), or a data set
+        that contradicts its request (``bad_uid`` False).
     """
     values = read_head(bytes(head)) if head is not None else None
     header: InstanceHeader | None = None
@@ -173,7 +185,12 @@ def parse_header(
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
             raise HeaderError(f"unreadable data set: {exc.__class__.__name__}") from exc
         transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
-        header = header_from_dataset(ds, transfer_syntax)
+        try:
+            header = header_from_dataset(ds, transfer_syntax)
+        except HeaderError:
+            raise
+        except Exception as exc:  # pydicom decodes lazily: damage shows up on access
+            raise HeaderError(f"unreadable data set: {exc.__class__.__name__}") from exc
     if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
         raise HeaderError("SOPInstanceUID differs from the request")
     if sop_class_uid is not None and header.sop_class_uid != sop_class_uid:

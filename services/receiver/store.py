@@ -389,7 +389,11 @@ class InstanceStore:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            shutil.copyfile(source, target)
+            try:
+                shutil.copyfile(source, target)
+            except OSError:
+                target.unlink(missing_ok=True)  # no partial copy in quarantine
+                raise
             source.unlink(missing_ok=True)
         self._fsync_file(target)
         fsync_dir(target.parent)
@@ -434,7 +438,12 @@ class InstanceStore:
                     raise
                 if new and os.path.lexists(target):
                     raise _Occupied(key) from None
-                self.storage.commit(Path(shutil.copy(temp, self.storage.temp_path())), key)
+                copy = self.storage.temp_path()
+                try:
+                    shutil.copy(temp, copy)
+                    self.storage.commit(copy, key)
+                finally:  # a partial copy (full volume) never stays behind
+                    copy.unlink(missing_ok=True)
                 temp.unlink(missing_ok=True)
                 return
             if new:

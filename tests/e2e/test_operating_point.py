@@ -508,7 +508,7 @@ def test_pages_say_no_nodules_found_when_every_candidate_is_under_the_operating_
     product(write_model(tmp_path / "model", OPERATING_POINT), study, pages)
     assert seen == {
         "rads": "1",
-        "nodules": "0",
+        "nodules": "none found",
         "conclusion": "No nodules found.",
         "rows": "0",
     }

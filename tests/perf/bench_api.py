@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TOKEN = "bench-token-0123456789abcdefghij"
+TOKEN = "bench-7f3c9a1e5b8d2f60c4a9e1b7d3f5a8c2"
 TARGET_P95_MS = 50.0
 
 

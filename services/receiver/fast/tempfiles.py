@@ -4,12 +4,16 @@ With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom streams each C-STORE data set to 
 creates with ``tempfile.NamedTemporaryFile``; we hand it :class:`HashingFile` instead, placed
 in the receiver's temporary folder (same file system as storage, so the final move is a
 rename), hashing on the fly and discarding bytes past a cap so a hostile peer cannot fill the
-disk with one instance. Installed (and undone) only through
-:func:`services.receiver.fast.install`, which also sets the folder (:func:`configure`).
+disk with one instance. A full volume (ENOSPC) does not abort the association: the file is
+removed at once and the instance refused with 0xA700 (:class:`HashingFile`). Installed (and
+undone) only through :func:`services.receiver.fast.install`, which also sets the folder
+(:func:`configure`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -28,31 +32,68 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 32 << 10  # kept in memory for the header reader
 
 
+#: errno values of a volume without room: the instance is refused with 0xA700 (PS3.4 B.2.3)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
 class HashingFile:
-    """A write-only file with the parts of ``NamedTemporaryFile`` that pynetdicom uses."""
+    """A write-only file with the parts of ``NamedTemporaryFile`` that pynetdicom uses.
+
+    It never raises into pynetdicom: an ``OSError`` while the file is created or written
+    (ENOSPC, EDQUOT, EIO…) would abort the association from pynetdicom's reader thread.
+    Instead the file is closed and deleted at once (the space goes back to the volume), the
+    rest of the data set is discarded as it arrives, and :attr:`error` tells the C-STORE
+    handler to answer 0xA700 on an association that stays usable.
+    """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
-        fd, name = _mkstemp(directory)
-        self._fd = fd
-        self.name = name
+        self.name = str(directory / f"{os.urandom(8).hex()}.part")
+        self._fd = -1
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.max_bytes = max_bytes
         self.size = 0
         self.overflow = False
+        self.error: int | None = None  # errno of the failure that ended writing
         self._sha = hashlib.sha256()
         self.head = bytearray()
+        try:
+            self._fd, self.name = _mkstemp(directory)
+        except OSError as exc:
+            self._failed(exc)
+
+    @property
+    def failed(self) -> bool:
+        """Writing failed: nothing of this data set is on disk."""
+        return self.error is not None
+
+    @property
+    def no_space(self) -> bool:
+        """It failed because the volume (or the quota) is full."""
+        return self.error in NO_SPACE_ERRNOS
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc.errno if exc.errno is not None else errno.EIO
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
-        if self.overflow or self.size + n > self.max_bytes:
-            self.overflow = True
+        if self.failed or self.overflow:
             return n  # discard: the handler refuses the instance
+        if self.size + n > self.max_bytes:
+            self.overflow = True
+            return n
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._failed(exc)
+            return n
         self._sha.update(data)
         self.size += n
         return n
@@ -62,8 +103,9 @@ class HashingFile:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @property
     def closed(self) -> bool:

@@ -63,13 +63,25 @@ def clean_text(value: object, max_len: int) -> str:
 
 
 def clean_person_name(value: object) -> str:
-    """A PN value: at most three component groups of five components, 64 chars each."""
+    """A PN value: at most three component groups of five components, 64 chars each.
+
+    A name without any ``^`` is a family name alone (``DOE JOHN``); it gets the trailing
+    caret PS3.5 6.2.1.2 allows (``DOE JOHN^``, the same name), which also keeps highdicom
+    from warning about it, a warning that would quote the name.
+    """
     groups = str(value).split("=")[:3]
     cleaned = []
     for group in groups:
         parts = [clean_text(part, 64) for part in group.split("^")[:5]]
         cleaned.append("^".join(parts).rstrip("^")[:64])
-    return "=".join(cleaned).rstrip("=")
+    while cleaned and not cleaned[-1]:
+        cleaned.pop()
+    if not any("^" in group for group in cleaned):
+        for i, group in enumerate(cleaned):
+            if group:  # the first group with a name: it has one component
+                cleaned[i] = group[:63] + "^"
+                break
+    return "=".join(cleaned)
 
 
 def _clean_value(keyword: str, vr: str, max_len: int, value: object) -> object | None:

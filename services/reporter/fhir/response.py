@@ -35,9 +35,11 @@ def resource_response(resource: Resource | dict[str, Any] | bytes) -> Response:
     return FhirResponse(body)
 
 
-def fhir_base(request: Request, settings: Settings) -> str:
-    base = settings.public_base_url or str(request.base_url)
-    return base.rstrip("/") + "/fhir"
+def fhir_base(settings: Settings) -> str:
+    """Absolute base of every FHIR link and ``fullUrl``: ``PUBLIC_BASE_URL``, else the
+    configured ``http://API_HOST:API_PORT``. Never the request's Host header, which the
+    client chooses (a forged one would plant its own URLs in our Bundles)."""
+    return settings.base_url.rstrip("/") + "/fhir"
 
 
 def parse_request(request: Request, resource_type: str, spec: Spec) -> Search:
@@ -54,7 +56,6 @@ def _link(base: str, search: Search, offset: int) -> str:
 
 
 def searchset(
-    request: Request,
     settings: Settings,
     search: Search,
     total: int,
@@ -65,7 +66,7 @@ def searchset(
 
     ``matches``/``includes`` are ``(resource type, id, encoded resource)``.
     """
-    base = fhir_base(request, settings)
+    base = fhir_base(settings)
     links = [
         {"relation": "self", "url": _link(base, search, search.offset)},
         {"relation": "first", "url": _link(base, search, 0)},

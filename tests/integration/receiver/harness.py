@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from services.core.broker import Broker
@@ -40,6 +44,43 @@ def running_receiver(settings: Settings, db: Database, broker: Broker) -> Iterat
         yield receiver
     finally:
         receiver.stop()
+
+
+@contextmanager
+def receiver_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``noduleflow receiver`` (the supervisor and its SCP processes) with ``env``, output
+    appended to ``log``; SIGTERM on exit (SIGKILL to the group if it does not stop)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "receiver"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def echo_ok(port: int, timeout: float = 5) -> bool:
+    """One C-ECHO on a new association: answered 0x0000."""
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool("Status" in status and status.Status == 0)
 
 
 def storescu(

@@ -5,50 +5,24 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pika
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from services.core.broker import Topology
 from services.core.db import Database, Instance, Job, OutboxMessage, Study
 from services.core.messages import STUDY_READY
 from tests.factories.dicom import write_ct_series
-from tests.integration.receiver.harness import storescu, wait_for
+from tests.integration.receiver.harness import echo_ok, receiver_process, storescu, wait_for
 from tests.services import free_port, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@contextmanager
-def receiver_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "receiver"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def _send_recording(port: int, paths: list[Path], ok: list[str], stop: threading.Event) -> None:
@@ -133,18 +107,6 @@ def test_sigkill_mid_study_then_restart(
     conn.close()
     assert depth == 1
     db.dispose()
-
-
-def echo_ok(port: int) -> bool:
-    ae = AE(ae_title="PACS")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool("Status" in status and status.Status == 0)
 
 
 def _jobs(db: Database) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -16,6 +18,7 @@ from services.core import audit
 from services.core.broker import InProcessBroker
 from services.core.db import AuditEvent, Database, Instance
 from services.receiver import statuses
+from services.receiver.fast.fastpath import encode_file_meta
 from tests.factories.dicom import ct_slice
 from tests.integration.receiver.harness import receiver_settings, running_receiver
 from tests.services import require_tool
@@ -139,3 +142,37 @@ def test_hostile_sop_instance_uids_from_storescu(
     assert "Success" not in log
     assert not [p for p in settings.storage_dir.rglob("*") if p.is_file()]
     assert not (tmp_path / "canary").exists() and not (tmp_path / "x").exists()
+
+
+def test_unparseable_data_sets_cannot_be_understood(
+    tmp_path: Path, db: Database, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that are not a DICOM data set answer 0xC000 (Error: Cannot understand, PS3.4
+    B.2.3), as the conformance statement says; 0xA900 (Data Set does not match SOP Class)
+    stays for a parsed data set whose UIDs are missing or unsafe."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the bytes as they are
+    meta = encode_file_meta(CTImageStorage, "1.2.3.4.5.6", ExplicitVRLittleEndian)
+    bodies = [
+        random.Random(7).randbytes(4096),
+        b"this is not a DICOM data set, just some text " * 40,
+        b"\x00" * 2048,
+    ]
+    files = []
+    for i, body in enumerate(bodies):
+        files.append(tmp_path / f"junk{i}.dcm")
+        files[-1].write_bytes(b"\x00" * 128 + b"DICM" + meta + body)
+    no_study = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=0, rows=8, cols=8)
+    del no_study.StudyInstanceUID  # parsed, but a UID is missing
+    settings = receiver_settings(tmp_path / "node", sqlite_url)
+    with running_receiver(settings, db, InProcessBroker()) as receiver:
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="NODULEFLOW")
+        assert assoc.is_established
+        seen = [int(assoc.send_c_store(path).Status) for path in files]
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+        seen.append(int(assoc.send_c_store(no_study).Status))
+        assoc.release()
+    assert seen == [statuses.CANNOT_UNDERSTAND] * len(bodies) + [statuses.DATASET_MISMATCH]
+    assert len(_alerts(db)) == 1  # only the missing UID is a security alert
+    assert not [p for p in settings.storage_dir.rglob("*") if p.is_file()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,33 @@ def test_association_limit_and_garbage(tmp_path: Path, db: Database, sqlite_url:
                 raw.sendall(payload)
         assert _echo(port, None)
         assert receiver.scp.server is not None
+
+
+def test_silent_tls_peers_do_not_stall_the_listener(
+    tmp_path: Path, db: Database, sqlite_url: str
+) -> None:
+    """A TLS handshake happens in the connection's own thread within the ACSE timeout: peers
+    that connect and never send a ClientHello neither block the accepting thread nor stay."""
+    pki = _pki(tmp_path / "pki")
+    settings = receiver_settings(
+        tmp_path,
+        sqlite_url,
+        dicom_tls_cert=pki["server.pem"],
+        dicom_tls_key=pki["server.key"],
+        dicom_tls_ca=pki["ca.pem"],
+        acse_timeout_seconds=2.0,
+    )
+    with running_receiver(settings, db, InProcessBroker()) as receiver:
+        port = receiver.port
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert _echo(port, _client(pki, cert=True, version=ssl.TLSVersion.TLSv1_3))
+            assert time.monotonic() - started < 2.0
+            for sock in silent:  # ended by the receiver after the ACSE timeout
+                sock.settimeout(5)
+                assert sock.recv(1) == b""
+        finally:
+            for sock in silent:
+                sock.close()

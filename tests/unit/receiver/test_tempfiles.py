@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 from services.receiver.fast.tempfiles import HashingFile, clean, discard
 
@@ -32,3 +35,31 @@ def test_discard_and_clean(tmp_path: Path) -> None:
     assert clean(tmp_path, older_than=600) == 1
     assert new.exists() and not old.exists()
     assert clean(tmp_path) == 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
+def test_a_failed_write_removes_the_file_and_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """pynetdicom writes from its reader thread, where an exception aborts the association:
+    the file is removed at once, later chunks are dropped, and the handler is told why."""
+    handle = HashingFile(tmp_path, max_bytes=1 << 20)
+    assert handle.write(b"preamble") == 8
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", full)
+    assert handle.write(b"x" * 1000) == 1000
+    monkeypatch.undo()
+    assert handle.write(b"more") == 4  # discarded, not written
+    assert handle.failed and handle.no_space is (code != errno.EIO)
+    assert not list(tmp_path.iterdir()) and handle.closed
+
+
+def test_a_file_that_cannot_be_created_fails_quietly(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"  # e.g. no inode left: the file is never created
+    handle = HashingFile(missing, max_bytes=100)
+    assert handle.write(b"data") == 4
+    assert handle.failed and not handle.no_space and handle.name.endswith(".part")
+    discard(handle)  # what the connection-close handler does: nothing to remove

@@ -270,3 +270,19 @@ def test_search_statement_count_does_not_grow_with_results(
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
     assert sizes[0] == sizes[1] and sizes[2] == sizes[3], sizes
+
+
+def test_links_never_echo_the_host_header(client: TestClient, seeded, settings: Settings) -> None:
+    """Without PUBLIC_BASE_URL, links use the configured API address, not the Host header
+    (a forged Host would otherwise plant its own URLs in every Bundle and CapabilityStatement)."""
+    assert not settings.public_base_url
+    hostile = {"Host": "evil.example:666", "X-Forwarded-Host": "evil.example"}
+    expected = f"http://{settings.api_host}:{settings.api_port}/fhir"
+    bundle = client.get("/fhir/DiagnosticReport?_count=1", headers=hostile).json()
+    urls = [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]
+    assert urls and all(url.startswith(expected + "/") for url in urls), urls
+    observations = client.get("/fhir/Observation?_count=1", headers=hostile).text
+    metadata = client.get("/fhir/metadata", headers=hostile).text
+    for body in (str(bundle), observations, metadata):
+        assert "evil.example" not in body
+    assert expected in metadata

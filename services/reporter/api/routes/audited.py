@@ -63,4 +63,4 @@ def searchset(
     """Audit the FHIR search ``query`` and answer it with a searchset Bundle of
     ``matches`` and ``includes`` (:func:`services.reporter.fhir.response.searchset`)."""
     search(request, session, who, query.resource_type, query.names, total)
-    return bundle(request, settings, query, total, matches, includes)
+    return bundle(settings, query, total, matches, includes)

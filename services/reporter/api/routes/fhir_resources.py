@@ -49,10 +49,8 @@ def _capability(base: str, auth_open: bool, day: str) -> bytes:
 
 
 @router.get("/metadata", response_class=FhirResponse)
-def metadata(request: Request, settings: SettingsDep, state: StateDep) -> Response:
-    body = _capability(
-        fhir_base(request, settings), state.authenticator.open, utcnow().date().isoformat()
-    )
+def metadata(settings: SettingsDep, state: StateDep) -> Response:
+    body = _capability(fhir_base(settings), state.authenticator.open, utcnow().date().isoformat())
     return resource_response(body)
 
 

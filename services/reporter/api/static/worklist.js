@@ -20,6 +20,7 @@
       el("td", {}, NF.rads(item.lung_rads)),
       el("td", { class: "num", text: item.largest_mm == null ? "" : item.largest_mm.toFixed(1) + " mm" }),
       el("td", { class: "num", text: item.nodules == null ? ""
+        : item.nodules === 0 ? "none found"
         : String(item.nodules) + (item.masses ? ` (${item.masses} mass${item.masses > 1 ? "es" : ""})` : "") }),
       el("td", {}, link, el("div", { class: "muted small", text: item.patient_id || "" })),
       el("td", { text: item.accession_number || "" }),
