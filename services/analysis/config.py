@@ -27,6 +27,9 @@ class AnalysisConfig:
 
     #: stage one: voxels at or above this probability form candidates
     threshold: float = DEFAULT_THRESHOLD
+    #: the network's own boundary, on which candidates found at a lower threshold are
+    #: measured (None: measured at ``threshold``)
+    measure_threshold: float | None = None
     #: logistic rescoring of candidate features (used when there is no second stage)
     rescorer: Rescorer | None = None
     #: diameter calibration of the reported axes
@@ -52,13 +55,16 @@ def config_from_manifest(manifest: Any, stage2: Stage2 | None = None) -> Analysi
     second = manifest.stage2
     floor = 0.0
     threshold = float(manifest.threshold)
+    measure: float | None = None
     if second is not None:
         floor = float(second.report_min_confidence)
+        measure = threshold
         threshold = float(second.candidate_threshold)
     elif isinstance(rescoring, dict):
         floor = float(rescoring.get("report_min_confidence", 0.0))
     return AnalysisConfig(
         threshold=threshold,
+        measure_threshold=measure,
         rescorer=Rescorer.from_dict(rescoring) if isinstance(rescoring, dict) else None,
         size=SizeCalibration.from_dict(sizecal) if isinstance(sizecal, dict) else None,
         stage2=stage2,

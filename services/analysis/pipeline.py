@@ -141,6 +141,7 @@ def analyze_volume(
         lateral=lungs.lateral,
         rescore=config.rescorer if config.stage2 is None else None,
         size=config.size,
+        measure_threshold=config.measure_threshold,
     )
     del prob
     if config.stage2 is not None:

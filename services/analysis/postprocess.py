@@ -179,6 +179,28 @@ def measure_component(
     )
 
 
+def _tighter(
+    mask: NDArray[np.bool_],
+    prob: NDArray[np.floating],
+    origin: tuple[int, int, int],
+    level: float,
+) -> tuple[NDArray[np.bool_], NDArray[np.floating], tuple[int, int, int]]:
+    """The part of a component at or above ``level``, cropped to its own box."""
+    inner = mask & (prob >= level)
+    if int(inner.sum()) < MIN_VOXELS:
+        return mask, prob, origin
+    labels, count = ndimage.label(inner, _FULL)
+    if count > 1:  # keep the largest part: one candidate stays one finding
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        inner = labels == int(np.argmax(sizes))
+    where = np.argwhere(inner)
+    lo, hi = where.min(axis=0), where.max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    moved = (origin[0] + int(lo[0]), origin[1] + int(lo[1]), origin[2] + int(lo[2]))
+    return inner[box], prob[box], moved
+
+
 def findings_from_probability(
     prob: NDArray[np.floating],
     volume: Volume,
@@ -190,8 +212,14 @@ def findings_from_probability(
     lateral: Callable[[int, float], float] | None = None,
     rescore: Callable[[Mapping[str, float]], float] | None = None,
     size: SizeCalibration | None = None,
+    measure_threshold: float | None = None,
 ) -> list[FindingResult]:
     """Findings from a probability map covering ``volume.hu`` from voxel ``offset`` on.
+
+    Components are found at ``threshold``; with a higher ``measure_threshold`` (the
+    network's calibrated boundary, when candidates are found at a lower, recall-first
+    threshold) each is measured on its voxels at or above that one, as long as they make
+    at least ``MIN_VOXELS``.
 
     Components (26-connected) smaller than ``MIN_DIAMETER_MM`` equivalent diameter are
     dropped, and so are those with less than ``MIN_LUNG_OVERLAP`` of their voxels in the
@@ -235,6 +263,8 @@ def findings_from_probability(
                 log.info("event=component_outside_lung voxels=%d", voxels)
                 continue
         prob_box = prob[tuple(slice(lo, lo + n) for lo, n in zip(local, mask.shape, strict=True))]
+        if measure_threshold is not None and measure_threshold > threshold:
+            mask, prob_box, origin = _tighter(mask, prob_box, origin, measure_threshold)
         found = measure_component(mask, prob_box, volume, origin, lung, lateral, size)
         if rescore is not None:
             found = dataclasses.replace(found, confidence=round(rescore(found.features), 4))

@@ -91,7 +91,12 @@ def stage_one(engine: Any, volume: Volume, threshold: float = CANDIDATE_THRESHOL
 
     saved = engine.config
     engine.config = dataclasses.replace(
-        saved, threshold=threshold, rescorer=None, stage2=None, masses=None
+        saved,
+        threshold=threshold,
+        measure_threshold=max(threshold, float(engine.manifest.threshold)),
+        rescorer=None,
+        stage2=None,
+        masses=None,
     )
     try:
         return analyze_volume(volume, engine, all_candidates=True)
