@@ -40,6 +40,8 @@ class AnalysisConfig:
     masses: MassSpec | None = None
     #: the operating point: a candidate under this confidence is not reported anywhere
     report_min_confidence: float = 0.0
+    #: a second stage-one pass on a smoothed copy of noisy series (``analysis/denoise.py``)
+    denoise_pass: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -70,4 +72,5 @@ def config_from_manifest(manifest: Any, stage2: Stage2 | None = None) -> Analysi
         stage2=stage2,
         masses=manifest.masses,
         report_min_confidence=floor,
+        denoise_pass=bool(manifest.denoise_pass),
     )

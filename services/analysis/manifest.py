@@ -75,6 +75,8 @@ class ModelManifest(BaseModel):
     stage2: Stage2Spec | None = None
     #: the mass pass (:class:`services.analysis.config.MassSpec`); absent: no masses
     masses: MassSpec | None = None
+    #: a second stage-one pass on a smoothed copy of noisy series (``analysis/denoise.py``)
+    denoise_pass: bool = False
 
     @field_validator("spacing_mm")
     @classmethod

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.analysis.config import AnalysisConfig
+from services.analysis.denoise import NOISE_SD_HU, lung_noise_sd, smoothed
 from services.analysis.dicom_io import read_headers
 from services.analysis.errors import AnalysisError
 from services.analysis.findings import FindingResult
@@ -125,12 +126,19 @@ def analyze_volume(
     if progress is not None:
         progress("crop", 1.0)
     step = None if progress is None else (lambda f: progress("inference", f))
+    config = engine.config
     prob = engine.probability(crop, volume.spacing, progress=step)
+    if config.denoise_pass:
+        noise = lung_noise_sd(crop, volume.spacing)
+        if noise > NOISE_SD_HU:
+            log.info("event=denoise_pass noise_sd_hu=%.1f", noise)
+            quiet = engine.probability(smoothed(crop, volume.spacing), volume.spacing)
+            np.maximum(prob, quiet, out=prob)
+            del quiet
     t2 = time.perf_counter()
     timings["inference"] = t2 - t1
     if prob.shape != tuple(b.stop - b.start for b in box):
         raise RuntimeError(f"model returned shape {prob.shape} for a crop of {box}")
-    config = engine.config
     candidates = findings_from_probability(
         prob,
         volume,

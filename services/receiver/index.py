@@ -119,7 +119,7 @@ def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
     at all (bytes that do not decode into one: PS3.4 B.2.3 "Cannot understand"); one that
     has them but a missing or unsafe UID is a security matter (``bad_uid``)."""
     if not _present(ds, "SOPClassUID") and not _present(ds, "SOPInstanceUID"):
-        raise HeaderError("not a DICOM data set: no SOP Class or SOP Instance UID")
+        raise HeaderError("not a DICOM data set")  # no SOP Class UID, no SOP Instance UID
     header = InstanceHeader(
         sop_class_uid=_uid(ds, "SOPClassUID"),
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),

@@ -77,6 +77,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         db = Database(self.settings.database_url)
+        if not db.wait_until_available(self.stop_event):  # stopped while the database was away
+            db.dispose()
+            self.board.close()
+            os.close(self.board_fd)
+            log.info("event=receiver_stopped")
+            return
         db.upgrade()
         broker = make_broker(self.settings.broker_url, self.settings.broker_prefix)
         relay = Relay(db, broker)

@@ -162,14 +162,25 @@ class ReceiverServer(ThreadedAssociationServer):
 
     def requested(self, event: Any) -> None:
         """EVT_REQUESTED: the A-ASSOCIATE-RQ is in. Take an association slot, or refuse
-        (rejected transient, local limit exceeded: PS3.8 9.3.4) when none is free."""
+        (rejected transient, local limit exceeded: PS3.8 9.3.4) when none is free. A request
+        pynetdicom is about to reject for its AE titles takes no slot (it stays pending
+        until it is closed)."""
         sock = self._sockets.get(event.assoc)
-        if sock is None or self.admission.negotiate(sock):
+        if sock is None or not self._titles_allowed(event.assoc):
+            return
+        if self.admission.negotiate(sock):
             return
         acse = event.assoc.acse
         acse.send_reject(0x02, 0x03, 0x02)
         evt.trigger(event.assoc, evt.EVT_REJECTED, {})
         event.assoc.kill()
+
+    def _titles_allowed(self, assoc: Any) -> bool:
+        primitive = assoc.requestor.primitive
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        allowed = [str(aet).strip() for aet in self.ae.require_calling_aet]
+        return called == str(self.ae_title).strip() and (not allowed or calling in allowed)
 
     def closed(self, event: Any) -> None:
         """EVT_CONN_CLOSE: the connection's slot (pending or negotiated) is free."""

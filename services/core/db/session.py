@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,9 +11,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from services.core.backoff import Backoff
+from services.core.errors import is_db_unavailable
+
+log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -59,6 +66,34 @@ class Database:
 
     def upgrade(self) -> None:
         upgrade(self.url, engine=self.engine)
+
+    def wait_until_available(
+        self, stop: threading.Event, *, first: float = 1.0, cap: float = 30.0
+    ) -> bool:
+        """Block until the database answers (``core.backoff``: ``first`` s doubling up to
+        ``cap``), logging one line per failed attempt; False when ``stop`` is set first.
+        Errors other than unavailability (a wrong URL scheme, a bad password) are raised."""
+        backoff = Backoff(first, cap)
+        while not stop.is_set():
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+            except Exception as exc:
+                if not is_db_unavailable(exc):
+                    raise
+                delay = backoff.failed()
+                log.warning(
+                    "event=database_unavailable attempt=%d retry_in=%.1fs error=%s",
+                    backoff.failures,
+                    delay,
+                    type(getattr(exc, "orig", None) or exc).__name__,
+                )
+                stop.wait(delay)
+                continue
+            if backoff.failures:
+                log.info("event=database_available after_attempts=%d", backoff.failures)
+            return True
+        return False
 
     def dispose(self) -> None:
         self.engine.dispose()

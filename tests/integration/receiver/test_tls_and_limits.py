@@ -138,6 +138,9 @@ def test_association_limit_and_garbage(tmp_path: Path, db: Database, sqlite_url:
         rj = extra.acceptor.primitive
         assert rj is not None
         assert (rj.result_source, rj.diagnostic) == (0x03, 0x02)  # local limit exceeded
+        wrong = ae.associate("127.0.0.1", port, ae_title="WRONG")  # takes no slot either
+        assert wrong.is_rejected and wrong.acceptor.primitive is not None
+        assert wrong.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
         for assoc in held:
             assoc.release()
         server = receiver.scp.server
