@@ -5,9 +5,10 @@ Stage one learned the noise of its training phantoms. On a sharp reconstruction 
 the same scan's standard reconstruction shows (measured on Lung-PET-CT-Dx A0001: kernel L
 missed a 10 mm sub-solid lesion that kernel B showed; an in-plane Gaussian of 0.8 mm
 recovered it). When the noise in the aerated lung is above ``NOISE_SD_HU``, the network runs
-once more on the crop smoothed in-plane by ``SIGMA_MM`` and the two probability maps are
-merged by their maximum: a candidate either pass sees goes to the second stage, which
-decides. Quiet series pay nothing.
+once more on the crop smoothed in-plane by ``SIGMA_MM``, and the components that only this
+pass finds are added to the first pass's map (:func:`added_from`): what the first pass found
+keeps its own boundary and measurements, and every added candidate goes to the second
+stage, which decides. Quiet series pay nothing.
 """
 
 from __future__ import annotations
@@ -43,3 +44,16 @@ def smoothed(hu: NDArray[np.floating], spacing: Spacing) -> NDArray[np.float32]:
     """``hu`` smoothed in-plane by ``SIGMA_MM`` (slices kept apart)."""
     sigma = (0.0, SIGMA_MM / spacing[1], SIGMA_MM / spacing[2])
     return np.asarray(ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma))
+
+
+def added_from(prob: NDArray[np.float32], quiet: NDArray[np.float32], threshold: float) -> int:
+    """Copy into ``prob`` (in place) the components of ``quiet`` at ``threshold`` that no
+    voxel of ``prob`` at ``threshold`` touches; returns how many were added."""
+    labels, count = ndimage.label(quiet >= threshold)
+    if not count:
+        return 0
+    seen = np.bincount(labels[prob >= threshold], minlength=count + 1) > 0
+    seen[0] = True
+    new = ~seen[labels]
+    prob[new] = quiet[new]
+    return int((~seen).sum())

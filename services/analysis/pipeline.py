@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.analysis.config import AnalysisConfig
-from services.analysis.denoise import NOISE_SD_HU, lung_noise_sd, smoothed
+from services.analysis.denoise import NOISE_SD_HU, added_from, lung_noise_sd, smoothed
 from services.analysis.dicom_io import read_headers
 from services.analysis.errors import AnalysisError
 from services.analysis.findings import FindingResult
@@ -133,7 +133,7 @@ def analyze_volume(
         if noise > NOISE_SD_HU:
             log.info("event=denoise_pass noise_sd_hu=%.1f", noise)
             quiet = engine.probability(smoothed(crop, volume.spacing), volume.spacing)
-            np.maximum(prob, quiet, out=prob)
+            added_from(prob, quiet, config.threshold)
             del quiet
     t2 = time.perf_counter()
     timings["inference"] = t2 - t1

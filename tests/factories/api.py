@@ -231,13 +231,14 @@ def seed_reports(session: Session) -> dict[str, Made]:
 
 
 @contextmanager
-def running_api(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+def running_api(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on ``port`` (default: a free loopback port) in a thread;
+    yields the base URL."""
     import uvicorn
 
     from tests.services import free_port, wait_port
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, server_header=False
     )

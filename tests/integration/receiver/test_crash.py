@@ -27,7 +27,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _send_recording(port: int, paths: list[Path], ok: list[str], stop: threading.Event) -> None:
     """pynetdicom SCU that records every SOP Instance UID answered with 0x0000."""
+    previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        _send_paths(port, paths, ok, stop)
+    finally:  # a pynetdicom global: later tests in this process send in-memory data sets
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def _send_paths(port: int, paths: list[Path], ok: list[str], stop: threading.Event) -> None:
     ae = AE(ae_title="PACS")
     ae.dimse_timeout = ae.network_timeout = 5  # the receiver is killed under it
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")

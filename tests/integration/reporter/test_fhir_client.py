@@ -14,6 +14,7 @@ from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.api.app import create_app
 from tests.factories.api import Made, finding_spec, make_job, make_study, running_api, seed_reports
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 TOKEN = "integration-token-0123456789abcdef"
@@ -35,8 +36,16 @@ def smart(pg_db: Database, settings: Settings) -> Iterator[tuple[fhir_client.FHI
         for version in range(1, 8):  # seven reports of one patient: exercises paging
             make_job(session, many, version=version, findings=[finding_spec()])
         seeded["many"] = Made(study=many, job=None, findings=[])  # type: ignore[arg-type]
-    configured = settings.model_copy(update={"database_url": pg_db.url, "api_tokens": [TOKEN]})
-    with running_api(create_app(configured, pg_db)) as base:
+    # the API's links name its configured public URL, never the request's Host header
+    port = free_port()
+    configured = settings.model_copy(
+        update={
+            "database_url": pg_db.url,
+            "api_tokens": [TOKEN],
+            "public_base_url": f"http://127.0.0.1:{port}",
+        }
+    )
+    with running_api(create_app(configured, pg_db), port) as base:
         smart = fhir_client.FHIRClient(settings={"app_id": "nf-test", "api_base": f"{base}/fhir"})
         smart.server.session.headers["Authorization"] = f"Bearer {TOKEN}"
         yield smart, seeded
