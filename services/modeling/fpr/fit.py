@@ -89,6 +89,19 @@ def fit(logits_of: Any, shards: Sequence[Shard], per_scan: float = FP_PER_SCAN) 
     return Fitted(calibration, floor, metrics)
 
 
+def stage2_tag(data: dict[str, Any]) -> str:
+    """8 hex digits of everything after stage one that changes what is reported: the second
+    stage's network and calibration, its operating point, the mass pass, the denoised pass."""
+    parts = [
+        data["stage2"]["file"]["sha256"],
+        data["stage2"]["calibration"],
+        data["stage2"]["report_min_confidence"],
+        data.get("masses"),
+        data.get("denoise_pass", False),
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def install(
     model_dir: Path, onnx_bytes: bytes, fitted: Fitted, *, masses: dict[str, Any] | None
 ) -> str:
@@ -115,9 +128,7 @@ def install(
     }
     if masses is not None:
         data["masses"] = masses
-    tag = hashlib.sha256(
-        (digest + json.dumps([data["stage2"]["calibration"], data.get("masses")])).encode()
-    ).hexdigest()[:8]
+    tag = stage2_tag(data)
     base = str(data["version"]).split(".s", 1)[0]
     data["version"] = f"{base}.s{tag}"
     ModelManifest.model_validate(data)
