@@ -2,47 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from services.analysis.lungrads import rank
 from services.core.contracts import Finding
 
 
-@dataclass(frozen=True)
-class FindingResult:
-    """One nodule: position, size, composition, confidence and its voxel mask.
+class FindingResult(Finding):
+    """The contract's :class:`~services.core.contracts.Finding` plus what only the analysis
+    and the DICOM builders need: where it is in the volume and its voxel mask.
 
     ``bbox`` is half-open ``(k0, j0, i0, k1, j1, i1)`` in the assembled volume and ``mask``
     is bool of the bbox's shape; ``source_sop_uids`` are the SOP Instance UIDs of slices
-    ``k0 .. k1-1``. ``solid_diameter_mm`` is the mean diameter of the solid component
-    (equal to ``diameter_mm`` for solid nodules, 0 for pure ground glass); it decides the
-    Lung-RADS category of part-solid nodules and is not part of ``to_dict``.
+    ``k0 .. k1-1``; ``features`` are the candidate features
+    (``services.analysis.rescore.FEATURES``). None of them is part of the contract.
     """
 
-    center_mm: tuple[float, float, float]
-    diameter_mm: float
-    long_axis_mm: float
-    short_axis_mm: float
-    volume_mm3: float
-    mean_hu: float
-    kind: str
-    confidence: float
-    lung_rads: str
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     bbox: tuple[int, int, int, int, int, int]
-    mask: np.ndarray = field(repr=False, compare=False)
+    mask: np.ndarray = Field(repr=False, exclude=True)
     source_sop_uids: tuple[str, ...] = ()
-    solid_diameter_mm: float = 0.0
-    #: candidate features (``services.analysis.rescore.FEATURES``); not part of ``to_dict``
-    features: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
-    #: "nodule" (up to 30 mm) or "mass" (larger, found by the mass pass)
-    finding_type: str = "nodule"
+    features: dict[str, float] = Field(default_factory=dict, repr=False)
+
+    def replace(self, **changes: Any) -> FindingResult:
+        """A copy with ``changes`` (the fields are frozen)."""
+        return self.model_copy(update=changes)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the contract fields and the box are (masks and features not compared)."""
+        if not isinstance(other, FindingResult):
+            return NotImplemented
+        return self.to_contract() == other.to_contract() and self.bbox == other.bbox
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_contract(self) -> Finding:
         """The finding as the services exchange it (:class:`services.core.contracts.Finding`)."""
-        return Finding.model_validate(self, from_attributes=True)
+        return Finding.model_validate(self.model_dump(include=set(Finding.model_fields)))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``analyze --json`` item: the contract's fields, rounded (no mask, no bbox)."""

@@ -11,7 +11,6 @@ inside a mass or touching it (its fringe, split off by the first pass) are dropp
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -74,8 +73,7 @@ def as_mass(finding: FindingResult, volume: Volume) -> FindingResult:
     hu = volume.hu[k0:k1, j0:j1, i0:i1][finding.mask]
     solid = float((hu >= SOLID_HU).mean()) if hu.size else 0.0
     kind = "solid" if solid >= SOLID_SHARE else "part-solid"
-    return dataclasses.replace(
-        finding,
+    return finding.replace(
         kind=kind,
         finding_type="mass",
         lung_rads=MASS_CATEGORY,

@@ -19,7 +19,6 @@ when the model carries a candidate rescoring, that rescoring's probability
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -267,7 +266,7 @@ def findings_from_probability(
             mask, prob_box, origin = _tighter(mask, prob_box, origin, measure_threshold)
         found = measure_component(mask, prob_box, volume, origin, lung, lateral, size)
         if rescore is not None:
-            found = dataclasses.replace(found, confidence=round(rescore(found.features), 4))
+            found = found.replace(confidence=round(rescore(found.features), 4))
         results.append(found)
     ordered = suspicion_order(results)
     if len(ordered) > MAX_FINDINGS:

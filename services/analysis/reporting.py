@@ -7,7 +7,6 @@ this returns.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -27,10 +26,7 @@ def rescored(
     centers = volume.lps_to_index(np.asarray([c.center_mm for c in candidates]))
     scores = stage2.score(volume.hu, volume.spacing, centers)
     return suspicion_order(
-        [
-            dataclasses.replace(c, confidence=round(float(p), 4))
-            for c, p in zip(candidates, scores, strict=True)
-        ]
+        [c.replace(confidence=round(float(p), 4)) for c, p in zip(candidates, scores, strict=True)]
     )
 
 

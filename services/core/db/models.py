@@ -231,7 +231,8 @@ class Finding(Base):
             center_x=x,
             center_y=y,
             center_z=z,
-            **finding.model_dump(exclude={"center_mm"}),
+            # the contract's fields only (a subclass may carry masks and boxes)
+            **finding.model_dump(include=set(contracts.Finding.model_fields) - {"center_mm"}),
             mask_bbox={"bbox": bbox, "shape": mask_shape},
             mask=mask,
             source_sop_uids={"uids": source_sop_uids},

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -40,7 +38,7 @@ def _finding(diameter: float, confidence: float, **kw: object) -> FindingResult:
         bbox=(0, 0, 0, 2, 2, 2),
         mask=np.ones((2, 2, 2), dtype=bool),
     )
-    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+    return base.replace(**kw)
 
 
 def test_platt_fit_recovers_a_known_calibration() -> None:
