@@ -14,7 +14,6 @@ continues from it, so a long training can span several sittings.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Sequence
@@ -181,20 +180,7 @@ def load_checkpoint(path: Path) -> PatchNet:
 def to_onnx(net: PatchNet, opset: int = 17) -> bytes:
     """The network as ONNX: input ``patch`` (n, 2, P, P, P), output ``logit`` (n,)."""
     from services.analysis.patches import PATCH, SCALES_MM
+    from services.modeling.training.export import traced
 
-    net = net.eval().to("cpu", torch.float32)
     example = torch.zeros(2, len(SCALES_MM), PATCH, PATCH, PATCH)
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (example,),
-            buffer,  # type: ignore[arg-type]
-            opset_version=opset,
-            input_names=["patch"],
-            output_names=["logit"],
-            dynamic_axes={"patch": {0: "n"}, "logit": {0: "n"}},
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return buffer.getvalue()
+    return traced(net, example, ("patch", "logit"), {0: "n"}, opset=opset)

@@ -23,11 +23,17 @@ OPSET = 17
 NAME = "noduleflow-nodule-seg"
 
 
-def to_onnx(net: UNet3D, *, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace ``net`` (eval mode, CPU, fp32) into an ONNX model with dynamic spatial axes."""
+def traced(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    names: tuple[str, str],
+    dynamic: dict[int, str],
+    *,
+    opset: int = OPSET,
+) -> bytes:
+    """``net`` (eval mode, CPU, fp32) traced to ONNX bytes: one input and one output named
+    ``names``, both with the ``dynamic`` axes; checked by the ONNX checker."""
     net = net.eval().to("cpu", torch.float32)
-    m = net.multiple
-    example = torch.zeros(1, 1, 4 * m, 4 * m, 4 * m)
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
@@ -35,15 +41,22 @@ def to_onnx(net: UNet3D, *, opset: int = OPSET) -> onnx.ModelProto:
             (example,),
             buffer,  # type: ignore[arg-type]
             opset_version=opset,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {2: "d", 3: "h", 4: "w"}, "logits": {2: "d", 3: "h", 4: "w"}},
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes={names[0]: dynamic, names[1]: dynamic},
             do_constant_folding=True,
             dynamo=False,
         )
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.checker.check_model(model)
-    return model
+    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+    return buffer.getvalue()
+
+
+def to_onnx(net: UNet3D, *, opset: int = OPSET) -> onnx.ModelProto:
+    """Trace ``net`` into an ONNX model with dynamic spatial axes."""
+    m = net.multiple
+    example = torch.zeros(1, 1, 4 * m, 4 * m, 4 * m)
+    data = traced(net, example, ("x", "logits"), {2: "d", 3: "h", 4: "w"}, opset=opset)
+    return onnx.load_from_string(data)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
