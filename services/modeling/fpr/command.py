@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 
@@ -99,19 +97,17 @@ def fit_command(
     _logging()
     import onnxruntime as ort
 
+    from services.analysis.stage2 import Calibration, Stage2
     from services.modeling.fpr.fit import fit, install
     from services.modeling.fpr.mine import Shard
     from services.modeling.fpr.train import load_checkpoint, to_onnx
 
     onnx_bytes = to_onnx(load_checkpoint(checkpoint))
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-
-    def logits_of(x: np.ndarray) -> np.ndarray:
-        out = [session.run(None, {"patch": x[i : i + 64]})[0] for i in range(0, len(x), 64)]
-        return np.concatenate(out) if out else np.zeros(0)
+    stage2 = Stage2(session, Calibration())  # the pipeline's own batching; raw logits
 
     shards = [Shard.load(p) for p in sorted(val.glob("*.npz"))]
-    fitted = fit(logits_of, shards, per_scan=fp_per_scan)
+    fitted = fit(stage2.logits, shards, per_scan=fp_per_scan)
     version = install(
         model_dir, onnx_bytes, fitted, masses=None if masses is None else json.loads(masses)
     )

@@ -93,7 +93,8 @@ def stage_one(engine: Any, volume: Volume, threshold: float = CANDIDATE_THRESHOL
     engine.config = dataclasses.replace(
         saved,
         threshold=threshold,
-        measure_threshold=max(threshold, float(engine.manifest.threshold)),
+        # measured on the network's own boundary, as the pipeline measures what it reports
+        measure_threshold=max(threshold, saved.measure_threshold or saved.threshold),
         rescorer=None,
         stage2=None,
         masses=None,
