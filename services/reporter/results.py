@@ -3,7 +3,8 @@ delivery rows, idempotently by job id, and acknowledges only after the commit.
 
 * ``done``: build SEG, key images and SR (deterministic UIDs, so a redelivered message
   rebuilds the same instances), create the Delivery rows, set the job ``done``
-  (finished_at, timings["report"]) and audit 110110 "report created", in one commit.
+  (finished_at, timings["report"], its report version: :mod:`services.reporter.versions`)
+  and audit 110110 "report created", in one commit.
 * ``failed`` / ``skipped``: the worker recorded the job's end in the same commit that queued
   the message (one writer per state), so the job is final: nothing to do, no report.
 * A job already in a final state: acknowledged without side effects.
@@ -38,6 +39,7 @@ from services.reporter.dicom.artefacts import (
     write_artefacts,
 )
 from services.reporter.dicom.inputs import load_inputs
+from services.reporter.versions import place
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class ResultConsumer:
             job.finished_at = datetime.now(UTC)
             job.timings = {**(job.timings or {}), "report": round(elapsed, 3)}
             job.findings_count = len(inputs.findings)
+            placement = place(session, job, job.finished_at)
             audit.record(
                 session,
                 audit.REPORT_CREATED,
@@ -115,12 +118,16 @@ class ResultConsumer:
                 object_type="job",
                 object_id=job.id,
                 detail=f"version {job.version}, {len(inputs.findings)} findings, "
-                f"{len(artefacts)} instances",
+                f"{len(artefacts)} instances, report {placement.report_id} "
+                f"v{placement.version or '-'}",
             )
         log.info(
-            "event=report_created job=%s version=%s findings=%s seconds=%.2f",
+            "event=report_created job=%s version=%s report=%s report_version=%s findings=%s "
+            "seconds=%.2f",
             message.job_id,
             inputs.version,
+            placement.report_id,
+            placement.version,
             len(inputs.findings),
             elapsed,
         )

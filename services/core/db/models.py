@@ -140,6 +140,8 @@ class Job(Base):
         UniqueConstraint("study_id", "version", name="uq_jobs_study_version"),
         # FHIR DiagnosticReport search: done jobs by issue time.
         Index("ix_jobs_state_finished", "state", "finished_at"),
+        # One job per versionId of a DiagnosticReport (services/reporter/versions.py).
+        UniqueConstraint("report_id", "report_version", name="uq_jobs_report_version"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -160,6 +162,13 @@ class Job(Base):
     findings_count: Mapped[int | None] = mapped_column(Integer, default=None)
     # Instances present when the job was created (sop uid count) for supersede logic.
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    # FHIR versions, set when the job becomes done: the DiagnosticReport its result is a
+    # version of (the id of the study's first report), that version's number (None: an older
+    # analysis that finished after a newer one, never published), and when a later analysis
+    # replaced it (its Observations became entered-in-error then).
+    report_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    report_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    superseded_at: Mapped[datetime | None] = mapped_column(default=None)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     findings: Mapped[list[Finding]] = relationship(
