@@ -9,6 +9,12 @@ attenuation in HU, and the kind and Lung-RADS category as qualitative evaluation
 is extensible; we add the centre as an SCOORD3D POINT "Center" (DCM 111010) in the series'
 frame of reference.
 
+Each nodule with a mask also gets a TID 1410 Planar ROI group with the same tracking
+identifier and UID: its outline on the key slice as an SCOORD POLYLINE "Image Region"
+(``region.key_region``) selected from the source CT image, so viewers that draw only 2D
+regions (OHIF merges groups by tracking UID) show it; the measurements stay in the TID
+1411 group, once. The key slices are listed in the TID 1600 Image Library.
+
 A study without nodules gets a report whose TID 1500 "Qualitative Evaluations" container
 states it (Nodule = Absent, "No nodules detected"), never an empty or missing report.
 """
@@ -28,16 +34,20 @@ from highdicom.sr import (
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    GraphicTypeValues,
     GraphicTypeValues3D,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     ReferencedSegment,
     RelationshipTypeValues,
     Scoord3DContentItem,
+    SourceImageForRegion,
     SourceImageForSegmentation,
     SourceSeriesForSegmentation,
     TextContentItem,
@@ -51,6 +61,7 @@ from pydicom.uid import SegmentationStorage
 from services.core.uids import derived_uid
 from services.reporter.dicom import codes as nf
 from services.reporter.dicom.model import Algorithm, NoduleFinding, OutputUids
+from services.reporter.dicom.region import Region2D, key_region
 
 SR_SERIES_BASE = 9100
 log = logging.getLogger(__name__)
@@ -165,6 +176,31 @@ def nodule_group(
     return group
 
 
+def planar_group(
+    finding: NoduleFinding,
+    region: Region2D,
+    source: Dataset,
+    *,
+    algorithm: Algorithm,
+    uids: OutputUids,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group: the finding's 2D region on ``source`` (its key slice), same tracking
+    identifier and UID as its TID 1411 group, no measurements of its own."""
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.tracking_uid(finding.index), identifier=finding.label
+        ),
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues(region.graphic_type),
+            graphic_data=region.graphic_data(),
+            source_image=SourceImageForRegion(str(source.SOPClassUID), str(source.SOPInstanceUID)),
+        ),
+        finding_type=nf.finding_concept(finding.finding_type),
+        algorithm_id=AlgorithmIdentification(name=algorithm.name, version=algorithm.version),
+        finding_sites=[FindingSite(anatomic_location=nf.LUNG)],
+    )
+
+
 def _no_nodule_report(context: ObservationContext) -> MeasurementReport:
     """TID 1500 with no Imaging Measurements and an explicit Qualitative Evaluations
     container: Nodule = Absent, plus the statement as text."""
@@ -228,22 +264,30 @@ def build_sr(
     first = source_images[0]
     context = ObservationContext(observer_device_context=device_observer(algorithm))
     if findings:
-        groups = [
-            nodule_group(
-                finding,
-                algorithm=algorithm,
-                uids=uids,
-                frame_of_reference_uid=str(first.FrameOfReferenceUID),
-                source_sop_class_uid=str(first.SOPClassUID),
-                source_series_uid=str(first.SeriesInstanceUID),
-                seg=seg,
+        groups: list[Group | PlanarROIMeasurementsAndQualitativeEvaluations] = []
+        key_slices: dict[int, Dataset] = {}
+        for finding in sorted(findings, key=lambda f: f.index):
+            groups.append(
+                nodule_group(
+                    finding,
+                    algorithm=algorithm,
+                    uids=uids,
+                    frame_of_reference_uid=str(first.FrameOfReferenceUID),
+                    source_sop_class_uid=str(first.SOPClassUID),
+                    source_series_uid=str(first.SeriesInstanceUID),
+                    seg=seg,
+                )
             )
-            for finding in sorted(findings, key=lambda f: f.index)
-        ]
+            region = key_region(finding)
+            if region is not None and 0 <= region.slice_index < len(source_images):
+                source = source_images[region.slice_index]
+                key_slices[region.slice_index] = source
+                groups.append(planar_group(finding, region, source, algorithm=algorithm, uids=uids))
         report = MeasurementReport(
             observation_context=context,
             procedure_reported=nf.CT_PROCEDURE,
             imaging_measurements=groups,
+            referenced_images=[key_slices[k] for k in sorted(key_slices)] or None,
         )
     else:
         report = _no_nodule_report(context)

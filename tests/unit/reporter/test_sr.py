@@ -167,7 +167,8 @@ def test_dsrdump_reads_the_measurements(tmp_path: Path) -> None:
     path = tmp_path / "sr.dcm"
     path.write_bytes(dataset_bytes(sr_with_seg(two_nodules())))
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=True).stdout
-    assert out.count('"Measurement Group"') == 2
+    assert out.count('"Measurement Group"') == 4  # TID 1411 + TID 1410 per nodule
+    assert 'SCOORD:(,,"Image Region")=(POLYLINE' in out
     assert '"Long axis")="5.14" (mm,UCUM' in out
     assert '(mm3,UCUM,"cubic millimeter")' in out
     assert 'CODE:(,,"Finding")=(27925004,SCT,"Nodule")' in out
@@ -231,10 +232,11 @@ def test_findings_without_mask_fall_back_to_tid1501() -> None:
         )
     )
     report = Comprehensive3DSR.from_dataset(sr)
-    assert len(report.content.get_planar_roi_measurement_groups()) == 0
+    # No SEG to point at: TID 1501 for the measurements, the 2D region still in TID 1410.
+    assert len(report.content.get_planar_roi_measurement_groups()) == 2
     assert len(report.content.get_volumetric_roi_measurement_groups()) == 0
     groups = sr.ContentSequence[-1].ContentSequence
-    assert len(groups) == 2
+    assert len(groups) == 4
 
 
 def test_finding_without_source_uids_references_the_source_series(tmp_path: Path) -> None:
