@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Static API tokens: at least this long, and at least this many bits by the estimate of
@@ -153,6 +153,23 @@ class Settings(BaseSettings):
     jwt_audience: str = ""
     jwt_issuer: str = ""
     fhir_push_url: str = ""
+    # OAuth 2.0 client credentials for the push (reporter/fhir/oauth.py); off without a
+    # token URL. Auth: client_secret_basic (default with a secret), client_secret_post, or
+    # private_key_jwt (default with a key file: RS384 for RSA, ES384 for EC P-384).
+    fhir_push_token_url: str = ""
+    fhir_push_client_id: str = ""
+    fhir_push_client_secret: SecretStr | None = None
+    fhir_push_private_key: Path | None = None
+    fhir_push_key_id: str = ""
+    fhir_push_auth: str = ""
+    fhir_push_scope: str = ""
+    # HL7 v2.5.1 ORU^R01 over MLLP (reporter/hl7): off without a peer (host:port).
+    hl7_peer: str = ""
+    hl7_sending_application: str = "NODULEFLOW"
+    hl7_sending_facility: str = ""
+    hl7_receiving_application: str = ""
+    hl7_receiving_facility: str = ""
+    hl7_ack_timeout_seconds: float = Field(default=30.0, gt=0)
     public_base_url: str = ""
 
     model_dir: Path = Field(default_factory=lambda: default_model_dir())

@@ -47,12 +47,15 @@ def dicom_sender(
 
 
 def fhir_sender(db: Database, settings: Settings) -> Sender:
-    """FHIR push of the job's DiagnosticReport (imported lazily: optional module)."""
+    """FHIR push of the job's DiagnosticReport (imported lazily: optional module), with one
+    OAuth client for all pushes so that its token is reused (ValueError: bad settings)."""
+    from services.reporter.fhir.oauth import auth_from_settings
+    from services.reporter.fhir.push import push_report
+
+    auth = auth_from_settings(settings)
 
     def send(task: DeliveryTask) -> SendOutcome:
-        from services.reporter.fhir.push import push_report
-
-        outcome: SendOutcome = push_report(db, settings, task.job_id)
+        outcome: SendOutcome = push_report(db, settings, task.job_id, auth=auth)
         return outcome
 
     return send

@@ -28,6 +28,7 @@ from services.reporter.fhir import common as fc
 from services.reporter.fhir import repo
 from services.reporter.fhir.build import Links, ReportInput, build_observation, build_report
 from services.reporter.fhir.entities import build_device
+from services.reporter.fhir.oauth import TokenError
 
 log = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -95,6 +96,8 @@ def _put(
     except httpx.TimeoutException as exc:
         outcome = SendOutcome(False, True, "timeout", f"{rtype}: {type(exc).__name__}")
         raise _error(outcome) from exc
+    except TokenError as exc:  # the token endpoint's answer, already without secrets
+        raise _error(SendOutcome(False, exc.retry, "token", f"{rtype}: {exc}")) from exc
     except httpx.HTTPError as exc:
         outcome = SendOutcome(False, True, "network", f"{rtype}: {type(exc).__name__}")
         raise _error(outcome) from exc
@@ -143,8 +146,13 @@ def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, 
     return stored, len(results)
 
 
-def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
+def push_report(
+    db: Database, settings: Settings, job_id: str, *, auth: httpx.Auth | None = None
+) -> SendOutcome:
     """Send one job's report; never raises for remote trouble (the outcome says what to do).
+
+    ``auth`` (``oauth.ClientCredentialsAuth``) adds a bearer token; the caller keeps it, so
+    its token is reused across pushes.
 
     An amended report also re-sends the report it replaces, so that the receiving server
     sees that one tagged ``superseded`` as well.
@@ -163,7 +171,7 @@ def push_report(db: Database, settings: Settings, job_id: str) -> SendOutcome:
         return SendOutcome(False, False, "no-report", "job has no finished report")
     headers = {"Accept": fc.FHIR_MEDIA_TYPE, "Content-Type": fc.FHIR_MEDIA_TYPE}
     try:
-        with httpx.Client(timeout=TIMEOUT, headers=headers) as client:
+        with httpx.Client(timeout=TIMEOUT, headers=headers, auth=auth) as client:
             stored, count = _push_one(client, base, data)
             if previous is not None:
                 _push_one(client, base, previous)
