@@ -9,14 +9,20 @@
 -- to this Orthanc. They must never be routed to noduleflow again, so the script skips
 --   * instances that Lua itself created or modified (RequestOrigin "Lua"),
 --   * anything stored by the noduleflow AE (origin RemoteAet),
---   * anything whose Manufacturer names noduleflow,
+--   * anything whose Manufacturer is exactly "noduleflow" (what noduleflow writes; the
+--     project's synthetic phantoms say "noduleflow-phantom" and are routed like any CT),
 --   * SR and SEG whatever their source, and every modality other than CT.
 
 local TARGET = 'noduleflow'            -- key in DicomModalities
 local OUR_AET = 'NODULEFLOW'           -- the calling AE title noduleflow sends results with
 local OUR_MANUFACTURER = 'noduleflow'  -- Manufacturer (0008,0070) on everything noduleflow writes
+
 local ROUTED_MODALITIES = { CT = true }
 local NEVER_ROUTED = { SR = true, SEG = true, KO = true, PR = true }
+
+local function trim(value)
+  return (string.gsub(value, '^%s*(.-)%s*$', '%1'))
+end
 
 local function lower(value)
   if type(value) ~= 'string' then
@@ -33,7 +39,7 @@ function NoduleflowShouldRoute(tags, origin)
   if lower(origin['RemoteAet']) == lower(OUR_AET) then
     return false, 'from-noduleflow'
   end
-  if string.find(lower(tags['Manufacturer']), OUR_MANUFACTURER, 1, true) ~= nil then
+  if trim(lower(tags['Manufacturer'])) == OUR_MANUFACTURER then
     return false, 'noduleflow-manufacturer'
   end
   local modality = tags['Modality'] or ''

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Static API tokens: at least this long, and at least this many bits by the estimate of
@@ -106,6 +106,18 @@ def default_model_dir() -> Path:
     return Path(sys.prefix) / "share" / "noduleflow" / "models" / "nodule-seg"
 
 
+class StabilityRule(BaseModel):
+    """When a study from one calling AE is stable (``NODULEFLOW_STABILITY_RULES``, JSON keyed
+    by AE title): ``stable_age_seconds`` without a new instance, as Orthanc's ``StableAge``;
+    ``release_grace_seconds`` after its associations were released, or None for senders that
+    route instance by instance, whose released association says nothing about the study."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stable_age_seconds: float = Field(gt=0)
+    release_grace_seconds: float | None = Field(default=None, ge=0)
+
+
 class Settings(BaseSettings):
     """Runtime configuration; built once at start-up and passed down."""
 
@@ -139,6 +151,11 @@ class Settings(BaseSettings):
 
     study_idle_seconds: float = 10.0
     release_grace_seconds: float = 2.0
+    # Completion (receiver/completion.py, docs/operations.md "Study completion"):
+    stability_rules: dict[str, StabilityRule] = Field(default_factory=dict)  # by calling AE
+    gap_wait_seconds: float = Field(default=120.0, ge=0)  # a series with gaps waits this long
+    incomplete_wait_seconds: float = Field(default=900.0, ge=0)  # refused/interrupted: resend
+    min_lung_coverage_mm: float = Field(default=200.0, ge=0)  # shorter slabs are flagged
 
     pacs: str = ""
     delivery_max_attempts: int = 8

@@ -18,6 +18,7 @@ from services.core.settings import Settings
 from services.core.storage import LocalStorage
 from services.core.threads import Threaded, ThreadGroup
 from services.receiver import fast
+from services.receiver.completion import Waits
 from services.receiver.fast import tempfiles
 from services.receiver.fast.balance import LoadBoard
 from services.receiver.handlers import Registry
@@ -35,6 +36,12 @@ def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -
         idle_seconds=settings.study_idle_seconds,
         grace_seconds=settings.release_grace_seconds,
         on_complete=relay.wake.set if relay is not None else None,
+        rules=settings.stability_rules,
+        waits=Waits(
+            gap_seconds=settings.gap_wait_seconds,
+            incomplete_seconds=settings.incomplete_wait_seconds,
+            min_lung_coverage_mm=settings.min_lung_coverage_mm,
+        ),
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core import audit
-from services.core.db import Database
+from services.core.db import Database, RefusedInstance
 from services.receiver.tracker import StudyTracker
 
 log = logging.getLogger("services.receiver")
@@ -25,6 +25,10 @@ class AssociationState:
     bytes: int = 0
     released: bool = False
     finished: bool = False
+    #: instances refused for want of resources (0xA700): SOP Instance UID -> (study, position)
+    refused: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+    #: studies this association only re-sent (duplicates): its release completes them too
+    resent: set[str] = field(default_factory=set)
 
 
 class Registry:
@@ -39,6 +43,7 @@ class Registry:
         self.allowed_aets = allowed_aets
         self._states: dict[int, AssociationState] = {}
         self._lock = threading.Lock()
+        self._unrecorded: dict[str, tuple[str, float | None]] = {}  # refusals to write
 
     def open(self, assoc: Any) -> AssociationState:
         requestor = assoc.requestor
@@ -69,8 +74,11 @@ class Registry:
         state.released = released
         try:
             self.tracker.association_ended(state.studies, released=released)
+            if released:
+                self.tracker.transfer_completed(state.resent - state.studies)
         except Exception:
             log.exception("event=association_end_not_recorded calling_aet=%s", state.calling_aet)
+        self._record_refusals(state.refused)
         log.info(
             "event=association_closed calling_aet=%s peer=%s released=%s stored=%d "
             "duplicates=%d failed=%d bytes=%d studies=%d",
@@ -95,6 +103,32 @@ class Registry:
                 detail=f"stored={state.stored} duplicates={state.duplicates} "
                 f"failed={state.failed} released={released}",
             )
+
+    def _record_refusals(self, refused: dict[str, tuple[str, float | None]]) -> None:
+        """Remember refused instances, so their studies wait for a resend (.completion);
+        kept for the next association's end while the database is away."""
+        with self._lock:
+            self._unrecorded.update(refused)
+            pending, self._unrecorded = self._unrecorded, {}
+        if not pending:
+            return
+        try:
+            with self.db.session() as session:
+                session.add_all(
+                    RefusedInstance(
+                        study_instance_uid=study,
+                        sop_instance_uid=sop,
+                        slice_position=position,
+                        reason="out-of-resources",
+                    )
+                    for sop, (study, position) in pending.items()
+                )
+        except Exception:
+            log.warning("event=refusals_not_recorded count=%d", len(pending))
+            with self._lock:
+                self._unrecorded = {**pending, **self._unrecorded}
+            return
+        log.info("event=refusals_recorded count=%d", len(pending))
 
     def security_alert(self, *, actor: str, source: str, detail: str) -> None:
         self._audit(audit.SECURITY_ALERT, actor=actor, source=source, outcome="4", detail=detail)

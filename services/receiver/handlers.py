@@ -153,10 +153,12 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int 
         return conflict_status(conflict)
     except NoSpaceError:
         state.failed += 1
+        state.refused[header.sop_instance_uid] = (header.study_instance_uid, header.slice_position)
         log.warning("event=instance_refused reason=disk-full calling_aet=%s", state.calling_aet)
         return statuses.OUT_OF_RESOURCES
     except Exception as exc:
         state.failed += 1
+        state.refused[header.sop_instance_uid] = (header.study_instance_uid, header.slice_position)
         if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # filled up meanwhile
             log.warning(
                 "event=instance_refused reason=disk-full errno=%s calling_aet=%s",
@@ -173,6 +175,7 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int 
         return statuses.OUT_OF_RESOURCES
     if outcome is Outcome.DUPLICATE:
         state.duplicates += 1
+        state.resent.add(header.study_instance_uid)
     else:
         opened = header.study_instance_uid not in state.studies
         state.studies.add(header.study_instance_uid)

@@ -6,6 +6,7 @@ is validated in :func:`parse_header`, so one that exists carries storage-safe UI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ _TAGS = [
         "StudyTime",
         "StudyDescription",
         "ReferringPhysicianName",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
     )
 ]
 
@@ -79,6 +82,8 @@ class InstanceHeader:
     study_time: str = ""
     study_description: str = ""
     referring_physician: str = ""
+    #: position along the slice normal, dot(ImagePositionPatient, row × column), in mm
+    slice_position: float | None = None
 
 
 Source = Dataset | Mapping[str, Any]
@@ -97,6 +102,34 @@ def _int(ds: Source, keyword: str) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _floats(ds: Source, keyword: str, count: int) -> list[float] | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        parts = str(value).split("\\") if isinstance(value, str) else list(value)
+        numbers = [float(part) for part in parts]
+    except (TypeError, ValueError):
+        return None
+    finite = len(numbers) == count and all(math.isfinite(n) for n in numbers)
+    return numbers if finite else None
+
+
+def slice_position(ds: Source) -> float | None:
+    """dot(ImagePositionPatient, normal of ImageOrientationPatient) (PS3.3 C.7.6.2.1.1), or
+    None when either is missing or malformed."""
+    position = _floats(ds, "ImagePositionPatient", 3)
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    if position is None or orientation is None:
+        return None
+    (a, b, c), (d, e, f) = orientation[:3], orientation[3:]
+    normal = (b * f - c * e, c * d - a * f, a * e - b * d)
+    length = math.sqrt(sum(n * n for n in normal))
+    if length < 0.5:
+        return None
+    return round(sum(p * n for p, n in zip(position, normal, strict=True)) / length, 3)
 
 
 def _uid(ds: Source, keyword: str) -> str:
@@ -140,6 +173,7 @@ def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
         study_time=_text(ds, "StudyTime", 16),
         study_description=_text(ds, "StudyDescription", 64),
         referring_physician=_text(ds, "ReferringPhysicianName", 324),
+        slice_position=slice_position(ds),
     )
     return header
 

@@ -26,14 +26,15 @@ TOUCH_STUDY = text(
 ).bindparams(_NOW)
 INSERT_INSTANCE = text(
     "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-    " instance_number, path, size, sha256, calling_aet, received_at) VALUES (:series_id, :sop,"
-    " :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now)"
+    " instance_number, path, size, sha256, calling_aet, received_at, slice_position)"
+    " VALUES (:series_id, :sop, :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now,"
+    " :position)"
 ).bindparams(_NOW)
 #: A new version of a stored instance, in place: the row never moves to another series
 #: (``series_id`` is a condition, not a value; no row updated means the caller refuses).
 UPDATE_INSTANCE = text(
     "UPDATE instances SET sop_class_uid = :sop_class,"
     " transfer_syntax_uid = :syntax, instance_number = :number, path = :path, size = :size,"
-    " sha256 = :sha, calling_aet = :aet, received_at = :now"
+    " sha256 = :sha, calling_aet = :aet, received_at = :now, slice_position = :position"
     " WHERE id = :id AND series_id = :series_id"
 ).bindparams(_NOW)

@@ -529,6 +529,7 @@ class InstanceStore:
             "sha": received.sha256,
             "aet": received.calling_aet[:16],
             "now": now,
+            "position": header.slice_position,
         }
         if existing is None:
             conn.execute(INSERT_INSTANCE, values)

@@ -1,40 +1,56 @@
 """Study tracker: decides when a study is complete and turns it into a job, exactly once.
 
-A study is complete ``STUDY_IDLE_SECONDS`` after its last instance, or sooner,
+A study is stable ``STUDY_IDLE_SECONDS`` after its last instance, or sooner,
 ``RELEASE_GRACE_SECONDS`` after the last association carrying it was released normally
-(an aborted association never shortens the wait). Every timestamp lives in the ``studies``
-row, so a restarted receiver completes what was pending. Completion is one transaction:
-a conditional ``UPDATE … WHERE pending_since = :seen AND last_received_at = :seen`` claims
-the study (so several receiver processes complete it once), then the job row and the
-``StudyReady`` outbox row are added.
+(an aborted association never shortens the wait); ``STABILITY_RULES`` set both per calling
+AE. A stable study with missing slices, or one the receiver knows is incomplete, waits
+longer, bounded (:mod:`.completion`), and its job records how complete it is. Every
+timestamp lives in the ``studies`` row, so a restarted receiver completes what was pending.
+Completion is one transaction: a conditional
+``UPDATE … WHERE pending_since = :seen AND last_received_at = :seen`` claims the study (so
+several receiver processes complete it once), then the job row and the ``StudyReady``
+outbox row are added.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from services.core import outbox
 from services.core.backoff import Backoff
-from services.core.db import Database, Instance, Job, JobState, Series, Study
+from services.core.db import (
+    Database,
+    Instance,
+    Job,
+    JobState,
+    RefusedInstance,
+    Series,
+    Study,
+)
 from services.core.messages import STUDY_READY, SeriesRef, StudyReady
+from services.core.settings import StabilityRule
+from services.receiver.completion import (
+    Completeness,
+    Evidence,
+    SeriesSlices,
+    StudyClock,
+    Waits,
+    decide,
+    rule_for,
+    stable_reason,
+)
 
 log = logging.getLogger(__name__)
 
 STUDIES = cast(Table, Study.__table__)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -47,25 +63,19 @@ class PendingStudy:
     last_received_at: datetime
     open_associations: int
     last_released_at: datetime | None
+    interrupted_at: datetime | None = None
+
+    @property
+    def clock(self) -> StudyClock:
+        return StudyClock(self.last_received_at, self.open_associations, self.last_released_at)
 
 
 def completion_reason(
     study: PendingStudy, now: datetime, *, idle_seconds: float, grace_seconds: float
 ) -> str | None:
-    """``"idle"``, ``"released"`` or None (not yet complete); a pure policy."""
-    last = _utc(study.last_received_at)
-    assert last is not None
-    if now - last >= timedelta(seconds=idle_seconds):
-        return "idle"
-    released = _utc(study.last_released_at)
-    if (
-        study.open_associations <= 0
-        and released is not None
-        and released >= last
-        and now - released >= timedelta(seconds=grace_seconds)
-    ):
-        return "released"
-    return None
+    """``"idle"``, ``"released"`` or None (not yet stable) under the default rule."""
+    rule = StabilityRule(stable_age_seconds=idle_seconds, release_grace_seconds=grace_seconds)
+    return stable_reason(study.clock, rule, now)
 
 
 class StudyTracker:
@@ -79,12 +89,19 @@ class StudyTracker:
         grace_seconds: float,
         on_complete: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rules: Mapping[str, StabilityRule] | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.db = db
         self.idle_seconds = idle_seconds
         self.grace_seconds = grace_seconds
         self.on_complete = on_complete
         self.clock = clock
+        self.rules = dict(rules or {})
+        self.default_rule = StabilityRule(
+            stable_age_seconds=idle_seconds, release_grace_seconds=grace_seconds
+        )
+        self.waits = waits or Waits(gap_seconds=0.0, incomplete_seconds=0.0)
 
     # ----------------------------------------------------------- associations
 
@@ -104,12 +121,32 @@ class StudyTracker:
             conn.execute(
                 update(STUDIES).where(STUDIES.c.study_instance_uid.in_(uids)).values(values)
             )
+        if released:
+            self.transfer_completed(uids)
+
+    def transfer_completed(self, study_uids: Iterable[str]) -> None:
+        """An association that carried (or re-sent, duplicates only) these studies was
+        released normally: a transfer cut by a restart has been completed since."""
+        uids = sorted(set(study_uids))
+        if not uids:
+            return
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(STUDIES)
+                .where(
+                    STUDIES.c.study_instance_uid.in_(uids), STUDIES.c.interrupted_at.is_not(None)
+                )
+                .values(interrupted_at=None)
+            )
 
     def reset_open_associations(self) -> int:
-        """Forget association counts left by a process that died (call at start-up)."""
+        """Forget association counts left by a process that died (call at start-up); the
+        studies they carried are marked interrupted (known to be possibly incomplete)."""
         with self.db.engine.begin() as conn:
             result = conn.execute(
-                update(STUDIES).where(STUDIES.c.open_associations != 0).values(open_associations=0)
+                update(STUDIES)
+                .where(STUDIES.c.open_associations != 0)
+                .values(open_associations=0, interrupted_at=self.clock())
             )
         return int(result.rowcount or 0)
 
@@ -125,27 +162,77 @@ class StudyTracker:
                     STUDIES.c.last_received_at,
                     STUDIES.c.open_associations,
                     STUDIES.c.last_released_at,
+                    STUDIES.c.interrupted_at,
                 ).where(STUDIES.c.pending_since.is_not(None))
             ).all()
         return [PendingStudy(*row) for row in rows]
+
+    def _calling_aets(self, study: PendingStudy) -> list[str]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(Instance.calling_aet)
+                .join(Series, Instance.series_id == Series.id)
+                .where(Series.study_id == study.id)
+                .distinct()
+            ).all()
+        return [str(aet) for (aet,) in rows]
+
+    def evidence(self, study: PendingStudy) -> Evidence:
+        """What the database says about the study's completeness (:mod:`.completion`)."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    Series.series_instance_uid, Instance.slice_position, Instance.instance_number
+                )
+                .join(Instance, Instance.series_id == Series.id)
+                .where(Series.study_id == study.id, Series.modality == "CT")
+            ).all()
+            refused = conn.execute(
+                select(RefusedInstance.sop_instance_uid, RefusedInstance.slice_position)
+                .outerjoin(Instance, Instance.sop_instance_uid == RefusedInstance.sop_instance_uid)
+                .where(
+                    and_(
+                        RefusedInstance.study_instance_uid == study.study_instance_uid,
+                        Instance.id.is_(None),
+                    )
+                )
+            ).all()
+        by_series: dict[str, tuple[list[float], list[int]]] = {}
+        for uid, position, number in rows:
+            positions, numbers = by_series.setdefault(str(uid), ([], []))
+            if position is not None:
+                positions.append(float(position))
+            if number is not None:
+                numbers.append(int(number))
+        unique = {str(sop): position for sop, position in refused}
+        return Evidence(
+            series=tuple(
+                SeriesSlices(uid, tuple(p), tuple(n)) for uid, (p, n) in sorted(by_series.items())
+            ),
+            refused=tuple(None if p is None else float(p) for p in unique.values()),
+            interrupted=study.interrupted_at is not None,
+        )
 
     def complete_due(self) -> list[str]:
         """Complete every due study; returns the job ids created by this call."""
         now = self.clock()
         jobs = []
         for study in self.pending():
-            reason = completion_reason(
-                study, now, idle_seconds=self.idle_seconds, grace_seconds=self.grace_seconds
-            )
-            if reason is not None:
-                job_id = self.complete(study, reason)
+            rule = rule_for(self._calling_aets(study), self.rules, self.default_rule)
+            if stable_reason(study.clock, rule, now) is None:
+                continue
+            decision = decide(study.clock, rule, self.evidence(study), now, self.waits)
+            if decision is not None:
+                job_id = self.complete(study, decision.reason, decision.completeness)
                 if job_id is not None:
                     jobs.append(job_id)
         if jobs and self.on_complete is not None:
             self.on_complete()
         return jobs
 
-    def complete(self, study: PendingStudy, reason: str) -> str | None:
+    def complete(
+        self, study: PendingStudy, reason: str, completeness: Completeness | None = None
+    ) -> str | None:
         """Claim ``study`` as read and create its job + outbox row; None if someone else
         claimed it first or new instances arrived since it was read."""
         with self.db.session() as session:
@@ -160,16 +247,17 @@ class StudyTracker:
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            job_id = self._create_job(session, study)
+            job_id = self._create_job(session, study, completeness or Completeness())
         log.info(
-            "event=study_complete study=%s job=%s reason=%s",
+            "event=study_complete study=%s job=%s reason=%s partial=%s",
             study.study_instance_uid,
             job_id,
             reason,
+            bool(completeness and completeness.partial),
         )
         return job_id
 
-    def _create_job(self, session: Session, study: PendingStudy) -> str:
+    def _create_job(self, session: Session, study: PendingStudy, completeness: Completeness) -> str:
         counts = session.execute(
             select(Series.series_instance_uid, func.count(Instance.id))
             .join(Instance, Instance.series_id == Series.id)
@@ -185,6 +273,7 @@ class StudyTracker:
             version=int(version or 0) + 1,
             state=JobState.QUEUED.value,
             instance_count=sum(int(n) for _, n in counts),
+            completeness=completeness.to_stored(),
         )
         session.add(job)
         session.flush()

@@ -9,6 +9,7 @@ from services.core.db.models import (
     Job,
     JobState,
     OutboxMessage,
+    RefusedInstance,
     Series,
     Study,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Job",
     "JobState",
     "OutboxMessage",
+    "RefusedInstance",
     "Series",
     "Study",
     "upgrade",

@@ -89,6 +89,12 @@ class Study(Base):
     last_released_at: Mapped[datetime | None] = mapped_column(default=None)
     # Bumped whenever a stored instance is replaced by different content.
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    # When retention last purged its images (services/core/retention); a later receipt
+    # (last_received_at after it) means images are stored again.
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set when the receiver restarted while an association carried this study (its transfer
+    # was cut); cleared when a later association carrying it is released normally.
+    interrupted_at: Mapped[datetime | None] = mapped_column(default=None)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.version")
@@ -128,6 +134,8 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # dot(ImagePositionPatient, slice normal) in mm, for gap checks; None when not an image
+    slice_position: Mapped[float | None] = mapped_column(Float, default=None)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -162,6 +170,9 @@ class Job(Base):
     findings_count: Mapped[int | None] = mapped_column(Integer, default=None)
     # Instances present when the job was created (sop uid count) for supersede logic.
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    # What the receiver knew of the study's completeness when it made the job
+    # (``receiver.completion.Completeness.to_stored``; {} = complete, rows before 0008).
+    completeness: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # FHIR versions, set when the job becomes done: the DiagnosticReport its result is a
     # version of (the id of the study's first report), that version's number (None: an older
     # analysis that finished after a newer one, never published), and when a later analysis
@@ -258,6 +269,20 @@ class Finding(Base):
 
 #: Finding columns named as the contract's fields (all but the centre, split into x/y/z)
 _CONTRACT_COLUMNS = tuple(name for name in contracts.Finding.model_fields if name != "center_mm")
+
+
+class RefusedInstance(Base):
+    """An instance the receiver refused for want of resources (0xA700): its study is known
+    to be incomplete until an instance with this SOP Instance UID is stored."""
+
+    __tablename__ = "refused_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    slice_position: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str] = mapped_column(String(32), default="")
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class OutboxMessage(Base):

@@ -2,7 +2,7 @@
 
 Walks the top-level data elements of an Explicit or Implicit VR Little Endian data set (the
 encoding of every transfer syntax we accept except Deflate and Big Endian) up to
-(0020,0013) and returns the raw values of the attributes the index needs. Anything it does
+(0020,0037) and returns the raw values of the attributes the index needs. Anything it does
 not fully understand (other encodings, character sets, truncated input, odd nesting)
 returns None, and the caller falls back to pydicom.
 """
@@ -18,7 +18,7 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LAST_WANTED = 0x00200013  # InstanceNumber: nothing after it is needed
+_LAST_WANTED = 0x00200037  # ImageOrientationPatient: nothing after it is needed
 
 #: (group << 16 | element) → keyword, for the attributes read.
 WANTED: dict[int, str] = {
@@ -41,6 +41,8 @@ WANTED: dict[int, str] = {
     0x0020000E: "SeriesInstanceUID",
     0x00200011: "SeriesNumber",
     0x00200013: "InstanceNumber",
+    0x00200032: "ImagePositionPatient",
+    0x00200037: "ImageOrientationPatient",
 }
 
 

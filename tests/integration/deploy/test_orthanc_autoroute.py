@@ -26,6 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from services.modeling.phantom import write_phantom
 from tests.factories.dicom import ct_slice
 from tests.integration.deploy.repo import ORTHANC_DIR
 from tests.orthanc import Orthanc
@@ -159,13 +160,15 @@ def test_ct_is_routed_and_results_come_back_without_looping(
     )
     assert _storescu(orthanc, "CT_SCANNER", sr_again, our_ct) == 0
 
-    # A CT series from the scanner is routed, slice by slice.
-    cts = [_ct(files / f"ct{i}.dcm", study=study, series=series, index=i) for i in range(3)]
-    assert _storescu(orthanc, "CT_SCANNER", *cts) == 0
+    # The project's own phantom (Manufacturer "noduleflow-phantom") from the scanner is
+    # routed, slice by slice: only the exact Manufacturer "noduleflow" is a loop guard.
+    phantom = write_phantom(files / "phantom", seed=19, nodules=0, slices=12, matrix=64)
+    assert dcmread(phantom.files[0], stop_before_pixels=True).Manufacturer == "noduleflow-phantom"
+    assert _storescu(orthanc, "CT_SCANNER", *phantom.files) == 0
 
-    expected = {str(dcmread(p).SOPInstanceUID) for p in cts}
+    expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in phantom.files}
     assert _received(out, len(expected)) == expected
-    assert _count(orthanc) == 7
+    assert _count(orthanc) == 4 + len(expected)
     log = (orthanc.workdir / "orthanc.log").read_text(errors="replace")
     assert "reason=from-noduleflow" in log
     assert "reason=noduleflow-manufacturer" in log
