@@ -9,6 +9,7 @@ from services.core.db import AuditEvent
 INSTANCES_TRANSFERRED = "110104"
 INSTANCES_ACCESSED = "110103"
 BEGIN_TRANSFERRING = "110102"
+STUDY_DELETED = "110105"  # DICOM Study Deleted (retention purges)
 REPORT_CREATED = "110110"  # Order Record / report; we use it for report creation
 QUERY = "110112"
 USER_AUTHENTICATION = "110114"

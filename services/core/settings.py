@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     dicom_tls_ca: Path | None = None
     min_free_disk_mb: int = 512
     reconcile_margin_seconds: float = Field(default=3600.0, ge=0)  # see receiver/reconcile.py
+    # Retention of images and outbox artefacts (core/retention, docs/operations.md): off
+    # unless an age or a high-water mark is set; purges run in the receiver.
+    retention_max_age_days: float = Field(default=0.0, ge=0)  # 0 = no age limit
+    retention_high_water: str = ""  # "85%" of the file system, or stored bytes: "500GB"
+    retention_low_water: str = ""  # purge down to this; "" = 90 % of the high-water mark
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
 
     study_idle_seconds: float = 10.0
     release_grace_seconds: float = 2.0
@@ -210,6 +216,14 @@ class Settings(BaseSettings):
                     f"NODULEFLOW_API_TOKENS: token {number} of {len(value)} is refused: "
                     f"{reason}. Generate tokens with `openssl rand -hex 32`."
                 )
+        return value
+
+    @field_validator("retention_high_water", "retention_low_water")
+    @classmethod
+    def _watermark(cls, value: str) -> str:
+        from services.core.retention.policy import Watermark
+
+        Watermark.parse(value, name="retention watermark")  # a clear error when malformed
         return value
 
     @field_validator("ae_title")

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -89,6 +90,9 @@ class Study(Base):
     last_released_at: Mapped[datetime | None] = mapped_column(default=None)
     # Bumped whenever a stored instance is replaced by different content.
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    # When retention last purged its images (services/core/retention); a later receipt
+    # (last_received_at after it) means images are stored again.
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
     # When retention last purged its images (services/core/retention); a later receipt
     # (last_received_at after it) means images are stored again.
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -349,3 +353,22 @@ class AuditEvent(Base):
     object_type: Mapped[str] = mapped_column(String(32), default="")
     object_id: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Purge(Base):
+    """One retention purge of a study's images and artefacts; also its journal: a row
+    without ``finished_at`` is a purge whose files may still be on disk (resumed at start)."""
+
+    __tablename__ = "purges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(16))  # max-age | high-water | manual
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # Jobs up to this version had artefacts when the purge started (their folders go).
+    job_version: Mapped[int] = mapped_column(Integer, default=0)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # instance bytes (index)
+    files_removed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_removed: Mapped[int] = mapped_column(BigInteger, default=0)  # images + artefacts
