@@ -93,9 +93,6 @@ class Study(Base):
     # When retention last purged its images (services/core/retention); a later receipt
     # (last_received_at after it) means images are stored again.
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
-    # When retention last purged its images (services/core/retention); a later receipt
-    # (last_received_at after it) means images are stored again.
-    purged_at: Mapped[datetime | None] = mapped_column(default=None)
     # Set when the receiver restarted while an association carried this study (its transfer
     # was cut); cleared when a later association carrying it is released normally.
     interrupted_at: Mapped[datetime | None] = mapped_column(default=None)
