@@ -14,6 +14,7 @@ from pathlib import Path
 
 from services.core.db import Database
 from services.core.outbox import Relay
+from services.core.retention.loop import make_purger
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
 from services.core.threads import Threaded, ThreadGroup
@@ -23,6 +24,7 @@ from services.receiver.fast import tempfiles
 from services.receiver.fast.balance import LoadBoard
 from services.receiver.handlers import Registry
 from services.receiver.reconcile import ReconcileReport, reconcile
+from services.receiver.replicas import ReplicaLease
 from services.receiver.scp import StorageSCP
 from services.receiver.store import InstanceStore
 from services.receiver.tracker import StudyTracker
@@ -46,9 +48,10 @@ def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -
 
 
 def prepare_storage(settings: Settings) -> tuple[LocalStorage, Path]:
-    """Storage plus this host's temporary folder for incoming data sets."""
+    """Storage plus this receiver's temporary folder for incoming data sets (one per host
+    and port, so receivers sharing a host never clean each other's transfers)."""
     storage = LocalStorage(settings.storage_dir)
-    return storage, tempfiles.temp_folder(storage.tmp)
+    return storage, tempfiles.temp_folder(storage.tmp, settings.dicom_port)
 
 
 def build_scp(
@@ -70,23 +73,34 @@ def build_scp(
     return StorageSCP(settings, store, registry, listen_socket=listen_socket, board=board)
 
 
-def recover(settings: Settings, tracker: StudyTracker) -> ReconcileReport:
+def recover(settings: Settings, tracker: StudyTracker, *, alone: bool = True) -> ReconcileReport:
     """Start-up clean-up after a crash, before the SCP accepts anything: half-received
-    files, stale association counts, stored files whose row was never committed."""
+    files, stale association counts, stored files whose row was never committed.
+
+    ``alone`` (no other receiver runs on this database, :mod:`.replicas`): association
+    counts are reset and every temporary file of this host goes. Otherwise the counts are
+    the siblings' too and stay, and only this receiver's own incoming folder is emptied
+    (other temporary files of the host once they are an hour old)."""
     storage, incoming = prepare_storage(settings)
-    removed = tempfiles.clean(incoming) + storage.clean_temp()
-    reset = tracker.reset_open_associations()
+    removed = tempfiles.clean(incoming)
+    removed += storage.clean_temp() if alone else tempfiles.clean(storage.tmp, older_than=3600)
+    reset = tracker.reset_open_associations() if alone else 0
     log.info("event=receiver_recovered temp_removed=%d open_associations_reset=%d", removed, reset)
+    # Unfinished purges first: their files have lost their rows and must not be indexed again.
+    make_purger(settings, tracker.db).resume()
     store = InstanceStore(tracker.db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
     return reconcile(store, margin_seconds=settings.reconcile_margin_seconds)
 
 
 class Background(Threaded):
-    """Tracker and relay threads, stopped together."""
+    """Tracker and relay threads (and the replica lease's keeper), stopped together."""
 
-    def __init__(self, tracker: StudyTracker, relay: Relay) -> None:
+    def __init__(
+        self, tracker: StudyTracker, relay: Relay, lease: ReplicaLease | None = None
+    ) -> None:
         self.tracker = tracker
         self.relay = relay
+        self.lease = lease
         self.group = ThreadGroup()
 
     def start(self) -> None:
@@ -94,6 +108,8 @@ class Background(Threaded):
         self.group.on_stop(self.relay.wake.set)
         for name, target in (("tracker", self.tracker.run), ("relay", self.relay.run)):
             self.group.spawn(f"noduleflow-{name}", target, self.stop_event)
+        if self.lease is not None:
+            self.group.spawn("noduleflow-lease", self.lease.run, self.stop_event)
 
     def stop(self) -> None:
         self.group.stop(timeout=10)

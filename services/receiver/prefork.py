@@ -6,6 +6,9 @@ takes each connection, see :mod:`services.receiver.fast.balance`), and runs the 
 the outbox relay itself.
 Children die with the supervisor (``PR_SET_PDEATHSIG``); a child that dies alone is
 restarted. SIGTERM stops everything cleanly.
+Several receivers (other hosts, or other ports of one host) may share one PostgreSQL
+database and ``STORAGE_DIR``; :mod:`services.receiver.replicas` says which start-up clean-up
+each may do.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import time
 from services.core.broker import make_broker
 from services.core.db import Database
 from services.core.outbox import Relay
+from services.core.retention.loop import start_retention
 from services.core.settings import Settings
 from services.receiver.assembly import Background, make_tracker, recover
 from services.receiver.fast.balance import LoadBoard, shared_table
+from services.receiver.replicas import ReplicaLease
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +92,22 @@ class Supervisor:
         broker = make_broker(self.settings.broker_url, self.settings.broker_prefix)
         relay = Relay(db, broker)
         tracker = make_tracker(self.settings, db, relay)
-        recover(self.settings, tracker)
+        lease = ReplicaLease(db)  # other receivers on this database: see .replicas
+        recover(self.settings, tracker, alone=lease.join())
         sock = listen(self.settings.dicom_host, self.settings.dicom_port)
         self.children = [self._spawn(sock, slot) for slot in range(self.count)]
-        background = Background(tracker, relay)
+        background = Background(tracker, relay, lease)
         background.start()
+        retention = start_retention(self.settings, db)  # this process owns storage
         log.info("event=receiver_started processes=%d port=%s", self.count, sock.getsockname()[1])
         try:
             self._watch(sock)
         finally:
             self._stop_children()
             background.stop()
+            if retention is not None:
+                retention.stop()
+            lease.leave()
             sock.close()
             self.board.close()
             os.close(self.board_fd)

@@ -106,12 +106,27 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+#: PostgreSQL advisory lock key of schema upgrades (an arbitrary bigint, "nfmigr").
+MIGRATION_LOCK = 0x6E66_6D69_6772
+
+
 def upgrade(url: str, *, engine: Engine | None = None) -> None:
-    """Bring the schema at ``url`` to the newest migration."""
+    """Bring the schema at ``url`` to the newest migration.
+
+    On PostgreSQL the upgrade runs under a transaction-scoped advisory lock, so services
+    starting together (two receivers, a reporter and the migration job) upgrade one after
+    the other: the first migrates, the others find the schema current."""
     config = alembic_config(url)
-    if engine is not None:
+    owned = engine is None
+    engine = engine if engine is not None else make_engine(url)
+    try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-    else:
-        command.upgrade(config, "head")
+    finally:
+        if owned:
+            engine.dispose()

@@ -147,9 +147,10 @@ class _Factory:
 _FACTORY = _Factory()
 
 
-def temp_folder(storage_tmp: Path) -> Path:
-    """The folder for incoming data sets inside this host's temporary folder."""
-    folder = storage_tmp / "incoming"
+def temp_folder(storage_tmp: Path, port: int | None = None) -> Path:
+    """The folder for incoming data sets inside this host's temporary folder, one per
+    listening ``port`` (receivers sharing a host)."""
+    folder = storage_tmp / ("incoming" if port is None else f"incoming-{port}")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
