@@ -230,6 +230,25 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+def dcentvfy(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """Run dicom3tools' dcentvfy over a set of files (entity consistency and references
+    between them); returns (errors, warnings) lines."""
+    import subprocess
+    import sys
+
+    from tests.services import require
+
+    exe = Path(sys.executable).with_name("dcentvfy")
+    require(exe.is_file(), "dicom3tools dcentvfy in the virtual environment")
+    result = subprocess.run(
+        [str(exe), *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in lines if line.startswith(("Error", "Abort"))]
+    warnings = [line for line in lines if line.startswith("Warning")]
+    return errors, warnings
+
+
 def build_inputs(
     series: NoduleSeries, *, with_findings: bool = True
 ) -> tuple[list[Dataset], list[NoduleFinding]]:

@@ -80,7 +80,7 @@ Sender = Callable[[DeliveryTask], SendOutcome]
 
 
 def is_dicom_kind(kind: str) -> bool:
-    return kind in ("sr", "seg") or kind.startswith("key-image")
+    return kind in ("sr", "seg", "kos") or kind.startswith("key-image")
 
 
 def upsert_delivery(

@@ -1,9 +1,11 @@
 """Artefact layout and writing: ``<outbox>/<study uid>/v<version>/``.
 
 The folder holds ``sr.dcm``, ``seg.dcm`` (when there are segments), ``key-<index>.dcm`` and
-``key-<index>.png`` (index = Finding.index). Every file is written atomically (temporary
-file in the same folder, fsync, rename), so a reader never sees half a file, and a
-rebuild replaces a file with the same instance (same SOP Instance UID).
+``key-<index>.png`` (index = Finding.index), and ``kos.dcm`` (the Key Object Selection
+flagging the key slices, key images and SR; only when there are key images). Every file is
+written atomically (temporary file in the same folder, fsync, rename), so a reader never
+sees half a file, and a rebuild replaces a file with the same instance (same SOP Instance
+UID).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from services.core.storage import UnsafeKeyError
 from services.core.uids import is_valid_uid
 from services.reporter.dicom.inputs import JobInputs
 from services.reporter.dicom.keyimage import build_key_image, png_bytes
+from services.reporter.dicom.kos import build_kos
 from services.reporter.dicom.seg import build_seg, seg_header, segment_numbers
 from services.reporter.dicom.sr import SegReference, build_sr
 
@@ -60,7 +63,7 @@ def resolve_outbox_path(settings: Settings, stored: str) -> Path:
 class Artefact:
     """One written file that goes out as a DICOM instance."""
 
-    kind: str  # sr | seg | key-image-<index>
+    kind: str  # sr | seg | key-image-<index> | kos
     path: Path
     sop_instance_uid: str
     index: int | None = None
@@ -105,10 +108,13 @@ def predecessor_header(inputs: JobInputs) -> Dataset | None:
 
 
 def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
-    """Build SEG, key images and SR for one job and write them; SR last, so a folder
-    with ``sr.dcm`` is complete. Returns the artefacts in sending order."""
+    """Build SEG, key images, SR and KOS for one job and write them; SR last, so a folder
+    with ``sr.dcm`` is complete. Returns the artefacts in sending order (the KOS after
+    what it flags)."""
     folder = artefact_dir(settings, inputs.study_instance_uid, inputs.version)
     written: list[Artefact] = []
+    key_slices: list[Dataset] = []
+    key_images: list[Dataset] = []
     seg_ref: SegReference | None = None
     if any(f.has_mask for f in inputs.findings):
         seg = build_seg(
@@ -143,6 +149,8 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
         atomic_write(folder / f"key-{finding.index}.png", png_bytes(rgb))
         path = folder / f"key-{finding.index}.dcm"
         atomic_write(path, dataset_bytes(sc))
+        key_slices.append(inputs.headers[k])
+        key_images.append(sc)
         written.append(
             Artefact(f"key-image-{finding.index}", path, str(sc.SOPInstanceUID), finding.index)
         )
@@ -154,9 +162,24 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
         seg=seg_ref,
         predecessor=predecessor_header(inputs),
         supersedes_version=inputs.supersedes_version,
+        incomplete=inputs.incomplete,
     )
+    kos_artefact: Artefact | None = None
+    if key_images:
+        kos = build_kos(
+            key_slices=key_slices,
+            key_images=key_images,
+            sr=sr,
+            algorithm=inputs.algorithm,
+            uids=inputs.uids,
+            supersedes_version=inputs.supersedes_version,
+        )
+        atomic_write(folder / "kos.dcm", dataset_bytes(kos))
+        kos_artefact = Artefact("kos", folder / "kos.dcm", str(kos.SOPInstanceUID))
     atomic_write(folder / "sr.dcm", dataset_bytes(sr))
     written.append(Artefact("sr", folder / "sr.dcm", str(sr.SOPInstanceUID)))
+    if kos_artefact is not None:
+        written.append(kos_artefact)
     log.info(
         "event=artefacts_written job=%s version=%s findings=%s files=%s",
         inputs.job_id,

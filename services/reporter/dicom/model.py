@@ -118,6 +118,14 @@ class OutputUids:
     def key_instance(self, index: int) -> str:
         return self._uid("key", "instance", index)
 
+    @property
+    def kos_series(self) -> str:
+        return self._uid("kos", "series")
+
+    @property
+    def kos_instance(self) -> str:
+        return self._uid("kos", "instance")
+
     def tracking_uid(self, index: int) -> str:
         return self._uid("nodule", index)
 

@@ -92,7 +92,7 @@ def test_sr_seg_and_key_images_end_up_in_orthanc(
         )
     finally:
         reporter.stop()
-    assert set(rows(db, job_id)) == {"sr", "seg", "key-image-1", "key-image-2"}
+    assert set(rows(db, job_id)) == {"sr", "seg", "key-image-1", "key-image-2", "kos"}
     sr_series = find(orthanc, series.study_uid, "SR", level="Series")
     assert len(sr_series) == 1
     studies = orthanc.post(
@@ -102,13 +102,13 @@ def test_sr_seg_and_key_images_end_up_in_orthanc(
     listed = orthanc.get(f"/studies/{studies[0]}/series?expand")
     assert isinstance(listed, list)
     modalities = sorted(s["MainDicomTags"]["Modality"] for s in listed)
-    assert modalities == ["CT", "OT", "SEG", "SR"]
+    assert modalities == ["CT", "KO", "OT", "SEG", "SR"]
     sr_id = find(orthanc, series.study_uid, "SR")[0]
     tags = orthanc.get(f"/instances/{sr_id}/simplified-tags")
     assert isinstance(tags, dict)
     assert tags["SOPInstanceUID"] == OutputUids(series.study_uid, 1).sr_instance
     assert tags["Modality"] == "SR"
-    assert orthanc.instance_count() == len(series.datasets) + 4
+    assert orthanc.instance_count() == len(series.datasets) + 5  # SEG, 2 key images, SR, KOS
 
 
 def test_orthanc_down_then_back_delivers_exactly_once(
@@ -151,4 +151,4 @@ def test_orthanc_down_then_back_delivers_exactly_once(
         reporter.stop()
     assert len(find(orthanc, series.study_uid, "SR")) == 1
     assert len(find(orthanc, series.study_uid, "SEG")) == 1
-    assert orthanc.instance_count() == len(series.datasets) + 3
+    assert orthanc.instance_count() == len(series.datasets) + 4  # SEG, key image, SR, KOS

@@ -66,9 +66,17 @@ def test_done_job_gets_sr_seg_key_images_and_written_deliveries(
     assert job.timings["report"] > 0 and job.timings["inference"] == 0.1
     folder = artefact_dir(settings, series.study_uid, 1)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["key-1.dcm", "key-1.png", "key-2.dcm", "key-2.png", "seg.dcm", "sr.dcm"]
+    assert names == [
+        "key-1.dcm",
+        "key-1.png",
+        "key-2.dcm",
+        "key-2.png",
+        "kos.dcm",
+        "seg.dcm",
+        "sr.dcm",
+    ]
     rows = {row.kind: row for row in deliveries(db, job_id)}
-    assert set(rows) == {"sr", "seg", "key-image-1", "key-image-2"}
+    assert set(rows) == {"sr", "seg", "key-image-1", "key-image-2", "kos"}
     assert {row.state for row in rows.values()} == {"written"}
     assert rows["sr"].sop_instance_uid == OutputUids(series.study_uid, 1).sr_instance
     assert rows["sr"].target == str(folder)
@@ -85,7 +93,7 @@ def test_redelivery_is_idempotent(db: Database, settings: Settings) -> None:
     before = sr_path.stat().st_mtime_ns
     assert consumer.handle(message(job_id, series.study_uid)) is Verdict.ACK
     assert sr_path.stat().st_mtime_ns == before  # not rebuilt
-    assert len(deliveries(db, job_id)) == 3
+    assert len(deliveries(db, job_id)) == 4  # SEG, key image, SR, KOS
     assert report_audits(db) == 1
 
 
@@ -102,7 +110,7 @@ def test_pacs_configured_rows_are_pending_and_fhir_row_added(
         message(job_id, series.study_uid)
     )
     rows = {row.kind: row for row in deliveries(db, job_id)}
-    assert set(rows) == {"sr", "seg", "key-image-1", "fhir"}
+    assert set(rows) == {"sr", "seg", "key-image-1", "kos", "fhir"}
     assert {row.state for row in rows.values()} == {"pending"}
     assert rows["sr"].target == "ORTHANC@127.0.0.1:4242"
     assert rows["seg"].path == f"{series.study_uid}/v1/seg.dcm"  # relative to the outbox
@@ -197,7 +205,7 @@ def test_reporter_threads_with_inprocess_broker(db: Database, settings: Settings
     finally:
         reporter.stop()
     assert reporter.threads == []
-    assert len(deliveries(db, job_id)) == 3
+    assert len(deliveries(db, job_id)) == 4  # SEG, key image, SR, KOS
 
 
 def test_reporter_on_rabbitmq_and_postgresql(
@@ -224,7 +232,7 @@ def test_reporter_on_rabbitmq_and_postgresql(
         reporter.stop()
         db.dispose()
     db = Database(postgres_url)
-    assert len(deliveries(db, job_id)) == 3
+    assert len(deliveries(db, job_id)) == 4  # SEG, key image, SR, KOS
     assert report_audits(db) == 1
     db.dispose()
 
