@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     hl7_receiving_facility: str = ""
     hl7_ack_timeout_seconds: float = Field(default=30.0, gt=0)
     public_base_url: str = ""
+    # FHIR Patient.identifier.system of the DICOM Patient ID (the MRN), unless the study's
+    # Issuer of Patient ID (0010,0021) is itself a URI or an OID (docs/fhir.md).
+    mrn_system: str = ""
 
     model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
@@ -216,6 +219,16 @@ class Settings(BaseSettings):
                     f"NODULEFLOW_API_TOKENS: token {number} of {len(value)} is refused: "
                     f"{reason}. Generate tokens with `openssl rand -hex 32`."
                 )
+        return value
+
+    @field_validator("mrn_system")
+    @classmethod
+    def _mrn_system(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s|]+", value):
+            raise ValueError(
+                "NODULEFLOW_MRN_SYSTEM must be an absolute URI without spaces or '|', "
+                f"e.g. urn:oid:1.2.3 or https://hospital.example/mrn; got {value[:80]!r}"
+            )
         return value
 
     @field_validator("retention_high_water", "retention_low_water")

@@ -34,6 +34,7 @@ _TAGS = [
         "SeriesDescription",
         "BodyPartExamined",
         "PatientID",
+        "IssuerOfPatientID",
         "PatientName",
         "PatientBirthDate",
         "PatientSex",
@@ -74,6 +75,7 @@ class InstanceHeader:
     series_description: str = ""
     body_part: str = ""
     patient_id: str = ""
+    issuer_of_patient_id: str = ""
     patient_name: str = ""
     patient_birth_date: str = ""
     patient_sex: str = ""
@@ -165,6 +167,7 @@ def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
         series_description=_text(ds, "SeriesDescription", 64),
         body_part=_text(ds, "BodyPartExamined", 16),
         patient_id=_text(ds, "PatientID", 64),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
         patient_name=_text(ds, "PatientName", 324),
         patient_birth_date=_text(ds, "PatientBirthDate", 8),
         patient_sex=_text(ds, "PatientSex", 16),

@@ -557,6 +557,7 @@ class InstanceStore:
             .values(
                 study_instance_uid=uid,
                 patient_id=header.patient_id,
+                issuer_of_patient_id=header.issuer_of_patient_id,
                 patient_name=header.patient_name,
                 patient_birth_date=header.patient_birth_date,
                 patient_sex=header.patient_sex,

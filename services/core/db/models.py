@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -35,13 +36,36 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def patient_key(patient_id: str) -> str:
-    """Opaque, stable FHIR ``Patient.id`` for a DICOM Patient ID (keeps MRNs out of URLs)."""
-    return hashlib.sha256(f"noduleflow:patient:{patient_id}".encode()).hexdigest()[:32]
+def patient_key(patient_id: str, issuer: str = "") -> str:
+    """Opaque, stable FHIR ``Patient.id`` for a DICOM Patient ID and its Issuer of Patient ID
+    (keeps MRNs out of URLs). Without an issuer the key is what it has always been."""
+    scoped = f"{issuer}|{patient_id}" if issuer else patient_id
+    return hashlib.sha256(f"noduleflow:patient:{scoped}".encode()).hexdigest()[:32]
+
+
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s|]+$")
+
+
+def issuer_system(issuer: str) -> str:
+    """The identifier system an Issuer of Patient ID (0010,0021) names: the issuer itself when
+    it is an absolute URI, ``urn:oid:<issuer>`` when it is an OID, else "" (a local name,
+    for which the configured MRN system applies)."""
+    value = issuer.strip()
+    if _OID.match(value) and len(value) <= 64:
+        return f"urn:oid:{value}"
+    if _URI.match(value):
+        return value
+    return ""
 
 
 def _patient_key_default(context: Any) -> str:
-    return patient_key(context.get_current_parameters().get("patient_id") or "")
+    params = context.get_current_parameters()
+    return patient_key(params.get("patient_id") or "", params.get("issuer_of_patient_id") or "")
+
+
+def _patient_id_system_default(context: Any) -> str:
+    return issuer_system(context.get_current_parameters().get("issuer_of_patient_id") or "")
 
 
 class Base(DeclarativeBase):
@@ -70,8 +94,11 @@ class Study(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    patient_id: Mapped[str] = mapped_column(String(64), default="")
-    # Search key for FHIR Patient references; kept in step with patient_id (see below).
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # Issuer of Patient ID (0010,0021), and the identifier system it names (issuer_system).
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_id_system: Mapped[str] = mapped_column(String(72), default=_patient_id_system_default)
+    # Search key for FHIR Patient references; kept in step with patient_id and its issuer.
     patient_key: Mapped[str] = mapped_column(String(32), default=_patient_key_default, index=True)
     patient_name: Mapped[str] = mapped_column(String(324), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
@@ -102,7 +129,13 @@ class Study(Base):
 
     @validates("patient_id")
     def _keep_patient_key(self, _key: str, value: str) -> str:
-        self.patient_key = patient_key(value or "")
+        self.patient_key = patient_key(value or "", self.issuer_of_patient_id or "")
+        return value
+
+    @validates("issuer_of_patient_id")
+    def _keep_issuer(self, _key: str, value: str) -> str:
+        self.patient_key = patient_key(self.patient_id or "", value or "")
+        self.patient_id_system = issuer_system(value or "")
         return value
 
 

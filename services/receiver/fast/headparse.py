@@ -34,6 +34,7 @@ WANTED: dict[int, str] = {
     0x0008103E: "SeriesDescription",
     0x00100010: "PatientName",
     0x00100020: "PatientID",
+    0x00100021: "IssuerOfPatientID",
     0x00100030: "PatientBirthDate",
     0x00100040: "PatientSex",
     0x00180015: "BodyPartExamined",

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import CTImageStorage
 
+from services.receiver.fast.headparse import read_head
 from services.receiver.index import HeaderError, parse_header
 from tests.factories.dicom import ct_slice
 
@@ -32,6 +33,17 @@ def test_header_has_index_attributes(tmp_path: Path) -> None:
     assert header.series_number == 2
     assert header.transfer_syntax_uid == "1.2.840.10008.1.2.1"
     assert header.patient_id == "TEST-001"  # indexed, never logged
+    assert header.issuer_of_patient_id == ""
+
+
+def test_issuer_of_patient_id_is_read_by_both_parsers(tmp_path: Path) -> None:
+    path = _write(tmp_path, IssuerOfPatientID="1.2.826.0.1.3680043.10.543.77")
+    raw = read_head(path.read_bytes())
+    assert raw is not None and raw["IssuerOfPatientID"] == "1.2.826.0.1.3680043.10.543.77"
+    fast = parse_header(path, head=path.read_bytes())  # the in-memory parser
+    slow = parse_header(path)  # pydicom
+    assert fast.issuer_of_patient_id == slow.issuer_of_patient_id
+    assert fast.issuer_of_patient_id == "1.2.826.0.1.3680043.10.543.77"
 
 
 @pytest.mark.parametrize(
