@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     stability_rules: dict[str, StabilityRule] = Field(default_factory=dict)  # by calling AE
     gap_wait_seconds: float = Field(default=120.0, ge=0)  # a series with gaps waits this long
     incomplete_wait_seconds: float = Field(default=900.0, ge=0)  # refused/interrupted: resend
-    min_lung_coverage_mm: float = Field(default=200.0, ge=0)  # shorter slabs are flagged
+    min_lung_coverage_mm: float = Field(default=0.0, ge=0)  # shorter slabs wait, flagged; 0 off
 
     pacs: str = ""
     delivery_max_attempts: int = 8

@@ -12,8 +12,10 @@ short grace after the associations carrying it were released). Stable is not yet
   ``incomplete_wait_seconds`` for the sender to resend.
 
 Whatever still misses then is analysed as it is, with a :class:`Completeness` that says
-``partial`` and names the missing z ranges; the reports carry it. A slab too short to hold
-both lungs (less than ``min_lung_coverage_mm`` along the slice normal) is flagged, not held.
+``partial`` and names the missing z ranges; the reports carry it. With
+``min_lung_coverage_mm`` set, a CT series shorter than that along the slice normal (the
+first half of a study whose sender paused) also waits ``gap_wait_seconds`` for more slices,
+and is then analysed with a "short slab" flag (a limited scan is not an incomplete one).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ class Completeness:
             "missing_z_mm": [list(r) for r in self.missing_z_mm],
             "coverage_mm": self.coverage_mm,
             "flags": list(self.flags),
+            "summary": self.summary(),  # what the reports say (the reporter reads only this)
         }
 
     @classmethod
@@ -263,7 +266,7 @@ def decide(
     if reason is None:
         return None
     completeness = assess(evidence, min_lung_coverage_mm=waits.min_lung_coverage_mm)
-    if not completeness.partial:
+    if not completeness.partial and not completeness.flags:
         return Decision(reason, completeness)
     known = bool(evidence.refused) or evidence.interrupted
     bound = max(waits.incomplete_seconds if known else 0.0, waits.gap_seconds)

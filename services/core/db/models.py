@@ -222,6 +222,15 @@ class Job(Base):
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", cascade="all")
 
     @property
+    def partial_summary(self) -> str:
+        """"" for a study analysed complete; else the sentence the reports carry (what was
+        not received, the missing z ranges), written by the receiver (``completeness``)."""
+        stored = self.completeness or {}
+        if stored.get("status") != "partial":
+            return ""
+        return str(stored.get("summary") or "Incomplete study: some slices were not received.")
+
+    @property
     def job_details(self) -> contracts.JobDetails:
         return contracts.JobDetails.parse(self.details)
 

@@ -36,6 +36,7 @@ class JobInputs:
     paths: list[Path]  # source files, volume order (k)
     findings: list[NoduleFinding]
     supersedes_version: int | None
+    incomplete: str = ""  # Job.partial_summary: "" for a complete study
 
     def read_slice(self, k: int) -> Dataset:
         return dcmread(self.paths[k])
@@ -132,4 +133,5 @@ def load_inputs(session: Session, storage: LocalStorage, job: Job) -> JobInputs:
         paths=paths,
         findings=[finding_from_row(row) for row in job.findings],
         supersedes_version=superseded_version(session, job),
+        incomplete=job.partial_summary,
     )

@@ -242,6 +242,7 @@ def build_sr(
     seg: SegReference | None = None,
     predecessor: Dataset | None = None,
     supersedes_version: int | None = None,
+    incomplete: str = "",
 ) -> Comprehensive3DSR:
     """The TID 1500 report of one job.
 
@@ -294,6 +295,8 @@ def build_sr(
     description = "Lung nodule AI report"
     if supersedes_version is not None:
         description += f" (supersedes v{supersedes_version})"
+    if incomplete:
+        description += " (partial)"
     evidence = list(source_images) + ([seg.header] if seg is not None else [])
     sr = Comprehensive3DSR(
         evidence=evidence,
@@ -303,10 +306,12 @@ def build_sr(
         sop_instance_uid=uids.sr_instance,
         instance_number=1,
         manufacturer=nf.MANUFACTURER,
-        is_complete=True,
+        is_complete=not incomplete,  # Completion Flag PARTIAL: slices were not received
         previous_versions=[predecessor] if predecessor is not None else None,
         series_description=description,
     )
     sr.CodingSchemeIdentificationSequence = nf.coding_scheme_identification()
+    if incomplete:  # (0040,A492) LO: the full sentence is in the FHIR conclusion
+        sr.CompletionFlagDescription = "Incomplete study: slices not received"
     sr.SoftwareVersions = f"{algorithm.name} {algorithm.version}"[:64]
     return sr

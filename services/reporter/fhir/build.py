@@ -64,6 +64,9 @@ def local_links(data: ReportInput) -> Links:
 
 
 def report_status(data: ReportInput) -> str:
+    """``partial`` for a study analysed with slices missing (``Job.partial_summary``)."""
+    if data.job.partial_summary:
+        return "partial"
     return "amended" if data.previous_job_id else "final"
 
 
@@ -187,6 +190,8 @@ def conclusion(data: ReportInput) -> str:
     """The report's conclusion in plain words."""
     name, version = fc.model_identity(data.job.details, data.job.model_version)
     tail = f"Automated analysis by {name} {version}; to be confirmed by a radiologist."
+    if data.job.partial_summary:
+        tail = f"{data.job.partial_summary} {tail}"
     if data.previous_job_id:
         tail += f" Replaces report {data.previous_job_id} (new images arrived for this study)."
     findings = list(data.findings)

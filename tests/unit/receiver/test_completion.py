@@ -105,9 +105,10 @@ def test_interrupted_transfer_is_partial_until_completed() -> None:
     assert "receiver restart" in decision.completeness.summary()
 
 
-def test_short_slab_is_flagged_not_held() -> None:
-    short = series([i * 2.5 for i in range(40)])  # 97.5 mm
-    decision = decide(clock(10), DEFAULT, Evidence(series=(short,)), NOW, WAITS)
+def test_short_slab_waits_like_a_gap_then_is_flagged_not_partial() -> None:
+    short = series([i * 2.5 for i in range(40)])  # 97.5 mm: the first half of a paused send
+    assert decide(clock(59), DEFAULT, Evidence(series=(short,)), NOW, WAITS) is None
+    decision = decide(clock(60), DEFAULT, Evidence(series=(short,)), NOW, WAITS)
     assert decision is not None and not decision.completeness.partial
     assert "Short slab" in decision.completeness.summary()
     assert assess(Evidence(series=(short,)), min_lung_coverage_mm=0).flags == ()
