@@ -7,6 +7,9 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from tests.services import free_port, require, wait_port
 
@@ -30,13 +33,22 @@ def ensure_installed() -> None:
 
 
 @contextmanager
-def running_medplum(log_path: Path) -> Iterator[str]:
-    """Start the server on a free port; yields its FHIR base URL; stops it afterwards."""
+def running_medplum(
+    log_path: Path, *, admin_token: str = "", token_ttl: int = 3600
+) -> Iterator[str]:
+    """Start the server on a free port; yields its FHIR base URL; stops it afterwards.
+
+    With ``admin_token``, FHIR requests need a bearer token from ``/oauth2/token`` that lives
+    ``token_ttl`` seconds; clients are made with :func:`create_client`.
+    """
     ensure_installed()
     port = free_port()
+    command = ["node", "--experimental-websocket", str(HERE / "server.mjs"), str(port)]
+    if admin_token:
+        command += ["--auth", admin_token, "--token-ttl", str(token_ttl)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            ["node", "--experimental-websocket", str(HERE / "server.mjs"), str(port)],
+            command,
             cwd=HERE,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -53,3 +65,36 @@ def running_medplum(log_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def server_root(fhir_base: str) -> str:
+    """``http://host:port`` of a FHIR base URL from :func:`running_medplum`."""
+    return fhir_base.removesuffix("/fhir/R4")
+
+
+def create_client(
+    fhir_base: str, admin_token: str, name: str, jwks_uri: str = ""
+) -> dict[str, Any]:
+    """A ClientApplication made through the admin API, as Medplum's admin API makes one:
+    the answer carries its ``id`` (the client id) and generated ``secret``."""
+    body = {"name": name, **({"jwksUri": jwks_uri} if jwks_uri else {})}
+    response = httpx.post(
+        f"{server_root(fhir_base)}/admin/projects/default/client",
+        json=body,
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    response.raise_for_status()
+    client: dict[str, Any] = response.json()
+    return client
+
+
+def admin(fhir_base: str, admin_token: str, method: str, path: str) -> dict[str, Any]:
+    """A test hook of the server's admin API (``revoke-tokens``, ``stats``)."""
+    response = httpx.request(
+        method,
+        f"{server_root(fhir_base)}/admin/{path}",
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    response.raise_for_status()
+    answer: dict[str, Any] = response.json()
+    return answer

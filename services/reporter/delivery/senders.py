@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import httpx
+
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.delivery.dispatch import DeliveryPolicy, DeliveryTask, Sender, SendOutcome
@@ -46,13 +48,14 @@ def dicom_sender(
     return send
 
 
-def fhir_sender(db: Database, settings: Settings) -> Sender:
+def fhir_sender(db: Database, settings: Settings, *, auth: httpx.Auth | None = None) -> Sender:
     """FHIR push of the job's DiagnosticReport (imported lazily: optional module), with one
-    OAuth client for all pushes so that its token is reused (ValueError: bad settings)."""
+    OAuth client for all pushes so that its token is reused: ``auth``, or the one the
+    settings describe (ValueError: bad settings)."""
     from services.reporter.fhir.oauth import auth_from_settings
     from services.reporter.fhir.push import push_report
 
-    auth = auth_from_settings(settings)
+    auth = auth or auth_from_settings(settings)
 
     def send(task: DeliveryTask) -> SendOutcome:
         outcome: SendOutcome = push_report(db, settings, task.job_id, auth=auth)

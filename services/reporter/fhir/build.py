@@ -1,8 +1,8 @@
 """Pure builders: database rows → FHIR R4 DiagnosticReport and Observations (fhir.resources).
 
 One DiagnosticReport per finished job (id = job id), one Observation per nodule
-(id = ``<job id>-<index>``); Patient, ImagingStudy and Device are in
-:mod:`services.reporter.fhir.entities`.
+(id = ``<job id>-<index>``); ImagingStudy and Device are in
+:mod:`services.reporter.fhir.entities`, Patient in :mod:`services.reporter.fhir.patient`.
 
 Superseded reports: a new job for the same study (late instances) issues a new report with
 status ``amended``. The earlier report is never rewritten: it keeps the status it was issued
@@ -81,8 +81,9 @@ def _quantity(value: float, unit: str, code: str) -> dict[str, Any]:
     return {"value": round(float(value), 3), "unit": unit, "system": fc.UCUM, "code": code}
 
 
-def _component(coding: dict[str, Any], **value: Any) -> dict[str, Any]:
-    return {"code": {"coding": [coding], "text": coding["display"]}, **value}
+def _component(coding: dict[str, Any], *also: dict[str, Any], **value: Any) -> dict[str, Any]:
+    """A component coded ``coding`` (and the equivalent codes ``also``)."""
+    return {"code": {"coding": [coding, *also], "text": coding["display"]}, **value}
 
 
 def _local(code: str, display: str) -> dict[str, Any]:
@@ -90,12 +91,18 @@ def _local(code: str, display: str) -> dict[str, Any]:
 
 
 def lung_rads_concept(category: str) -> dict[str, Any]:
-    return {
-        "coding": [
-            {"system": fc.LUNG_RADS_SYSTEM, "code": category, "display": f"Lung-RADS {category}"}
-        ],
-        "text": f"Lung-RADS {category}",
-    }
+    """A Lung-RADS category: the private code, and the RadLex term where one exists."""
+    coding = [{"system": fc.LUNG_RADS_SYSTEM, "code": category, "display": f"Lung-RADS {category}"}]
+    radlex = fc.LUNG_RADS_RADLEX.get(category.strip().upper())
+    if radlex:
+        coding.append({"system": fc.RADLEX, "code": radlex, "display": f"Lung-RADS {category}"})
+    return {"coding": coding, "text": f"Lung-RADS {category}"}
+
+
+def attenuation_concept(kind: str) -> dict[str, Any]:
+    """A nodule's attenuation (``kind``): the private code, then RadLex and SNOMED CT."""
+    coding = [{"system": fc.NODULE_KIND_SYSTEM, "code": kind}, *fc.ATTENUATION_CODES.get(kind, ())]
+    return {"coding": coding, "text": kind}
 
 
 def build_observation(data: ReportInput, finding: Finding, links: Links) -> Observation:
@@ -136,13 +143,12 @@ def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str,
         ),
         _component(
             _local("nodule-type", "Nodule type"),
-            valueCodeableConcept={
-                "coding": [{"system": fc.NODULE_KIND_SYSTEM, "code": finding.kind}],
-                "text": finding.kind,
-            },
+            fc.ATTENUATION_CONCEPT,
+            valueCodeableConcept=attenuation_concept(finding.kind),
         ),
         _component(
             _local("lung-rads", "Lung-RADS category"),
+            *fc.LUNG_RADS_CONCEPTS,
             valueCodeableConcept=lung_rads_concept(finding.lung_rads),
         ),
         _component(
@@ -261,7 +267,7 @@ def _report(data: ReportInput, links: Links) -> dict[str, Any]:
         "identifier": identifiers,
         "basedOn": based_on or None,
         "status": report_status(data),
-        "category": [{"coding": [{"system": fc.V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "category": [{"coding": [dict(c) for c in fc.REPORT_CATEGORIES]}],
         "code": {"coding": [fc.REPORT_CODE], "text": "CT chest: lung nodule analysis"},
         "subject": links.subject,
         "effectiveDateTime": fc.fhir_datetime(data.study.study_date, data.study.study_time),

@@ -8,6 +8,7 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from services.reporter.fhir import common as fc
+from services.reporter.fhir.patient import PATIENT_SPEC
 from services.reporter.fhir.query import IMAGING_STUDY_SPEC, OBSERVATION_SPEC, REPORT_SPEC
 from services.reporter.fhir.search import Spec
 
@@ -23,7 +24,33 @@ _DOCS = {
     "code": "http://snomed.info/sct|27925004 (nodule) or |4147007 (mass)",
     "derived-from": "ImagingStudy/<Study Instance UID>",
     "_id": "logical id",
+    "patient.identifier": (
+        "the subject's MRN: [system|]value (also subject:Patient.identifier, "
+        "subject.identifier, patient:Patient.identifier)"
+    ),
 }
+#: where a parameter means something else on one resource type
+_TYPE_DOCS = {
+    ("DiagnosticReport", "code"): "http://loinc.org|24627-2 (CT Chest), the code of every report",
+    ("DiagnosticReport", "category"): (
+        "http://loinc.org|LP29684-5 or http://terminology.hl7.org/CodeSystem/v2-0074|RAD"
+    ),
+    ("Observation", "category"): (
+        "http://terminology.hl7.org/CodeSystem/observation-category|imaging"
+    ),
+    ("Observation", "date"): "effective date (the study date), prefixes eq ne gt ge lt le",
+    ("Patient", "identifier"): "MRN: [system|]value; |value matches an MRN without a system",
+}
+#: parameters every search takes (rest.searchParam)
+_COMMON_PARAMS = [
+    ("_count", "number", "page size, at most 100; _count=0 gives the total only"),
+    ("_offset", "number", "paging offset (the Bundle's next/previous links)"),
+    ("_sort", "special", "per resource: see the resource's documentation; -key descends"),
+    ("_summary", "token", "count (the total only) or false"),
+    ("_elements", "special", "top-level elements of the matches; the rest is left out"),
+    ("_total", "token", "none | estimate | accurate (always accurate)"),
+    ("_format", "token", "json or application/fhir+json; anything else is 406"),
+]
 
 
 def _version() -> str:
@@ -36,9 +63,13 @@ def _version() -> str:
 _TYPES = {"reference": "reference", "token": "token", "date": "date"}
 
 
-def _search_params(spec: Spec) -> list[dict[str, Any]]:
+def _search_params(rtype: str, spec: Spec) -> list[dict[str, Any]]:
     return [
-        {"name": name, "type": _TYPES[kind], "documentation": _DOCS.get(name, name)}
+        {
+            "name": name,
+            "type": _TYPES[kind],
+            "documentation": _TYPE_DOCS.get((rtype, name), _DOCS.get(name, name)),
+        }
         for name, (kind, _mods) in spec.params.items()
     ]
 
@@ -56,7 +87,7 @@ def _resource(rtype: str, spec: Spec | None) -> dict[str, Any]:
     }
     if spec is not None:
         entry["interaction"].append({"code": "search-type"})
-        entry["searchParam"] = _search_params(spec)
+        entry["searchParam"] = _search_params(rtype, spec)
         entry["searchInclude"] = sorted(spec.includes) or None
         entry = {k: v for k, v in entry.items() if v is not None}
     return entry
@@ -98,16 +129,22 @@ def capability_statement(base_url: str, *, auth_open: bool, date: str) -> Capabi
             {
                 "mode": "server",
                 "documentation": (
-                    "Read-only. Unknown search parameters are refused (handling=strict) unless "
-                    "the request sends Prefer: handling=lenient. _count is capped at 100; paging "
-                    "by _offset through the Bundle's next/previous links."
+                    "Read-only. Search by GET or by POST [type]/_search "
+                    "(application/x-www-form-urlencoded). Unknown search parameters are refused "
+                    "(handling=strict) unless the request sends Prefer: handling=lenient. _count "
+                    "is capped at 100; paging by _offset through the Bundle's next/previous "
+                    "links. JSON only: _format or Accept asking for XML is answered 406."
                 ),
+                "searchParam": [
+                    {"name": name, "type": kind, "documentation": text}
+                    for name, kind, text in _COMMON_PARAMS
+                ],
                 "security": security,
                 "resource": [
                     _resource("DiagnosticReport", REPORT_SPEC),
                     _resource("Observation", OBSERVATION_SPEC),
                     _resource("ImagingStudy", IMAGING_STUDY_SPEC),
-                    _resource("Patient", None),
+                    _resource("Patient", PATIENT_SPEC),
                     _resource("Device", None),
                 ],
             }

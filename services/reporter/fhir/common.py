@@ -45,6 +45,47 @@ MASS_CODE = {"system": SNOMED, "code": "4147007", "display": "Mass"}
 FINDING_CODES = {"nodule": NODULE_CODE, "mass": MASS_CODE}
 LUNG_CODE = {"system": SNOMED, "code": "39607008", "display": "Lung structure"}
 
+# Standard codes beside the private ones (docs/fhir.md, "Codes", lists each with its source).
+RADLEX = "http://www.radlex.org"
+#: DiagnosticReport.category: HL7 v2 table 0074 "RAD" and the LOINC part "Radiology"
+REPORT_CATEGORIES = (
+    {"system": V2_0074, "code": "RAD", "display": "Radiology"},
+    {"system": LOINC, "code": "LP29684-5", "display": "Radiology"},
+)
+#: the Lung-RADS assessment as a concept (the Observation component's code)
+LUNG_RADS_CONCEPTS = (
+    {"system": RADLEX, "code": "RID50134", "display": "Lung-RADS assessment"},
+    {
+        "system": SNOMED,
+        "code": "1362105002",
+        "display": "Lung Imaging Reporting and Data System category",
+    },
+)
+#: each Lung-RADS category as a RadLex term (no standard code found for "S")
+LUNG_RADS_RADLEX = {
+    "0": "RID50135",
+    "1": "RID50136",
+    "2": "RID50137",
+    "3": "RID50138",
+    "4A": "RID50139",
+    "4B": "RID50140",
+    "4X": "RID50141",
+}
+#: nodule attenuation (our ``kind``): the RadLex solidness descriptor and its values, and
+#: SNOMED CT where a code exists (none for part-solid)
+ATTENUATION_CONCEPT = {"system": RADLEX, "code": "RID46010", "display": "Solidness descriptor"}
+ATTENUATION_CODES: dict[str, tuple[dict[str, str], ...]] = {
+    "solid": (
+        {"system": RADLEX, "code": "RID5741", "display": "solid"},
+        {"system": SNOMED, "code": "35702001", "display": "Solid"},
+    ),
+    "part-solid": ({"system": RADLEX, "code": "RID46011", "display": "partially solid"},),
+    "ground-glass": (
+        {"system": RADLEX, "code": "RID46016", "display": "non-solid"},
+        {"system": SNOMED, "code": "1217294009", "display": "Ground glass opacity"},
+    ),
+}
+
 LUNG_RADS_ORDER = ("0", "1", "2", "3", "4A", "4B", "4X")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9.\-]")
 

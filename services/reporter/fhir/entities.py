@@ -1,19 +1,17 @@
-"""Pure builders for the resources a report points at: Patient, ImagingStudy, Device.
+"""Pure builders for the resources a report points at: ImagingStudy and Device (Patient is
+in :mod:`services.reporter.fhir.patient`).
 
-ImagingStudy id = Study Instance UID; Patient id = an opaque hash of the DICOM Patient ID
-(:func:`services.core.db.models.patient_key`); Device id = model name, version and a digest.
+ImagingStudy id = Study Instance UID; Device id = model name, version and a digest.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.imagingstudy import ImagingStudy
-from fhir.resources.R4B.patient import Patient
 
 from services.core.db import Study
 from services.reporter.fhir import common as fc
@@ -26,31 +24,6 @@ class SeriesInfo:
     modality: str
     description: str
     instances: int
-
-
-def build_patient(study: Study) -> Patient:
-    name = fc.person_name(study.patient_name)
-    label = html.escape(name["text"] if name else "Unnamed patient")
-    resource: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": study.patient_key,
-        "text": {
-            "status": "generated",
-            "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{label}</div>',
-        },
-        "identifier": [
-            {
-                "type": {"coding": [{"system": fc.V2_0203, "code": "MR"}], "text": "Patient ID"},
-                "value": study.patient_id,
-            }
-        ]
-        if study.patient_id
-        else None,
-        "name": [name] if name else None,
-        "gender": fc.gender(study.patient_sex),
-        "birthDate": fc.fhir_date(study.patient_birth_date),
-    }
-    return Patient.model_validate(_drop_none(resource))
 
 
 def build_device(name: str, version: str) -> Device:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.orm import aliased
 
 from services.core.db import Finding, Job, JobState, Study
 from services.reporter.fhir import common as fc
+from services.reporter.fhir import subset
+from services.reporter.fhir.patient import identifier_filters
 from services.reporter.fhir.search import DateRange, Reference, Search, Spec, Token
 
 DONE = JobState.DONE.value
 _REF = frozenset({""})
 _PATIENT_REF = frozenset({"", "Patient"})
+#: chained searches on the subject's MRN, all spelled as ``patient.identifier``
+_CHAINS = {
+    "subject:Patient.identifier": "patient.identifier",
+    "subject.identifier": "patient.identifier",
+    "patient:Patient.identifier": "patient.identifier",
+}
+OBSERVATION_CATEGORY = {"system": fc.OBS_CATEGORY, "code": "imaging", "display": "Imaging"}
 
 REPORT_SPEC = Spec(
     params={
@@ -27,9 +37,14 @@ REPORT_SPEC = Spec(
         "issued": ("date", _REF),
         "_lastUpdated": ("date", _REF),
         "_id": ("token", _REF),
+        "patient.identifier": ("token", _REF),
+        "category": ("token", _REF),
+        "code": ("token", _REF),
     },
     sorts={"date": "date", "issued": "issued", "_lastUpdated": "issued", "_id": "id"},
-    includes=frozenset({"DiagnosticReport:result"}),
+    includes=frozenset({"DiagnosticReport:result", "DiagnosticReport:subject"}),
+    aliases=_CHAINS,
+    elements=subset.elements("DiagnosticReport"),
 )
 OBSERVATION_SPEC = Spec(
     params={
@@ -38,8 +53,14 @@ OBSERVATION_SPEC = Spec(
         "code": ("token", _REF),
         "derived-from": ("reference", _REF),
         "_id": ("token", _REF),
+        "patient.identifier": ("token", _REF),
+        "status": ("token", _REF),
+        "date": ("date", _REF),
+        "category": ("token", _REF),
     },
     sorts={"_lastUpdated": "issued", "date": "date"},
+    aliases=_CHAINS,
+    elements=subset.elements("Observation"),
 )
 IMAGING_STUDY_SPEC = Spec(
     params={
@@ -49,6 +70,7 @@ IMAGING_STUDY_SPEC = Spec(
         "_id": ("token", _REF),
     },
     sorts={"started": "date", "_id": "id"},
+    elements=subset.elements("ImagingStudy"),
 )
 
 
@@ -133,9 +155,42 @@ def _report_identifier(token: Token) -> ColumnElement[bool]:
     return false()
 
 
-def report_filters(search: Search) -> list[Any]:
+def _coded(token: Token, codings: Sequence[dict[str, str]]) -> bool:
+    """Whether ``token`` names one of ``codings`` (no system: any system)."""
+    return any(
+        token.code == c["code"] and (token.system is None or token.system == c["system"])
+        for c in codings
+    )
+
+
+def _constant(search: Search, name: str, codings: Sequence[dict[str, str]]) -> list[Any]:
+    """``name`` is coded the same on every resource of the type: each AND-ed value matches
+    all of them when one of its ORs names one of ``codings``, else none."""
+    return [
+        true() if any(isinstance(v, Token) and _coded(v, codings) for v in ors) else false()
+        for ors in search.values(name)
+    ]
+
+
+def _status_filters(search: Search) -> list[Any]:
+    where: list[Any] = []
+    for ors in search.values("status"):
+        conds = []
+        for v in ors:
+            if isinstance(v, Token) and v.code == "final":
+                conds.append(not_(report_status_amended()))
+            elif isinstance(v, Token) and v.code == "amended":
+                conds.append(report_status_amended())
+        where.append(_any(conds))
+    return where
+
+
+def report_filters(search: Search, mrn_system: str = "") -> list[Any]:
     where: list[Any] = [Job.state == DONE]
     where += _patients(search, "patient") + _patients(search, "subject")
+    where += identifier_filters(search, ["patient.identifier"], mrn_system)
+    where += _constant(search, "category", fc.REPORT_CATEGORIES)
+    where += _constant(search, "code", [fc.REPORT_CODE])
     where += _ids(search, Job.id)
     for ors in search.values("identifier"):
         where.append(_any([_report_identifier(v) for v in ors if isinstance(v, Token)]))
@@ -150,21 +205,14 @@ def report_filters(search: Search) -> list[Any]:
         )
     if search.values("based-on"):
         where.append(false())  # no ServiceRequest resources are held here
-    for ors in search.values("status"):
-        conds = []
-        for v in ors:
-            if isinstance(v, Token) and v.code == "final":
-                conds.append(not_(report_status_amended()))
-            elif isinstance(v, Token) and v.code == "amended":
-                conds.append(report_status_amended())
-        where.append(_any(conds))
+    where += _status_filters(search)
     where += _dates(search, "date", Study.study_date, day_string=True)
     where += _dates(search, "issued", Job.finished_at, day_string=False)
     where += _dates(search, "_lastUpdated", Job.finished_at, day_string=False)
     return where
 
 
-_STUDY_PARAMS = {"patient", "subject", "identifier", "based-on", "date"}
+_STUDY_PARAMS = {"patient", "subject", "identifier", "based-on", "date", "patient.identifier"}
 _ORDER: dict[str, Any] = {"date": Study.study_date, "issued": Job.finished_at, "id": Job.id}
 
 
@@ -193,9 +241,10 @@ def supersede_columns() -> tuple[Any, Any]:
 _SUPERSEDE = supersede_columns()
 
 
-def report_statement(search: Search) -> tuple[Any, Any]:
-    """(page query of (Job, Study, previous job id, superseding job id), count query)."""
-    where = report_filters(search)
+def report_statement(search: Search, mrn_system: str = "") -> tuple[Any, Any]:
+    """(page query of (Job, Study, previous job id, superseding job id), count query);
+    ``mrn_system`` is the configured MRN system (``patient.identifier``)."""
+    where = report_filters(search, mrn_system)
     base = select(Job, Study, *_SUPERSEDE).join(Study, Job.study_id == Study.id).where(*where)
     count = select(func.count()).select_from(Job)
     if {name for name, _ in search.filters} & _STUDY_PARAMS:  # else no join: index-only count
@@ -207,9 +256,13 @@ def report_statement(search: Search) -> tuple[Any, Any]:
     return page, count.where(*where)
 
 
-def observation_statement(search: Search) -> tuple[Any, Any]:
+def observation_statement(search: Search, mrn_system: str = "") -> tuple[Any, Any]:
     where: list[Any] = [Job.state == DONE]
     where += _patients(search, "patient") + _patients(search, "subject")
+    where += identifier_filters(search, ["patient.identifier"], mrn_system)
+    where += _status_filters(search)
+    where += _dates(search, "date", Study.study_date, day_string=True)
+    where += _constant(search, "category", [OBSERVATION_CATEGORY])
     codes = {coding["code"]: finding_type for finding_type, coding in fc.FINDING_CODES.items()}
     for ors in search.values("code"):
         types = {

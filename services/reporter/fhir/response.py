@@ -18,6 +18,7 @@ from services.core.db.models import utcnow
 from services.core.settings import Settings
 from services.reporter.fhir.common import FHIR_MEDIA_TYPE, instant
 from services.reporter.fhir.search import Search, Spec, parse
+from services.reporter.fhir.subset import subset
 
 
 class FhirResponse(JSONResponse):
@@ -42,10 +43,15 @@ def fhir_base(settings: Settings) -> str:
     return settings.base_url.rstrip("/") + "/fhir"
 
 
-def parse_request(request: Request, resource_type: str, spec: Spec) -> Search:
+def parse_request(
+    request: Request, resource_type: str, spec: Spec, items: list[tuple[str, str]] | None = None
+) -> Search:
+    """Parse the search in ``items`` (default: the query string; a POST ``_search`` passes
+    its query and form parameters, :mod:`services.reporter.api.search_input`)."""
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     lenient = "handling=lenient" in prefer
-    items = list(request.query_params.multi_items())
+    if items is None:
+        items = list(request.query_params.multi_items())
     return parse(resource_type, spec, items, lenient=lenient)
 
 
@@ -85,6 +91,8 @@ def searchset(
         "total": total,
         "link": links,
     }
+    if search.elements:  # _elements: matches only, each tagged SUBSETTED
+        matches = [(rtype, rid, subset(body, search.elements)) for rtype, rid, body in matches]
     entries: list[bytes] = []
     for mode, resources in (("match", matches), ("include", includes or [])):
         tail = b',"search":{"mode":"' + mode.encode() + b'"}}'

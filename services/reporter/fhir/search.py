@@ -28,7 +28,9 @@ _DATE = re.compile(
     r"(Z|[+-]\d{2}:\d{2}))?)?)?$"
 )
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
-COMMON = {"_count", "_offset", "_sort", "_include", "_format", "_total"}
+COMMON = {"_count", "_offset", "_sort", "_include", "_format", "_total", "_summary", "_elements"}
+SUMMARIES = ("count", "false")
+_ELEMENT = re.compile(r"^[a-z][A-Za-z]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Spec:
     params: dict[str, tuple[ParamType, frozenset[str]]]
     sorts: dict[str, str]  # _sort key → column name known to the query layer
     includes: frozenset[str] = frozenset()
+    # other spellings of a parameter, e.g. ``subject:Patient.identifier`` → ``patient.identifier``
+    aliases: dict[str, str] = field(default_factory=dict)
+    # top-level element names ``_elements`` may name (empty: ``_elements`` refused)
+    elements: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -71,6 +77,8 @@ class Search:
     offset: int = 0
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (column, descending)
     include: list[str] = field(default_factory=list)
+    summary: str = "false"  # "count": the total only, no entries
+    elements: list[str] = field(default_factory=list)  # _elements: the elements to return
     names: list[str] = field(default_factory=list)  # the accepted raw names, for links/audit
     raw: list[tuple[str, str]] = field(default_factory=list)
 
@@ -94,7 +102,7 @@ def parse(
             raise _bad("Search parameter name or value too long")
         if any(ord(ch) < 32 for ch in value):
             raise _bad(f"Control characters in parameter {raw_name[:40]!r}")
-        name, _, modifier = raw_name.partition(":")
+        name, _, modifier = spec.aliases.get(raw_name, raw_name).partition(":")
         if name in COMMON:
             _common(search, spec, name, value)
         elif name in spec.params and modifier in spec.params[name][1]:
@@ -111,6 +119,8 @@ def parse(
             )
         search.names.append(raw_name)
         search.raw.append((raw_name, value))
+    if search.summary == "count":  # the total only, as _count=0
+        search.count = 0
     return search
 
 
@@ -156,6 +166,16 @@ def _common(search: Search, spec: Spec, name: str, value: str) -> None:
             raise ApiError(406, "Only JSON is supported", code="not-supported")
     elif name == "_total" and value not in ("accurate", "estimate", "none"):
         raise _bad("_total must be none, estimate or accurate")
+    elif name == "_summary":
+        if value not in SUMMARIES:
+            raise _bad(f"_summary not supported; allowed: {', '.join(SUMMARIES)}")
+        search.summary = value
+    elif name == "_elements":
+        for element in _split(value):
+            if not _ELEMENT.match(element) or element not in spec.elements:
+                allowed = ", ".join(sorted(spec.elements)) or "none"
+                raise _bad(f"_elements: unknown element {element[:40]!r}; allowed: {allowed}")
+            search.elements.append(element)
 
 
 def _value(kind: ParamType, name: str, value: str) -> Value:

@@ -8,6 +8,7 @@ from services.core.db import Database
 from services.reporter.fhir import build as fb
 from services.reporter.fhir import common as fc
 from services.reporter.fhir import entities as fe
+from services.reporter.fhir import patient as fp
 from tests.factories.api import finding_spec, make_job, make_study
 
 
@@ -99,7 +100,7 @@ def test_observation_components(db: Database) -> None:
 
 def test_patient_narrative_is_escaped(db: Database) -> None:
     data = _input(db, name="<script>alert(1)</script>^Eve")
-    patient = json.loads(fe.build_patient(data.study).model_dump_json())
+    patient = json.loads(fp.build_patient(data.study).model_dump_json())
     assert "<script>" not in patient["text"]["div"]
     assert "&lt;script&gt;" in patient["text"]["div"]
     assert patient["name"][0]["family"] == "<script>alert(1)</script>"

@@ -1,4 +1,5 @@
-"""FHIR DiagnosticReport: read and search (with ``_include=DiagnosticReport:result``)."""
+"""FHIR DiagnosticReport: read and search (GET or POST ``_search``), with
+``_include=DiagnosticReport:result`` and ``_include=DiagnosticReport:subject``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from services.reporter.api.deps import (
 )
 from services.reporter.api.errors import ApiError
 from services.reporter.api.routes import audited
-from services.reporter.fhir import repo
+from services.reporter.api.search_input import SearchItems
+from services.reporter.fhir import patient, repo
 from services.reporter.fhir.build import ReportInput
 from services.reporter.fhir.query import REPORT_SPEC, report_statement
 from services.reporter.fhir.response import (
@@ -30,18 +32,23 @@ TYPE = "DiagnosticReport"
 
 
 @router.get("", response_class=FhirResponse)
+@router.post("/_search", response_class=FhirResponse)
 def search_reports(
     request: Request,
+    items: SearchItems,
     session: SessionDep,
     settings: SettingsDep,
     state: StateDep,
     principal: Annotated[Principal, Depends(require(TYPE, interaction="s"))],
 ) -> Response:
-    search = parse_request(request, TYPE, REPORT_SPEC)
+    search = parse_request(request, TYPE, REPORT_SPEC, items)
     include_results = "DiagnosticReport:result" in search.include
     if include_results:
         ensure_scope(request, principal, "Observation", interaction="r")
-    page, count = report_statement(search)
+    include_subjects = "DiagnosticReport:subject" in search.include
+    if include_subjects:
+        ensure_scope(request, principal, "Patient", interaction="r")
+    page, count = report_statement(search, settings.mrn_system)
     total = int(session.scalar(count) or 0)
     found = session.execute(page).all() if search.count else []
     inputs = [
@@ -64,6 +71,11 @@ def search_reports(
         matches.append(state.reports.report(full))
         if include_results:
             includes.extend(state.reports.observations(full))
+    if include_subjects:
+        keys = [d.study.patient_key for d in inputs]
+        includes += patient.patient_entries(
+            session=session, keys=keys, default_system=settings.mrn_system
+        )
     return audited.searchset(
         request, session, settings, principal, search, total, matches, includes
     )

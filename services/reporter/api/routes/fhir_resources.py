@@ -1,4 +1,4 @@
-"""FHIR Observation and ImagingStudy (read, search), Patient and Device (read), metadata."""
+"""FHIR Observation and ImagingStudy (read, search), Device (read), metadata."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from services.reporter.api.auth import Principal
 from services.reporter.api.deps import SessionDep, SettingsDep, StateDep, require
 from services.reporter.api.errors import ApiError
 from services.reporter.api.routes import audited
+from services.reporter.api.search_input import SearchItems
 from services.reporter.fhir import repo
 from services.reporter.fhir.build import ReportInput, local_links, observation_json
 from services.reporter.fhir.capability import capability_statement
-from services.reporter.fhir.entities import build_device, build_imaging_study, build_patient
+from services.reporter.fhir.entities import build_device, build_imaging_study
 from services.reporter.fhir.query import (
     IMAGING_STUDY_SPEC,
     OBSERVATION_SPEC,
@@ -38,7 +39,6 @@ ObservationReader = Annotated[Principal, Depends(require("Observation", interact
 ObservationSearcher = Annotated[Principal, Depends(require("Observation", interaction="s"))]
 StudyReader = Annotated[Principal, Depends(require("ImagingStudy", interaction="r"))]
 StudySearcher = Annotated[Principal, Depends(require("ImagingStudy", interaction="s"))]
-PatientReader = Annotated[Principal, Depends(require("Patient", interaction="r"))]
 DeviceReader = Annotated[Principal, Depends(require("Device", interaction="r"))]
 
 
@@ -55,15 +55,17 @@ def metadata(settings: SettingsDep, state: StateDep) -> Response:
 
 
 @router.get("/Observation", response_class=FhirResponse)
+@router.post("/Observation/_search", response_class=FhirResponse)
 def search_observations(
     request: Request,
+    items: SearchItems,
     session: SessionDep,
     settings: SettingsDep,
     state: StateDep,
     who: ObservationSearcher,
 ) -> Response:
-    search = parse_request(request, "Observation", OBSERVATION_SPEC)
-    page, count = observation_statement(search)
+    search = parse_request(request, "Observation", OBSERVATION_SPEC, items)
+    page, count = observation_statement(search, settings.mrn_system)
     total = int(session.scalar(count) or 0)
     rows = list(session.execute(page)) if search.count else []
     inputs = repo.report_inputs(session=session, rows=[(job, study) for _, job, study in rows])
@@ -100,10 +102,15 @@ def read_observation(
 
 
 @router.get("/ImagingStudy", response_class=FhirResponse)
+@router.post("/ImagingStudy/_search", response_class=FhirResponse)
 def search_imaging_studies(
-    request: Request, session: SessionDep, settings: SettingsDep, who: StudySearcher
+    request: Request,
+    items: SearchItems,
+    session: SessionDep,
+    settings: SettingsDep,
+    who: StudySearcher,
 ) -> Response:
-    search = parse_request(request, "ImagingStudy", IMAGING_STUDY_SPEC)
+    search = parse_request(request, "ImagingStudy", IMAGING_STUDY_SPEC, items)
     page, count = imaging_study_statement(search)
     total = int(session.scalar(count) or 0)
     studies = list(session.scalars(page)) if search.count else []
@@ -124,17 +131,6 @@ def read_imaging_study(
     series = repo.series_infos(session=session, study_ids=[study.id])
     audited.read(request, session, who, "ImagingStudy", study.study_instance_uid)
     return resource_response(build_imaging_study(study, series.get(study.id, [])))
-
-
-@router.get("/Patient/{patient_id}", response_class=FhirResponse)
-def read_patient(
-    patient_id: str, request: Request, session: SessionDep, who: PatientReader
-) -> Response:
-    study = repo.get_patient(session=session, patient_key=patient_id[:64])
-    if study is None:
-        raise ApiError(404, "Patient not found")
-    audited.read(request, session, who, "Patient", study.patient_key)
-    return resource_response(build_patient(study))
 
 
 @router.get("/Device/{device_id}", response_class=FhirResponse)
