@@ -15,6 +15,7 @@ from typing import Any
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
+from services.core.db.session import wait_for_database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
 from services.core.threads import Threaded, ThreadGroup
@@ -107,6 +108,10 @@ def run(settings: Settings) -> None:
     ordered: stop taking messages, finish the current one, stop HTTP, close.
     """
     db = Database(settings.database_url)
+    if not wait_for_database(db):  # stopped while the database was away
+        db.dispose()
+        log.info("event=reporter_stopped")
+        return
     db.upgrade()
     broker = make_broker(settings.broker_url, settings.broker_prefix)
     broker.declare()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
+from services.core.db.session import wait_for_database
 from services.core.messages import STUDY_RESULT
 from services.core.outbox import Relay
 from services.core.settings import Settings
@@ -99,6 +100,10 @@ def run(settings: Settings) -> None:
     from services.analysis.engine import ModelError
 
     db = Database(settings.database_url)
+    if not wait_for_database(db):  # stopped while the database was away
+        db.dispose()
+        log.info("event=worker_exit")
+        return
     broker = make_broker(settings.broker_url, settings.broker_prefix)
     try:
         worker = build_worker(settings, db, broker)

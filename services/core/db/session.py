@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from services.core.errors import is_db_unavailable
 log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -97,6 +99,19 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def wait_for_database(db: Database) -> bool:
+    """A service's start: :meth:`Database.wait_until_available`, ended by SIGTERM or SIGINT
+    (False: stop, nothing started). Must run in the main thread; the signal handlers that
+    were there are put back afterwards."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    try:
+        return db.wait_until_available(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def alembic_config(url: str) -> Config:
