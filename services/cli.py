@@ -305,6 +305,34 @@ def fpr_fit(
     fit_command(checkpoint, val, model_dir, masses, fp_per_scan)
 
 
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print, delete nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Retention: the studies whose images and artefacts are purged (study, age, bytes,
+    reason), by NODULEFLOW_RETENTION_* (docs/operations.md, "Retention")."""
+    from services.commands import purge_view
+
+    settings = _settings()
+    try:
+        if dry_run:
+            plan, rows = purge_view.dry_run(settings)
+            if as_json:
+                typer.echo(json.dumps({**purge_view.summary(plan), "studies": rows}, indent=2))
+            else:
+                purge_view.render_plan(plan, rows)
+            return
+        done = purge_view.purge_now(settings)
+    except ValueError as exc:
+        typer.echo(f"noduleflow: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps([p.__dict__ for p in done], indent=2))
+    else:
+        purge_view.render_purged(done)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations."""

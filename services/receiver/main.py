@@ -9,6 +9,7 @@ import logging
 from services.core.broker import Broker
 from services.core.db import Database
 from services.core.outbox import Relay
+from services.core.retention.loop import RetentionLoop, start_retention
 from services.core.settings import Settings
 from services.receiver.assembly import Background, build_scp, make_tracker, recover
 from services.receiver.prefork import Supervisor
@@ -28,20 +29,24 @@ class Receiver:
         self.scp = build_scp(settings, db, self.tracker)
         self.background = Background(self.tracker, self.relay)
         self.reconciled: ReconcileReport | None = None
+        self.retention: RetentionLoop | None = None
 
     @property
     def port(self) -> int:
         return self.scp.port
 
     def start(self) -> None:
-        """Non-blocking: recovers, then starts the SCP, tracker and relay threads."""
+        """Non-blocking: recovers, then starts the SCP, tracker, relay and retention threads."""
         self.reconciled = recover(self.settings, self.tracker)
         self.scp.start()
         self.background.start()
+        self.retention = start_retention(self.settings, self.db)
 
     def stop(self) -> None:
         self.scp.stop()
         self.background.stop()
+        if self.retention is not None:
+            self.retention.stop()
         log.info("event=receiver_stopped")
 
 

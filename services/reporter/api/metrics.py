@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import distinct, func, select
 
 from services.core.broker import Broker
-from services.core.db import Database, Delivery, Instance, Job, JobState, Study
+from services.core.db import Database, Delivery, Instance, Job, JobState, Purge, Study
 from services.core.messages import INFERENCE_QUEUE, REPORTING_QUEUE
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ class DatabaseCollector(Collector):
     def _from_database(self) -> Iterator[Metric]:
         with self.db.session() as session:
             instances = session.scalar(select(func.count(Instance.id))) or 0
+            stored = session.scalar(select(func.coalesce(func.sum(Instance.size), 0))) or 0
+            purged, purged_bytes = session.execute(
+                select(func.count(Purge.id), func.coalesce(func.sum(Purge.bytes), 0)).where(
+                    Purge.finished_at.is_not(None)
+                )
+            ).one()
             studies = session.scalar(select(func.count(Study.id))) or 0
             completed = (
                 session.scalar(
@@ -87,6 +93,15 @@ class DatabaseCollector(Collector):
             "noduleflow_instances_received", "DICOM instances stored", value=instances
         )
         yield GaugeMetricFamily("noduleflow_studies", "Studies known", value=studies)
+        yield GaugeMetricFamily(
+            "noduleflow_stored_bytes", "Bytes of the stored (indexed) instances", value=stored
+        )
+        yield CounterMetricFamily(
+            "noduleflow_purged_studies", "Studies whose images retention purged", value=purged
+        )
+        yield CounterMetricFamily(
+            "noduleflow_purged_bytes", "Instance bytes retention purged", value=purged_bytes
+        )
         yield CounterMetricFamily(
             "noduleflow_studies_completed", "Studies with a finished analysis", value=completed
         )

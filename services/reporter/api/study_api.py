@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.core.db import Delivery, Finding, Job, JobState
+from services.core.db import Delivery, Finding, Job, JobState, Study
 from services.core.job_listing import job_dict
+from services.core.retention.policy import aware
 from services.core.settings import Settings
 from services.core.uids import is_valid_uid
 from services.reporter.fhir import repo
@@ -20,6 +21,13 @@ def artefact_path(settings: Settings, study_uid: str, version: int, name: str) -
     if not is_valid_uid(study_uid) or "/" in name or name.startswith("."):
         return None
     return Path(settings.outbox_dir) / study_uid / f"v{version}" / name
+
+
+def images_purged(study: Study) -> bool:
+    """The study's images were purged by retention and nothing was received since."""
+    if study.purged_at is None:
+        return False
+    return aware(study.purged_at) >= aware(study.last_received_at)
 
 
 def finding_dict(finding: Finding) -> dict[str, Any]:
@@ -98,6 +106,10 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
             "description": study.study_description,
             "first_received_at": study.first_received_at,
             "last_received_at": study.last_received_at,
+            # retention (core/retention): when the images were purged, and whether they are
+            # still gone (a re-send after the purge stores them again)
+            "purged_at": study.purged_at,
+            "images_purged": images_purged(study),
         },
         "series": [s.__dict__ for s in series],
         "instances": sum(s.instances for s in series),

@@ -10,6 +10,9 @@
       ["Accession", s.accession_number], ["Study date", NF.dicomDate(s.study_date)],
       ["Description", s.description], ["Instances", String(data.instances)],
       ["Received", NF.when(s.last_received_at)], ["AI status", data.status]];
+    if (s.purged_at) items.push(["Images", s.images_purged
+      ? `purged ${NF.when(s.purged_at)} (retention); results and findings are kept`
+      : `purged ${NF.when(s.purged_at)}, received again ${NF.when(s.last_received_at)}`]);
     document.getElementById("study-facts").replaceChildren(
       ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v || "–" })]));
   }
