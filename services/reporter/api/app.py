@@ -1,9 +1,11 @@
 """The reporter's HTTP side: FHIR R4 (read-only), study API, worklist, health and metrics.
 
 - ``/fhir``: ``metadata``; DiagnosticReport, Observation, ImagingStudy and Patient read +
-  search (GET, or POST ``_search``); Device read. ``application/fhir+json``, searchset
-  Bundles with ``total`` and self/first/next/previous links, an OperationOutcome for every
-  error (strict parameters); another format asked for (``_format``, ``Accept``) is 406.
+  search (GET, or POST ``_search``); Device read; DiagnosticReport and Observation vread
+  and instance ``_history``, with ETags (``If-None-Match`` → 304). ``application/fhir+json``,
+  searchset Bundles with ``total`` and self/first/next/previous links, an OperationOutcome
+  for every error (strict parameters); another format asked for (``_format``, ``Accept``)
+  is 406.
 - ``/api``: ``studies/{uid}``, ``studies/{uid}/findings`` (``contracts.Finding``),
   ``studies/{uid}/key-images/{index}.png``, ``jobs``, ``worklist``.
 - ``/worklist``, ``/studies/{uid}``: HTML shells; their data comes from ``/api`` with the
@@ -35,6 +37,7 @@ from services.reporter.api.metrics import make_registry
 from services.reporter.api.middleware import GuardMiddleware
 from services.reporter.api.negotiation import FhirNegotiationMiddleware
 from services.reporter.api.routes import (
+    fhir_history,
     fhir_patients,
     fhir_reports,
     fhir_resources,
@@ -61,7 +64,8 @@ def create_app(settings: Settings, db: Database, broker: Broker | None = None) -
     )
     app.state.metrics = make_registry(db, broker)
     errors.install(app)
-    for module in (fhir_resources, fhir_reports, fhir_patients, studies, health, pages):
+    routers = (fhir_resources, fhir_reports, fhir_history, fhir_patients, studies, health, pages)
+    for module in routers:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     app.add_middleware(FhirNegotiationMiddleware)  # inside the guard: its headers apply

@@ -1,14 +1,15 @@
 """Pure builders: database rows → FHIR R4 DiagnosticReport and Observations (fhir.resources).
 
-One DiagnosticReport per finished job (id = job id), one Observation per nodule
+One DiagnosticReport per study (id = its first finished job's id), one Observation per nodule
 (id = ``<job id>-<index>``); ImagingStudy and Device are in
 :mod:`services.reporter.fhir.entities`, Patient in :mod:`services.reporter.fhir.patient`.
 
-Superseded reports: a new job for the same study (late instances) issues a new report with
-status ``amended``. The earlier report is never rewritten: it keeps the status it was issued
-with and is tagged ``urn:noduleflow:tag|superseded`` so that a reader (and the worklist) can tell
-it is no longer the current one. R4 has no Device target for ``DiagnosticReport.performer``, so
-the model is named on every Observation (``Observation.device``) and in the conclusion.
+Amendments: a new job for the same study (late instances) is the next version of the study's
+one DiagnosticReport (same id, ``meta.versionId`` + 1, status ``amended``); the findings of
+the analysis it replaces get a new version ``entered-in-error``
+(:mod:`services.reporter.fhir.versioning`). R4 has no Device target for
+``DiagnosticReport.performer``, so the model is named on every Observation
+(``Observation.device``) and in the conclusion.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fhir.resources.R4B.observation import Observation
 
 from services.core.db import Finding, Job, Study
 from services.reporter.fhir import common as fc
+from services.reporter.fhir import versioning
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,13 @@ class ReportInput:
     job: Job
     study: Study
     findings: Sequence[Finding]
-    previous_job_id: str | None = None  # an earlier finished report of this study
-    superseded_by: str | None = None  # a later finished report of this study
+    # The Observations' versionId to build (None: the current one; 1: as first issued).
+    observation_vid: int | None = None
+
+    @property
+    def report_id(self) -> str:
+        """The DiagnosticReport this job's result is a version of."""
+        return self.job.report_id or self.job.id
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,15 @@ def report_status(data: ReportInput) -> str:
     """``partial`` for a study analysed with slices missing (``Job.partial_summary``)."""
     if data.job.partial_summary:
         return "partial"
-    return "amended" if data.previous_job_id else "final"
+    return versioning.report_status(data.job.report_version)
 
 
-def _meta(data: ReportInput) -> dict[str, Any]:
-    meta: dict[str, Any] = {"lastUpdated": fc.instant(data.job.finished_at or data.job.updated_at)}
-    if data.superseded_by:
-        meta["tag"] = [{"system": fc.TAG_SYSTEM, "code": "superseded", "display": "Superseded"}]
-    return meta
+def observation_state(data: ReportInput) -> versioning.Version:
+    """The version of ``data``'s Observations to build (the current one unless asked)."""
+    version = versioning.observation_version(data.job, data.observation_vid)
+    if version is None:
+        raise ValueError(f"Observations of {data.job.id} have no version {data.observation_vid}")
+    return version
 
 
 def _quantity(value: float, unit: str, code: str) -> dict[str, Any]:
@@ -163,17 +171,18 @@ def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str,
                 valueQuantity=_quantity(value, *mm),
             )
         )
+    state = observation_state(data)
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": fc.observation_id(data.job.id, finding.index),
-        "meta": _meta(data),
+        "meta": versioning.meta(state),
         "identifier": [
             {
                 "system": fc.OBSERVATION_SYSTEM,
                 "value": fc.observation_id(data.job.id, finding.index),
             }
         ],
-        "status": report_status(data),
+        "status": state.status,
         "category": [
             {"coding": [{"system": fc.OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}
         ],
@@ -198,8 +207,11 @@ def conclusion(data: ReportInput) -> str:
     tail = f"Automated analysis by {name} {version}; to be confirmed by a radiologist."
     if data.job.partial_summary:
         tail = f"{data.job.partial_summary} {tail}"
-    if data.previous_job_id:
-        tail += f" Replaces report {data.previous_job_id} (new images arrived for this study)."
+    if (data.job.report_version or 1) > 1:
+        tail += (
+            f" Amended (version {data.job.report_version}): new images arrived for this study;"
+            " the findings of the earlier version no longer apply."
+        )
     findings = list(data.findings)
     if not findings:
         return f"No lung nodules detected. Lung-RADS 1. {tail}"
@@ -250,7 +262,7 @@ def report_json(data: ReportInput, links: Links) -> dict[str, Any]:
 def _report(data: ReportInput, links: Links) -> dict[str, Any]:
     text = conclusion(data)
     category = fc.highest_lung_rads([f.lung_rads for f in data.findings])
-    identifiers: list[dict[str, Any]] = [{"system": fc.REPORT_SYSTEM, "value": data.job.id}]
+    identifiers: list[dict[str, Any]] = [{"system": fc.REPORT_SYSTEM, "value": data.report_id}]
     based_on: list[dict[str, Any]] = []
     if data.study.accession_number:
         accession = {
@@ -261,8 +273,8 @@ def _report(data: ReportInput, links: Links) -> dict[str, Any]:
         based_on.append({"type": "ServiceRequest", "identifier": accession})
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "id": data.job.id,
-        "meta": _meta(data),
+        "id": data.report_id,
+        "meta": versioning.meta(versioning.report_version(data.job)),
         "text": _narrative(data, text),
         "identifier": identifiers,
         "basedOn": based_on or None,

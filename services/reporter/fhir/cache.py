@@ -1,7 +1,8 @@
 """Per-process LRU of served reports, encoded: a finished report only changes when superseded.
 
 The key holds everything a DiagnosticReport or its Observations are built from that can change
-(supersede links, issue time, the study's identifying fields), so a stale entry is never hit.
+(report version, supersede time, issue time, the study's identifying fields), so a stale entry
+is never hit.
 Entries are validated by the fhir.resources models when built.
 """
 
@@ -34,8 +35,10 @@ class ReportCache:
             job.finished_at,
             job.updated_at,
             model_identity(job.details, job.model_version),
-            data.previous_job_id,
-            data.superseded_by,
+            job.report_id,
+            job.report_version,
+            job.superseded_at,
+            data.observation_vid,
             study.patient_key,
             study.accession_number,
             study.study_date,

@@ -17,7 +17,7 @@ _DOCS = {
     "subject": "Patient/<id> or <id>",
     "identifier": "[system|]value",
     "based-on": "use based-on:identifier=<accession number> (ServiceRequest by identifier)",
-    "status": "final | amended",
+    "status": "final | amended (Observation also entered-in-error: a superseded finding)",
     "date": "study date, prefixes eq ne gt ge lt le",
     "issued": "report issue time, prefixes eq ne gt ge lt le",
     "_lastUpdated": "prefixes eq ne gt ge lt le",
@@ -74,12 +74,16 @@ def _search_params(rtype: str, spec: Spec) -> list[dict[str, Any]]:
     ]
 
 
-def _resource(rtype: str, spec: Spec | None) -> dict[str, Any]:
+def _resource(rtype: str, spec: Spec | None, *, versioned: bool = False) -> dict[str, Any]:
+    """``versioned``: vread and instance ``_history`` (fhir/versioning.py), ETags."""
+    read = [{"code": "read"}]
+    if versioned:
+        read += [{"code": "vread"}, {"code": "history-instance"}]
     entry: dict[str, Any] = {
         "type": rtype,
-        "interaction": [{"code": "read"}],
-        "versioning": "no-version",
-        "readHistory": False,
+        "interaction": read,
+        "versioning": "versioned" if versioned else "no-version",
+        "readHistory": versioned,
         "updateCreate": False,
         "conditionalCreate": False,
         "conditionalUpdate": False,
@@ -141,8 +145,8 @@ def capability_statement(base_url: str, *, auth_open: bool, date: str) -> Capabi
                 ],
                 "security": security,
                 "resource": [
-                    _resource("DiagnosticReport", REPORT_SPEC),
-                    _resource("Observation", OBSERVATION_SPEC),
+                    _resource("DiagnosticReport", REPORT_SPEC, versioned=True),
+                    _resource("Observation", OBSERVATION_SPEC, versioned=True),
                     _resource("ImagingStudy", IMAGING_STUDY_SPEC),
                     _resource("Patient", PATIENT_SPEC),
                     _resource("Device", None),

@@ -1,11 +1,15 @@
 """Push a job's DiagnosticReport (with its Device and Observations) to ``FHIR_PUSH_URL``.
 
 Each resource goes by conditional update on its business identifier
-(``PUT [base]/DiagnosticReport?identifier=urn:noduleflow:report|<job id>``), so repeating a
+(``PUT [base]/DiagnosticReport?identifier=urn:noduleflow:report|<report id>``), so repeating a
 push, or retrying one whose answer was lost, updates the same resources instead of creating
 duplicates. Order: Device, then Observations, then the report that references them by the ids
-the server assigned. Patient and ImagingStudy are referenced logically by identifier (MR
-Patient ID, DICOM Study Instance UID), since the receiving HIS owns its patient index.
+the server assigned, then the Observations of the versions it replaces, as
+``entered-in-error``. An amendment therefore updates the report the server already holds (a
+new version of the same resource there too), and a push always sends the report's current
+version: a late retry of an older analysis cannot roll the server back. Patient and
+ImagingStudy are referenced logically by identifier (MR Patient ID, DICOM Study Instance UID),
+since the receiving HIS owns its patient index.
 
 Called by the delivery dispatcher for ``fhir`` rows: network errors, timeouts, 408, 429 and 5xx
 are worth a retry; other 4xx are permanent.
@@ -82,7 +86,7 @@ def _body(resource: Resource) -> dict[str, Any]:
     body.pop("id", None)  # the receiving server assigns its own ids
     tags = (body.pop("meta", None) or {}).get("tag")
     if tags:
-        body["meta"] = {"tag": tags}  # keeps the "superseded" mark; versions are the server's
+        body["meta"] = {"tag": tags}  # versions and lastUpdated are the server's
     return body
 
 
@@ -120,15 +124,7 @@ def _diagnostics(response: httpx.Response) -> str:
 
 def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, int]:
     """Device, Observations, then the report; returns (``DiagnosticReport/<id>``, count)."""
-    name, version = fc.model_identity(data.job.details, data.job.model_version)
-    device_ref = _put(
-        client,
-        base,
-        "Device",
-        fc.DEVICE_SYSTEM,
-        fc.device_id(name, version),
-        build_device(name, version),
-    )
+    device_ref = _device(client, base, data)
     links = remote_links(data, device_ref, [])
     results = [
         _put(
@@ -142,8 +138,24 @@ def _push_one(client: httpx.Client, base: str, data: ReportInput) -> tuple[str, 
         for f in data.findings
     ]
     report = build_report(data, remote_links(data, device_ref, results))
-    stored = _put(client, base, "DiagnosticReport", fc.REPORT_SYSTEM, data.job.id, report)
+    stored = _put(client, base, "DiagnosticReport", fc.REPORT_SYSTEM, data.report_id, report)
     return stored, len(results)
+
+
+def _device(client: httpx.Client, base: str, data: ReportInput) -> str:
+    """The model's Device on the server (``Device/<id>``)."""
+    name, version = fc.model_identity(data.job.details, data.job.model_version)
+    device = build_device(name, version)
+    return _put(client, base, "Device", fc.DEVICE_SYSTEM, fc.device_id(name, version), device)
+
+
+def _retract(client: httpx.Client, base: str, replaced: ReportInput) -> None:
+    """The Observations of a replaced version, sent again as ``entered-in-error``."""
+    links = remote_links(replaced, _device(client, base, replaced), [])
+    for finding in replaced.findings:
+        observation = build_observation(replaced, finding, links)
+        body_id = fc.observation_id(replaced.job.id, finding.index)
+        _put(client, base, "Observation", fc.OBSERVATION_SYSTEM, body_id, observation)
 
 
 def push_report(
@@ -154,27 +166,25 @@ def push_report(
     ``auth`` (``oauth.ClientCredentialsAuth``) adds a bearer token; the caller keeps it, so
     its token is reused across pushes.
 
-    An amended report also re-sends the report it replaces, so that the receiving server
-    sees that one tagged ``superseded`` as well.
+    The report's current version is sent (for a superseded job too), then the findings of
+    its earlier versions as ``entered-in-error``.
     """
     base = settings.fhir_push_url.rstrip("/")
     if not base:
         return SendOutcome(False, False, "not-configured", "FHIR_PUSH_URL is empty")
     with db.session() as session:
-        data = repo.get_report(session=session, report_id=job_id)
-        previous = (
-            repo.get_report(session=session, report_id=data.previous_job_id)
-            if data is not None and data.previous_job_id
-            else None
-        )
+        own = repo.get_job_report(session=session, job_id=job_id)
+        versions = repo.report_history(session=session, report_id=own.report_id) if own else []
+    data = versions[0] if versions and versions[0].job.superseded_at is None else None
+    replaced = versions[1:]
     if data is None:
         return SendOutcome(False, False, "no-report", "job has no finished report")
     headers = {"Accept": fc.FHIR_MEDIA_TYPE, "Content-Type": fc.FHIR_MEDIA_TYPE}
     try:
         with httpx.Client(timeout=TIMEOUT, headers=headers, auth=auth) as client:
             stored, count = _push_one(client, base, data)
-            if previous is not None:
-                _push_one(client, base, previous)
+            for earlier in replaced:
+                _retract(client, base, earlier)
     except PushError as exc:
         log.warning(
             "event=fhir_push_failed job=%s status=%s retry=%s",

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
 
 from services.core.db import Finding, Job, JobState, Study
 from services.reporter.fhir import common as fc
-from services.reporter.fhir import subset
+from services.reporter.fhir import subset, versioning
 from services.reporter.fhir.patient import identifier_filters
 from services.reporter.fhir.search import DateRange, Reference, Search, Spec, Token
 
@@ -57,6 +56,7 @@ OBSERVATION_SPEC = Spec(
         "status": ("token", _REF),
         "date": ("date", _REF),
         "category": ("token", _REF),
+        "_lastUpdated": ("date", _REF),
     },
     sorts={"_lastUpdated": "issued", "date": "date"},
     aliases=_CHAINS,
@@ -139,17 +139,15 @@ def _dates(search: Search, name: str, column: Any, *, day_string: bool) -> list[
 
 
 def report_status_amended() -> ColumnElement[bool]:
-    earlier = aliased(Job)
-    return exists().where(
-        earlier.study_id == Job.study_id, earlier.version < Job.version, earlier.state == DONE
-    )
+    """The report's version is not its first (``versioning.report_status``)."""
+    return Job.report_version > 1
 
 
 def _report_identifier(token: Token) -> ColumnElement[bool]:
     if token.system == fc.REPORT_SYSTEM:
-        return Job.id == token.code
+        return Job.report_id == token.code
     if token.system is None:
-        return or_(Job.id == token.code, Study.accession_number == token.code)
+        return or_(Job.report_id == token.code, Study.accession_number == token.code)
     if token.system == "":
         return Study.accession_number == token.code
     return false()
@@ -176,22 +174,25 @@ def _status_filters(search: Search) -> list[Any]:
     where: list[Any] = []
     for ors in search.values("status"):
         conds = []
+        live = Job.superseded_at.is_(None)  # a superseded job's Observations are retracted
         for v in ors:
             if isinstance(v, Token) and v.code == "final":
-                conds.append(not_(report_status_amended()))
+                conds.append(and_(live, not_(report_status_amended())))
             elif isinstance(v, Token) and v.code == "amended":
-                conds.append(report_status_amended())
+                conds.append(and_(live, report_status_amended()))
+            elif isinstance(v, Token) and v.code == versioning.RETRACTED:
+                conds.append(Job.superseded_at.is_not(None))
         where.append(_any(conds))
     return where
 
 
 def report_filters(search: Search, mrn_system: str = "") -> list[Any]:
-    where: list[Any] = [Job.state == DONE]
+    where: list[Any] = [versioning.current_report()]  # one current version per report
     where += _patients(search, "patient") + _patients(search, "subject")
     where += identifier_filters(search, ["patient.identifier"], mrn_system)
     where += _constant(search, "category", fc.REPORT_CATEGORIES)
     where += _constant(search, "code", [fc.REPORT_CODE])
-    where += _ids(search, Job.id)
+    where += _ids(search, Job.report_id)
     for ors in search.values("identifier"):
         where.append(_any([_report_identifier(v) for v in ors if isinstance(v, Token)]))
     for ors in search.values("based-on", "identifier"):
@@ -213,39 +214,18 @@ def report_filters(search: Search, mrn_system: str = "") -> list[Any]:
 
 
 _STUDY_PARAMS = {"patient", "subject", "identifier", "based-on", "date", "patient.identifier"}
-_ORDER: dict[str, Any] = {"date": Study.study_date, "issued": Job.finished_at, "id": Job.id}
-
-
-def supersede_columns() -> tuple[Any, Any]:
-    """Scalar subqueries: the previous and the latest later finished job of the same study."""
-    earlier, later = aliased(Job), aliased(Job)
-    previous = (
-        select(earlier.id)
-        .where(
-            earlier.study_id == Job.study_id, earlier.version < Job.version, earlier.state == DONE
-        )
-        .order_by(earlier.version.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    superseded_by = (
-        select(later.id)
-        .where(later.study_id == Job.study_id, later.version > Job.version, later.state == DONE)
-        .order_by(later.version.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    return previous, superseded_by
-
-
-_SUPERSEDE = supersede_columns()
+_ORDER: dict[str, Any] = {
+    "date": Study.study_date,
+    "issued": Job.finished_at,
+    "id": Job.report_id,
+}
 
 
 def report_statement(search: Search, mrn_system: str = "") -> tuple[Any, Any]:
-    """(page query of (Job, Study, previous job id, superseding job id), count query);
+    """(page query of (Job, Study): the current version of each report, count query);
     ``mrn_system`` is the configured MRN system (``patient.identifier``)."""
     where = report_filters(search, mrn_system)
-    base = select(Job, Study, *_SUPERSEDE).join(Study, Job.study_id == Study.id).where(*where)
+    base = select(Job, Study).join(Study, Job.study_id == Study.id).where(*where)
     count = select(func.count()).select_from(Job)
     if {name for name, _ in search.filters} & _STUDY_PARAMS:  # else no join: index-only count
         count = count.join(Study, Job.study_id == Study.id)
@@ -257,11 +237,13 @@ def report_statement(search: Search, mrn_system: str = "") -> tuple[Any, Any]:
 
 
 def observation_statement(search: Search, mrn_system: str = "") -> tuple[Any, Any]:
-    where: list[Any] = [Job.state == DONE]
+    where: list[Any] = [versioning.published()]  # current and retracted (entered-in-error)
     where += _patients(search, "patient") + _patients(search, "subject")
     where += identifier_filters(search, ["patient.identifier"], mrn_system)
     where += _status_filters(search)
     where += _dates(search, "date", Study.study_date, day_string=True)
+    updated = versioning.observation_last_updated()
+    where += _dates(search, "_lastUpdated", updated, day_string=False)
     where += _constant(search, "category", [OBSERVATION_CATEGORY])
     codes = {coding["code"]: finding_type for finding_type, coding in fc.FINDING_CODES.items()}
     for ors in search.values("code"):

@@ -11,67 +11,18 @@ from sqlalchemy.orm import Session, defer
 
 from services.core.db import Finding, Instance, Job, Series, Study
 from services.reporter.fhir import common as fc
+from services.reporter.fhir import versioning
 from services.reporter.fhir.build import ReportInput
 from services.reporter.fhir.entities import SeriesInfo
-from services.reporter.fhir.query import DONE
 
 # Masks and slice lists are for the DICOM side; never load them to answer API reads.
 LIGHT_FINDING = (defer(Finding.mask), defer(Finding.mask_bbox), defer(Finding.source_sop_uids))
 
 
-def report_inputs(
-    *,
-    session: Session,
-    rows: Sequence[tuple[Job, Study]],
-    supersede: dict[str, tuple[str | None, str | None]] | None = None,
-) -> list[ReportInput]:
-    """Attach findings and supersede links to (job, study) rows (one query each, or one when
-    ``supersede`` – job id → (previous, superseded by) – was loaded with the rows)."""
-    if not rows:
-        return []
-    job_ids = [job.id for job, _ in rows]
-    findings: dict[str, list[Finding]] = defaultdict(list)
-    for finding in session.scalars(
-        select(Finding)
-        .options(*LIGHT_FINDING)
-        .where(Finding.job_id.in_(job_ids))
-        .order_by(Finding.job_id, Finding.index)
-    ):
-        findings[finding.job_id].append(finding)
-    if supersede is not None:
-        return [
-            ReportInput(
-                job=job,
-                study=study,
-                findings=findings.get(job.id, []),
-                previous_job_id=supersede[job.id][0],
-                superseded_by=supersede[job.id][1],
-            )
-            for job, study in rows
-        ]
-    versions: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    study_ids = {study.id for _, study in rows}
-    for study_id, version, job_id in session.execute(
-        select(Job.study_id, Job.version, Job.id)
-        .where(Job.study_id.in_(study_ids), Job.state == DONE)
-        .order_by(Job.study_id, Job.version)
-    ):
-        versions[study_id].append((version, job_id))
-    out = []
-    for job, study in rows:
-        done = versions.get(study.id, [])
-        earlier = [jid for v, jid in done if v < job.version]
-        later = [jid for v, jid in done if v > job.version]
-        out.append(
-            ReportInput(
-                job=job,
-                study=study,
-                findings=findings.get(job.id, []),
-                previous_job_id=earlier[-1] if earlier else None,
-                superseded_by=later[-1] if later else None,
-            )
-        )
-    return out
+def report_inputs(*, session: Session, rows: Sequence[tuple[Job, Study]]) -> list[ReportInput]:
+    """Attach findings to (job, study) rows (one query)."""
+    inputs = [ReportInput(job=job, study=study, findings=[]) for job, study in rows]
+    return attach_findings(session=session, inputs=inputs)
 
 
 def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[ReportInput]:
@@ -89,27 +40,60 @@ def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[
     return [replace(d, findings=findings.get(d.job.id, [])) for d in inputs]
 
 
+def _report_rows(session: Session, report_id: str, vid: int | None = None) -> list[ReportInput]:
+    """Versions of DiagnosticReport ``report_id``, newest first (only ``vid`` if given)."""
+    where = [Job.report_id == report_id, versioning.published()]
+    if vid is not None:
+        where.append(Job.report_version == vid)
+    rows = session.execute(
+        select(Job, Study)
+        .join(Study, Job.study_id == Study.id)
+        .where(*where)
+        .order_by(Job.report_version.desc())
+    ).all()
+    return report_inputs(session=session, rows=[(job, study) for job, study in rows])
+
+
 def get_report(*, session: Session, report_id: str) -> ReportInput | None:
+    """The current version of DiagnosticReport ``report_id``."""
+    versions = _report_rows(session, report_id)
+    return versions[0] if versions and versions[0].job.superseded_at is None else None
+
+
+def get_report_version(*, session: Session, report_id: str, vid: int) -> ReportInput | None:
+    """Version ``vid`` of DiagnosticReport ``report_id`` (vread)."""
+    versions = _report_rows(session, report_id, vid)
+    return versions[0] if versions else None
+
+
+def report_history(*, session: Session, report_id: str) -> list[ReportInput]:
+    """Every version of DiagnosticReport ``report_id``, newest first ([] if unknown)."""
+    return _report_rows(session, report_id)
+
+
+def get_job_report(*, session: Session, job_id: str) -> ReportInput | None:
+    """The report version made by job ``job_id`` (current or not)."""
     row = session.execute(
         select(Job, Study)
         .join(Study, Job.study_id == Study.id)
-        .where(Job.id == report_id, Job.state == DONE)
+        .where(Job.id == job_id, versioning.published())
     ).first()
-    if row is None:
-        return None
-    return report_inputs(session=session, rows=[(row[0], row[1])])[0]
+    return report_inputs(session=session, rows=[(row[0], row[1])])[0] if row else None
 
 
-def get_observation(*, session: Session, observation_id: str) -> tuple[ReportInput, Finding] | None:
+def get_observation(
+    *, session: Session, observation_id: str, vid: int | None = None
+) -> tuple[ReportInput, Finding] | None:
+    """Observation ``observation_id`` at version ``vid`` (default: its current version)."""
     parsed = fc.parse_observation_id(observation_id)
     if parsed is None:
         return None
-    data = get_report(session=session, report_id=parsed[0])
-    if data is None:
+    data = get_job_report(session=session, job_id=parsed[0])
+    if data is None or versioning.observation_version(data.job, vid) is None:
         return None
     for finding in data.findings:
         if finding.index == parsed[1]:
-            return data, finding
+            return replace(data, observation_vid=vid), finding
     return None
 
 

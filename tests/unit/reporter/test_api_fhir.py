@@ -55,23 +55,25 @@ def test_search_by_patient_identifier_and_accession(client: TestClient, seeded) 
     bundle = res.json()
     assert bundle["type"] == "searchset" and bundle["total"] == 2
     assert set(ids(bundle)) == {seeded["b1"].job.id, seeded["b2"].job.id}
-    job = seeded["a1v2"].job.id
-    by_id = client.get(f"/fhir/DiagnosticReport?identifier=urn:noduleflow:report|{job}").json()
-    assert ids(by_id) == [job]
+    report = seeded["a1"].job.id  # amended by a1v2: one report, its id unchanged
+    by_id = client.get(f"/fhir/DiagnosticReport?identifier=urn:noduleflow:report|{report}").json()
+    assert ids(by_id) == [report]
     by_accession = client.get("/fhir/DiagnosticReport?identifier=ACC-B1").json()
     assert ids(by_accession) == [seeded["b1"].job.id]
     by_order = client.get("/fhir/DiagnosticReport?based-on:identifier=ACC-A1").json()
-    assert set(ids(by_order)) == {seeded["a1"].job.id, job}
+    assert ids(by_order) == [report]
     assert client.get("/fhir/DiagnosticReport?identifier=urn:other|ACC-B1").json()["total"] == 0
 
 
-def test_status_amended_and_superseded(client: TestClient, seeded) -> None:
+def test_status_amended_is_the_same_report_at_version_2(client: TestClient, seeded) -> None:
     amended = client.get("/fhir/DiagnosticReport?status=amended").json()
-    assert ids(amended) == [seeded["a1v2"].job.id]
-    old = client.get(f"/fhir/DiagnosticReport/{seeded['a1'].job.id}").json()
-    assert old["status"] == "final" and old["meta"]["tag"][0]["code"] == "superseded"
+    assert ids(amended) == [seeded["a1"].job.id]
+    report = client.get(f"/fhir/DiagnosticReport/{seeded['a1'].job.id}").json()
+    assert report["status"] == "amended" and report["meta"]["versionId"] == "2"
+    assert report["result"] == [{"reference": f"Observation/{seeded['a1v2'].job.id}-1"}]
+    assert client.get(f"/fhir/DiagnosticReport/{seeded['a1v2'].job.id}").status_code == 404
     finals = client.get("/fhir/DiagnosticReport?status=final").json()
-    assert finals["total"] == 3
+    assert finals["total"] == 2
 
 
 @pytest.mark.parametrize(
@@ -79,14 +81,14 @@ def test_status_amended_and_superseded(client: TestClient, seeded) -> None:
     [
         ("date=2026-02-20", {"b1"}),
         ("date=ge2026-03", {"b2"}),
-        ("date=lt2026-02-20", {"a1", "a1v2"}),
-        ("date=le2026-02-20", {"a1", "a1v2", "b1"}),
+        ("date=lt2026-02-20", {"a1"}),
+        ("date=le2026-02-20", {"a1", "b1"}),
         ("date=gt2026-02-20", {"b2"}),
-        ("date=ne2026-02-20", {"a1", "a1v2", "b2"}),
-        ("date=2026", {"a1", "a1v2", "b1", "b2"}),
-        ("date=ge2026-01-01&date=lt2026-03-01", {"a1", "a1v2", "b1"}),
+        ("date=ne2026-02-20", {"a1", "b2"}),
+        ("date=2026", {"a1", "b1", "b2"}),
+        ("date=ge2026-01-01&date=lt2026-03-01", {"a1", "b1"}),
         ("_lastUpdated=gt2030-01-01", set()),
-        ("_lastUpdated=ge2026-01-01T00:00:00Z", {"a1", "a1v2", "b1", "b2"}),
+        ("_lastUpdated=ge2026-01-01T00:00:00Z", {"a1", "b1", "b2"}),
     ],
 )
 def test_date_prefixes(client: TestClient, seeded, query: str, expected: set[str]) -> None:
@@ -97,27 +99,33 @@ def test_date_prefixes(client: TestClient, seeded, query: str, expected: set[str
 
 def test_paging_and_sort(client: TestClient, seeded) -> None:
     first = client.get("/fhir/DiagnosticReport?_count=2&_sort=date").json()
-    assert first["total"] == 4 and len(ids(first)) == 2
+    assert first["total"] == 3 and len(ids(first)) == 2
     links = {link["relation"]: link["url"] for link in first["link"]}
     assert "next" in links and "previous" not in links
     second = client.get(links["next"]).json()
-    assert len(ids(second)) == 2 and not set(ids(first)) & set(ids(second))
+    assert len(ids(second)) == 1 and not set(ids(first)) & set(ids(second))
     assert {lk["relation"] for lk in second["link"]} >= {"previous"}
     dates = [e["resource"]["effectiveDateTime"] for e in first["entry"] + second["entry"]]
     assert dates == sorted(dates)
-    assert len(ids(client.get("/fhir/DiagnosticReport?_count=100000").json())) == 4
+    assert len(ids(client.get("/fhir/DiagnosticReport?_count=100000").json())) == 3
     summary = client.get("/fhir/DiagnosticReport?_count=0").json()
-    assert summary["total"] == 4 and "entry" not in summary
+    assert summary["total"] == 3 and "entry" not in summary
 
 
 def test_include_results(client: TestClient, seeded) -> None:
     from fhir.resources.R4B.bundle import Bundle
 
-    job = seeded["a1"].job.id
+    job = seeded["b1"].job.id
     bundle = client.get(f"/fhir/DiagnosticReport?_id={job}&_include=DiagnosticReport:result").json()
     Bundle.model_validate(bundle)  # the whole searchset, entries included
     included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
-    assert included == [f"{job}-1", f"{job}-2"]
+    assert included == [f"{job}-1"]
+    amended = seeded["a1"].job.id  # its current version's results only: nothing counted twice
+    bundle = client.get(
+        f"/fhir/DiagnosticReport?_id={amended}&_include=DiagnosticReport:result"
+    ).json()
+    included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert included == [f"{seeded['a1v2'].job.id}-1"]
 
 
 def test_reads(client: TestClient, seeded) -> None:
@@ -178,7 +186,7 @@ def test_failed_and_pending_jobs_have_no_report(client: TestClient, seeded) -> N
         "patient=" + "A" * 10_000,
         "date=2026-13-45",
         "status:text=final",
-        "_include=DiagnosticReport:subject",
+        "_include=DiagnosticReport:performer",
         "_offset=-5",
         "identifier=" + "x," * 40,
         "patient=Patient/../../etc",
@@ -194,7 +202,7 @@ def test_hostile_parameters_are_400(client: TestClient, seeded, query: str) -> N
 
 def test_lenient_handling_ignores_unknown(client: TestClient, seeded) -> None:
     res = client.get("/fhir/DiagnosticReport?foo=bar", headers={"Prefer": "handling=lenient"})
-    assert res.status_code == 200 and res.json()["total"] == 4
+    assert res.status_code == 200 and res.json()["total"] == 3
 
 
 def test_method_size_and_encoding_errors(client: TestClient) -> None:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 
+import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from services.core.db import Database
@@ -17,8 +20,8 @@ def _input(
     *,
     name: str = "Doe^Jane",
     findings: int = 2,
-    previous: str | None = None,
-    superseded_by: str | None = None,
+    version: int = 1,
+    superseded_at: datetime | None = None,
 ) -> fb.ReportInput:
     with db.session() as session:
         study = make_study(session, patient_name=name, accession="ACC-77")
@@ -27,13 +30,9 @@ def _input(
             for i in range(findings)
         ]
         made = make_job(session, study, findings=specs)
-    return fb.ReportInput(
-        job=made.job,
-        study=made.study,
-        findings=made.findings,
-        previous_job_id=previous,
-        superseded_by=superseded_by,
-    )
+        made.job.report_version = version
+        made.job.superseded_at = superseded_at
+    return fb.ReportInput(job=made.job, study=made.study, findings=made.findings)
 
 
 def test_report_has_codes_refs_and_conclusion(db: Database) -> None:
@@ -62,12 +61,30 @@ def test_report_has_codes_refs_and_conclusion(db: Database) -> None:
     DiagnosticReport.model_validate(body)
 
 
-def test_amended_and_superseded(db: Database) -> None:
-    data = _input(db, previous="abc", superseded_by="def")
+def test_first_version_is_final_with_version_meta(db: Database) -> None:
+    data = _input(db)
+    body = fb.report_json(data, fb.local_links(data))
+    assert body["id"] == data.job.id == data.report_id
+    assert body["meta"] == {"versionId": "1", "lastUpdated": fc.instant(data.job.finished_at)}
+    observation = fb.observation_json(data, data.findings[0], fb.local_links(data))
+    assert observation["status"] == "final" and observation["meta"]["versionId"] == "1"
+
+
+def test_amended_version_and_retracted_observations(db: Database) -> None:
+    replaced = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
+    data = _input(db, version=2, superseded_at=replaced)
     body = json.loads(fb.build_report(data, fb.local_links(data)).model_dump_json())
-    assert body["status"] == "amended"
-    assert body["conclusion"].endswith("Replaces report abc (new images arrived for this study).")
-    assert body["meta"]["tag"][0]["code"] == "superseded"
+    assert body["status"] == "amended" and body["meta"]["versionId"] == "2"
+    assert "tag" not in body["meta"]
+    assert "Amended (version 2)" in body["conclusion"]
+    links = fb.local_links(data)
+    current = fb.observation_json(data, data.findings[0], links)
+    assert current["status"] == "entered-in-error"
+    assert current["meta"] == {"versionId": "2", "lastUpdated": "2026-04-01T09:30:00Z"}
+    first = fb.observation_json(replace(data, observation_vid=1), data.findings[0], links)
+    assert first["status"] == "amended" and first["meta"]["versionId"] == "1"
+    with pytest.raises(ValueError, match="no version 3"):
+        fb.observation_json(replace(data, observation_vid=3), data.findings[0], links)
 
 
 def test_no_findings_is_lung_rads_1(db: Database) -> None:
@@ -141,7 +158,7 @@ def test_conversions() -> None:
 
 
 def test_json_fast_path_equals_model_dump(db: Database) -> None:
-    data = _input(db, findings=2, previous="abc")
+    data = _input(db, findings=2, version=2)
     links = fb.local_links(data)
     assert fb.report_json(data, links) == json.loads(fb.build_report(data, links).model_dump_json())
     assert fb.observation_json(data, data.findings[0], links) == json.loads(
@@ -156,10 +173,9 @@ def test_cache_key_changes_when_superseded(db: Database) -> None:
     cache = ReportCache(max_entries=2)
     first = cache.report(data)
     assert cache.report(data) is first and len(cache.observations(data)) == 1
-    later = fb.ReportInput(
-        job=data.job, study=data.study, findings=data.findings, superseded_by="newer"
-    )
-    assert json.loads(cache.report(later)[2])["meta"]["tag"][0]["code"] == "superseded"
+    data.job.superseded_at = datetime(2026, 4, 1, tzinfo=UTC)
+    retracted = cache.observations(data)
+    assert json.loads(retracted[0][2])["status"] == "entered-in-error"
     assert cache.report(data) is not first  # evicted (max 2), rebuilt
 
 

@@ -18,8 +18,9 @@ from services.reporter.api.deps import (
 from services.reporter.api.errors import ApiError
 from services.reporter.api.routes import audited
 from services.reporter.api.search_input import SearchItems
-from services.reporter.fhir import patient, repo
+from services.reporter.fhir import patient, repo, versioning
 from services.reporter.fhir.build import ReportInput
+from services.reporter.fhir.history import not_modified, tagged
 from services.reporter.fhir.query import REPORT_SPEC, report_statement
 from services.reporter.fhir.response import (
     FhirResponse,
@@ -51,12 +52,7 @@ def search_reports(
     page, count = report_statement(search, settings.mrn_system)
     total = int(session.scalar(count) or 0)
     found = session.execute(page).all() if search.count else []
-    inputs = [
-        ReportInput(
-            job=job, study=study, findings=[], previous_job_id=previous, superseded_by=later
-        )
-        for job, study, previous, later in found
-    ]
+    inputs = [ReportInput(job=job, study=study, findings=[]) for job, study in found]
     cached = {} if include_results else {d.job.id: state.reports.cached_report(d) for d in inputs}
     misses = [d for d in inputs if cached.get(d.job.id) is None]
     complete = {d.job.id: d for d in repo.attach_findings(session=session, inputs=misses)}
@@ -92,5 +88,9 @@ def read_report(
     data = repo.get_report(session=session, report_id=report_id[:64])
     if data is None:
         raise ApiError(404, f"{TYPE}/{report_id[:64]} not found")
-    audited.read(request, session, principal, TYPE, data.job.id)
-    return resource_response(state.reports.report(data)[2])
+    audited.read(request, session, principal, TYPE, data.report_id)
+    version = versioning.report_version(data.job)
+    unchanged = not_modified(request, version)
+    if unchanged is not None:
+        return unchanged
+    return tagged(resource_response(state.reports.report(data)[2]), version)

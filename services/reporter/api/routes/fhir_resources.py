@@ -14,9 +14,15 @@ from services.reporter.api.errors import ApiError
 from services.reporter.api.routes import audited
 from services.reporter.api.search_input import SearchItems
 from services.reporter.fhir import repo
-from services.reporter.fhir.build import ReportInput, local_links, observation_json
+from services.reporter.fhir.build import (
+    ReportInput,
+    local_links,
+    observation_json,
+    observation_state,
+)
 from services.reporter.fhir.capability import capability_statement
 from services.reporter.fhir.entities import build_device, build_imaging_study
+from services.reporter.fhir.history import not_modified, tagged
 from services.reporter.fhir.query import (
     IMAGING_STUDY_SPEC,
     OBSERVATION_SPEC,
@@ -96,9 +102,14 @@ def read_observation(
         raise ApiError(404, f"Observation/{observation_id[:80]} not found")
     data, finding = found
     audited.read(request, session, who, "Observation", observation_id)
+    version = observation_state(data)
+    unchanged = not_modified(request, version)
+    if unchanged is not None:
+        return unchanged
     if _indexed(data):
-        return resource_response(state.reports.observations(data)[finding.index - 1][2])
-    return resource_response(observation_json(data, finding, local_links(data)))
+        body = state.reports.observations(data)[finding.index - 1][2]
+        return tagged(resource_response(body), version)
+    return tagged(resource_response(observation_json(data, finding, local_links(data))), version)
 
 
 @router.get("/ImagingStudy", response_class=FhirResponse)
