@@ -163,7 +163,12 @@ class Settings(BaseSettings):
     incomplete_wait_seconds: float = Field(default=900.0, ge=0)  # refused/interrupted: resend
     min_lung_coverage_mm: float = Field(default=0.0, ge=0)  # shorter slabs wait, flagged; 0 off
 
+    # Destinations of the DICOM results: AET@host:port, comma-separated for several (PACS,
+    # VNA), tls://AET@host:port for DICOM TLS (reporter/delivery/pacs.py); "" = file outbox.
     pacs: str = ""
+    pacs_tls_ca: Path | None = None  # CA bundle the PACS certificates are checked against
+    pacs_tls_cert: Path | None = None  # client certificate and key, for mutual TLS
+    pacs_tls_key: Path | None = None
     delivery_max_attempts: int = 8
     delivery_backoff_seconds: float = 2.0
 
@@ -237,6 +242,19 @@ class Settings(BaseSettings):
         from services.core.retention.policy import Watermark
 
         Watermark.parse(value, name="retention watermark")  # a clear error when malformed
+        return value
+
+    @field_validator("pacs")
+    @classmethod
+    def _pacs(cls, value: str) -> str:
+        entry = re.compile(r"(tls://)?[^@\\\s]{1,16}@[^\s:@]+(:[0-9]{1,5})", re.IGNORECASE)
+        for part in value.split(","):
+            text = part.strip()
+            if text and (not entry.fullmatch(text) or "://" in text.lower().removeprefix("tls://")):
+                raise ValueError(
+                    "NODULEFLOW_PACS: each destination must look like AET@host:port or "
+                    f"tls://AET@host:port (comma-separated); got {text[:80]!r}"
+                )
         return value
 
     @field_validator("ae_title")

@@ -32,6 +32,7 @@ from services.core.messages import StudyResult
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
 from services.reporter.delivery.dispatch import FHIR, upsert_delivery
+from services.reporter.delivery.pacs import destinations
 from services.reporter.dicom.artefacts import (
     Artefact,
     artefact_dir,
@@ -136,18 +137,21 @@ class ResultConsumer:
         return Verdict.ACK
 
     def _create_deliveries(self, session: Session, job: Job, artefacts: list[Artefact]) -> None:
-        pacs = self.settings.pacs.strip()
+        """One row per (artefact, destination): each PACS or VNA is sent to and retried on
+        its own; with no destination the outbox folder is the delivery (``written``)."""
+        targets = [str(d) for d in destinations(self.settings.pacs)]
         folder = artefact_dir(self.settings, job.study.study_instance_uid, job.version)
         for artefact in artefacts:
-            upsert_delivery(
-                session,
-                job_id=job.id,
-                kind=artefact.kind,
-                target=pacs or str(folder),
-                path=outbox_relative(self.settings, artefact.path),
-                sop_instance_uid=artefact.sop_instance_uid,
-                written=not pacs,
-            )
+            for target in targets or [str(folder)]:
+                upsert_delivery(
+                    session,
+                    job_id=job.id,
+                    kind=artefact.kind,
+                    target=target,
+                    path=outbox_relative(self.settings, artefact.path),
+                    sop_instance_uid=artefact.sop_instance_uid,
+                    written=not targets,
+                )
         if self.settings.fhir_push_url:
             upsert_delivery(
                 session,

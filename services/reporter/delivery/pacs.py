@@ -8,13 +8,19 @@ Status classes of a C-STORE response (categories as ``pynetdicom.status`` names 
 * ``0xA7xx`` refused, out of resources: transient, retry later.
 * ``0xA9xx`` data set does not match SOP class, ``0xCxxx`` cannot understand, and any
   other failure: permanent; resending the same bytes would fail the same way.
-* No response at all (association rejected, aborted, connection refused, timeouts):
-  transient, retried, with the reason logged.
+* No response at all (association rejected, aborted, connection refused, timeouts, a
+  failed TLS handshake): transient, retried, with the reason logged.
+
+Destinations (``NODULEFLOW_PACS``) are ``AET@host:port``, comma-separated for several
+(the PACS and a VNA each get their own delivery rows and retries); ``tls://AET@host:port``
+sends over DICOM TLS (PS3.15 B.9, BCP 195: TLS 1.2 or newer, the peer's certificate
+verified against ``NODULEFLOW_PACS_TLS_CA``, or the system's CAs, and its host name or IP).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,23 +56,75 @@ def classify_status(status: int) -> SendOutcome:
     return SendOutcome(ok=False, retry=False, status=text, detail="failed: unexpected status")
 
 
+TLS_SCHEME = "tls://"
+
+
 @dataclass(frozen=True)
 class PacsAddress:
     aet: str
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, value: str) -> PacsAddress:
-        """``AET@host:port``."""
-        aet, _, hostport = value.partition("@")
+        """``AET@host:port``, or ``tls://AET@host:port`` for DICOM TLS."""
+        text = value.strip()
+        tls = text.lower().startswith(TLS_SCHEME)
+        if tls:
+            text = text[len(TLS_SCHEME) :]
+        aet, _, hostport = text.partition("@")
         host, _, port = hostport.rpartition(":")
-        if not aet or len(aet) > 16 or not host or not port.isdigit():
-            raise ValueError(f"PACS address must look like AET@host:port, got {value!r}")
-        return cls(aet, host, int(port))
+        if (
+            not aet
+            or "://" in text  # a scheme other than tls://
+            or len(aet) > 16
+            or "\\" in aet
+            or not host
+            or not port.isdigit()
+            or not 0 < int(port) < 65536
+        ):
+            raise ValueError(
+                f"PACS address must look like AET@host:port or tls://AET@host:port, "
+                f"got {value[:80]!r}"
+            )
+        return cls(aet, host, int(port), tls)
 
     def __str__(self) -> str:
-        return f"{self.aet}@{self.host}:{self.port}"
+        return f"{TLS_SCHEME if self.tls else ''}{self.aet}@{self.host}:{self.port}"
+
+
+def destinations(value: str) -> list[PacsAddress]:
+    """The destinations of ``NODULEFLOW_PACS`` (comma-separated), in order, each once;
+    empty for the file outbox. Raises ``ValueError`` for a malformed or repeated entry."""
+    found: list[PacsAddress] = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        address = PacsAddress.parse(part)
+        if any((a.aet, a.host, a.port) == (address.aet, address.host, address.port) for a in found):
+            raise ValueError(f"PACS destination listed twice: {part.strip()[:80]!r}")
+        found.append(address)
+    return found
+
+
+def tls_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """Client context for DICOM TLS: TLS 1.2 or newer, the server verified against ``ca``
+    (the system's CAs without it) and its name; ``cert``/``key`` for mutual TLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("PACS TLS client certificate and key go together")
+    for path in (ca, cert, key):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"PACS TLS file not found: {path}")
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca is not None else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 @dataclass(frozen=True)
@@ -93,9 +151,14 @@ def store(
     *,
     calling_aet: str,
     timeouts: Timeouts | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendOutcome:
-    """Send one DICOM file by C-STORE; never raises for network trouble."""
+    """Send one DICOM file by C-STORE; never raises for network trouble. A ``tls://``
+    address uses ``tls`` (the default client context without it)."""
     timeouts = timeouts or Timeouts()
+    tls_args = None
+    if address.tls:
+        tls_args = (tls or tls_context(), address.host)
     meta = dcmread(path, stop_before_pixels=True)
     sop_class = meta.SOPClassUID
     syntax = meta.file_meta.TransferSyntaxUID
@@ -118,12 +181,13 @@ def store(
             address.host,
             address.port,
             ae_title=address.aet,
+            tls_args=tls_args,
             evt_handlers=[
                 (evt.EVT_ACSE_RECV, on_acse),
                 (evt.EVT_CONN_OPEN, lambda _: connected.set()),
             ],
         )
-    except OSError as exc:  # name resolution and the like
+    except OSError as exc:  # name resolution, TLS handshake (ssl.SSLError) and the like
         return SendOutcome(ok=False, retry=True, status="no-association", detail=str(exc))
     if not assoc.is_established:
         if assoc.is_rejected:
@@ -131,6 +195,8 @@ def store(
             status = "rejected"
         elif not connected.is_set():
             detail, status = "connection failed (refused or unreachable)", "no-association"
+            if address.tls:
+                detail = "connection failed (refused, unreachable or TLS handshake failed)"
         elif assoc.is_aborted:
             detail, status = "association aborted during negotiation", "aborted"
         else:

@@ -10,7 +10,7 @@ import httpx
 from services.core.db import Database
 from services.core.settings import Settings
 from services.reporter.delivery.dispatch import DeliveryPolicy, DeliveryTask, Sender, SendOutcome
-from services.reporter.delivery.pacs import PacsAddress, Timeouts, store
+from services.reporter.delivery.pacs import PacsAddress, Timeouts, destinations, store, tls_context
 from services.reporter.dicom.artefacts import resolve_outbox_path
 from services.reporter.dicom.inputs import InputError
 
@@ -23,11 +23,15 @@ def dicom_sender(
     rebuild: Callable[[str], object] | None = None,
     timeouts: Timeouts | None = None,
 ) -> Sender:
-    """C-STORE the row's file to the row's target (``AET@host:port``).
+    """C-STORE the row's file to the row's target (``AET@host:port``; ``tls://`` for
+    DICOM TLS with the ``NODULEFLOW_PACS_TLS_*`` files, checked here, at start-up).
 
     A file missing from the outbox (cleaned up, or a replica without the volume) is
     rebuilt from the database and storage first: same UIDs, so the same instance.
     """
+    tls = None
+    if settings.pacs_tls_ca or any(d.tls for d in destinations(settings.pacs)):
+        tls = tls_context(settings.pacs_tls_ca, settings.pacs_tls_cert, settings.pacs_tls_key)
 
     def send(task: DeliveryTask) -> SendOutcome:
         try:
@@ -43,7 +47,7 @@ def dicom_sender(
                 return SendOutcome(False, False, "missing-file", f"cannot rebuild: {exc}")
         if not path.is_file():
             return SendOutcome(False, False, "missing-file", f"artefact missing: {path.name}")
-        return store(path, address, calling_aet=settings.ae_title, timeouts=timeouts)
+        return store(path, address, calling_aet=settings.ae_title, timeouts=timeouts, tls=tls)
 
     return send
 
