@@ -40,8 +40,33 @@ HOSTILE = [
     "patient=%00",
     "identifier=%E2%80%AE%EF%BC%87",  # unicode look-alike quote
     "_id=" + ",".join(["x"] * 50),
+    # the searches an HIS uses (docs/fhir.md)
+    "patient.identifier=' OR 1=1 --",
+    "patient.identifier=urn:oid:1.2|x'); DROP TABLE studies; --",
+    "patient.identifier=" + "C" * 10_000,
+    "subject:Patient.identifier=%00",
+    "subject:Patient.name=x",
+    "subject.identifier=|' OR ''='",
+    "identifier=%27|%27",
+    "category=http://loinc.org|LP29684-5' OR '1'='1",
+    "category=" + ",".join(["RAD"] * 30),
+    "code=http://loinc.org|24627-2;DELETE FROM jobs",
+    "status=final' --,amended' OR 1=1",
+    "date=ge2026-01-01' OR 1=1",
+    "_summary=count' OR 1=1",
+    "_summary=true",
+    "_summary=" + "count" * 200,
+    "_elements=id;DROP TABLE x",
+    "_elements=__class__",
+    "_elements=" + ",".join(["status"] * 30),
+    "_include=DiagnosticReport:subject' OR 1=1",
+    "_include=Patient:link",
+    "_sort=-date%00",
+    "_format=xml",
+    "_format=application/fhir+xml' OR 1=1",
 ]
-PATHS = ["/fhir/DiagnosticReport", "/fhir/Observation", "/fhir/ImagingStudy"]
+PATHS = ["/fhir/DiagnosticReport", "/fhir/Observation", "/fhir/ImagingStudy", "/fhir/Patient"]
+FORMS = ["/fhir/DiagnosticReport/_search", "/fhir/Observation/_search", "/fhir/Patient/_search"]
 
 
 def schema_checksum(db: Database) -> str:
@@ -95,3 +120,38 @@ def test_hostile_parameters(app_db) -> None:
     assert schema_checksum(db) == before
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM studies")).scalar() == 5
+
+
+def _refused_cleanly(res, where: tuple[str, str]) -> None:
+    assert res.status_code in (200, 400, 406, 415), (*where, res.status_code)
+    assert "Traceback" not in res.text and "sqlalchemy" not in res.text.lower(), where
+    if res.status_code != 200:
+        assert res.json()["resourceType"] == "OperationOutcome", where
+
+
+def test_hostile_post_search_and_headers(app_db) -> None:
+    """The same input in a POST _search form body, hostile bodies and Accept headers."""
+    client, db, _seeded = app_db
+    before = schema_checksum(db)
+    for path in FORMS:
+        for query in HOSTILE:
+            name, _, value = query.partition("=")
+            res = client.post(path, data={name: value})
+            _refused_cleanly(res, (path, query))
+            if res.status_code == 200:
+                assert res.json().get("total", 0) == 0, (path, query)
+        for body, ctype in [
+            (b"\xff\xfe=\x00", "application/x-www-form-urlencoded"),
+            (b"&".join([b"a=1"] * 500), "application/x-www-form-urlencoded"),
+            (b'{"patient": "x"}', "application/json"),
+            (b"<Parameters/>", "application/fhir+xml"),
+            (b"patient.identifier=x", "multipart/form-data; boundary=x"),
+        ]:
+            res = client.post(path, content=body, headers={"Content-Type": ctype})
+            _refused_cleanly(res, (path, ctype))
+            assert res.status_code in (400, 415), (path, ctype, res.status_code)
+    for accept in ("application/fhir+xml", "text/xml;q=1, */*;q=0", "application/json;q=x"):
+        res = client.get("/fhir/DiagnosticReport", headers={"Accept": accept})
+        _refused_cleanly(res, ("Accept", accept))
+        assert res.status_code == 406, accept
+    assert schema_checksum(db) == before
