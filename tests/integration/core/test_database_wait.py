@@ -37,6 +37,13 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
+def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 @contextmanager
 def _service(name: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as out:
@@ -106,7 +113,7 @@ def test_service_waits_for_the_database_then_starts(
         assert _wait(lambda: STARTED[service] in text(), 90), text()[-3000:]
         assert "event=database_available" in text()
         proc.send_signal(signal.SIGTERM)  # an idle worker drains at once
-        assert proc.wait(60) == 0, text()[-3000:]
+        assert _exit_code(proc, 60) == 0, text()[-3000:]
     assert "Traceback" not in text(), text()[-3000:]
 
 
@@ -118,6 +125,6 @@ def test_sigterm_while_waiting_stops_cleanly(
     with _service("reporter", _env(tmp_path, url, rabbit_url, rabbit_prefix), log) as proc:
         assert _wait(lambda: "event=database_unavailable" in log.read_text(), 60)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert _exit_code(proc, 30) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "Traceback" not in text and "event=reporter_stopped" in text, text[-3000:]
