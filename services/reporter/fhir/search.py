@@ -208,7 +208,7 @@ def parse_date(name: str, value: str) -> DateRange:
     try:
         if hour is not None:
             lo = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-            hi = lo + (timedelta(seconds=1) if second else timedelta(minutes=1))
+            hi = lo + _precision(text, seconds=second is not None)
         elif day is not None:
             lo = datetime(int(year), int(month), int(day), tzinfo=UTC)
             hi = lo + timedelta(days=1)
@@ -222,3 +222,12 @@ def parse_date(name: str, value: str) -> DateRange:
         raise _bad(f"{name}: not a valid date") from exc
     del zone
     return DateRange(prefix=prefix, lo=lo, hi=hi)
+
+
+def _precision(text: str, *, seconds: bool) -> timedelta:
+    """The range a dateTime with a time covers: its last digit (so ``gt<instant>`` with
+    milliseconds, as a ``_lastUpdated`` poll sends, misses nothing after that instant)."""
+    fraction = re.search(r"\.(\d+)", text)
+    if fraction:
+        return timedelta(microseconds=10 ** max(6 - len(fraction.group(1)), 0))
+    return timedelta(seconds=1) if seconds else timedelta(minutes=1)

@@ -163,3 +163,20 @@ def test_capability_statement_declares_versioning(client: TestClient) -> None:
         assert {"read", "vread", "history-instance"} <= codes
         assert resources[rtype]["versioning"] == "versioned"
     assert "_lastUpdated" in {p["name"] for p in resources["Observation"]["searchParam"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "width"),
+    [
+        ("gt2026-01-01T10:00:00.123Z", timedelta(milliseconds=1)),
+        ("gt2026-01-01T10:00:00.5+01:00", timedelta(milliseconds=100)),
+        ("gt2026-01-01T10:00:00Z", timedelta(seconds=1)),
+        ("gt2026-01-01T10:00Z", timedelta(minutes=1)),
+    ],
+)
+def test_a_poll_mark_covers_only_its_own_precision(value: str, width: timedelta) -> None:
+    """``_lastUpdated=gt<Bundle.meta.lastUpdated>`` must not skip the next second."""
+    from services.reporter.fhir.search import parse_date
+
+    found = parse_date("_lastUpdated", value)
+    assert found.hi - found.lo == width
