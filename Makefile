@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TCP_NODELAY := 1
 
-.PHONY: demo test lint typecheck system venv bench train evaluate clean
+.PHONY: demo test lint typecheck system venv bench chaos train evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(STAMP) system
 	$(BIN)/python tests/perf/bench_analyze.py
 	$(BIN)/python tests/perf/bench_worker.py
 	$(BIN)/python tests/perf/bench_api.py
+
+# The chaos suite (not part of `make test`; about 6 minutes on 2 cores): the distributed form
+# under a seeded storm of kills, broker and database cuts and a full disk (tests/chaos/run.py).
+CHAOS_SEED ?= 1717
+chaos: $(STAMP) system
+	$(BIN)/python -m tests.chaos.run --seed $(CHAOS_SEED)
 
 train: $(STAMP)
 	$(BIN)/noduleflow train

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ class Service:
     kills: int = 0
     unplanned_exits: int = 0
     restart_at: float | None = None  # monotonic time of the restart after a kill
+    exit_reasons: list[str] = field(default_factory=list)  # last error line of each
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -153,6 +155,7 @@ class Cluster:
                         continue
                     if service.restart_at is None:  # it went by itself: restart at once
                         service.unplanned_exits += 1
+                        service.exit_reasons.append(last_error(service.log))
                         service.restart_at = now + 1.0
                     if now >= service.restart_at:
                         service.start()
@@ -170,6 +173,18 @@ class Cluster:
         self.pacs.stop()
         self.broker_proxy.close()
         self.db_proxy.close()
+
+
+_ERROR_LINE = re.compile(r"^[\w.]*(?:Error|Exception)\b.*$", re.MULTILINE)
+
+
+def last_error(log: Path, tail: int = 16384) -> str:
+    """The last ``SomethingError: …`` line near the end of ``log`` (why a process exited)."""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - tail))
+        text = handle.read().decode(errors="replace")
+    found = _ERROR_LINE.findall(text)
+    return found[-1].strip()[:160] if found else "no error line"
 
 
 def service_env(

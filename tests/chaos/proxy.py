@@ -91,6 +91,9 @@ class CuttableProxy:
         self._call(self._restore())
 
     def close(self) -> None:
+        if not self._loop.is_running():
+            return
+
         async def shutdown() -> None:
             await self._cut()
             self._server.close()
@@ -99,6 +102,8 @@ class CuttableProxy:
             self._call(shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

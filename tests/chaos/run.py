@@ -224,14 +224,20 @@ def _run(options: Options, world: World) -> Outcome:
     header = (
         f"{len(studies)} studies ({files} instances, {acked} acknowledged, "
         f"{sum(s.refusals for s in studies)} sends refused or unanswered and retried), "
-        f"{len(injected)} faults over {options.span:.0f} s, {elapsed:.0f} s to settle"
+        f"{len(injected)} faults over {options.span:.0f} s; settled {elapsed:.0f} s after "
+        "the first send"
     )
     restarts = ", ".join(
         f"{s.name} {s.starts - 1} restarts ({s.unplanned_exits} unplanned)" for s in services
     )
+    by_name = {c.name: len(c.problems) for c in checks}
+    lost = sum(by_name[c.name] for c in checks[:2]) + by_name[checks[3].name]
     notes = [
+        f"lost: {lost}, doubled: {by_name[checks[2].name]}, "
+        f"patient identifiers in logs: {by_name[checks[4].name]}",
         f"services: {restarts}",
-        f"storage: {volume.mode}; temporary files left: {world.part_files(volume.root)}",
+        *(f"unplanned exit of {s.name}: {reason}" for s in services for reason in s.exit_reasons),
+        f"storage: {volume.mode}; temporary files left: {world.part_files(volume.root) or 'none'}",
         f"command: python -m tests.chaos.run --seed {options.seed} --studies {options.studies} "
         f"--faults {options.faults} --span {options.span:.0f}",
     ]
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder and database")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # aborts are the point here
     missing = World.missing()
     if missing:
         print(f"chaos: cannot run without {', '.join(missing)}", file=sys.stderr)

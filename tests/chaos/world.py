@@ -79,8 +79,9 @@ class World:
         self._cleanups.append(cleanup)
 
     @staticmethod
-    def part_files(root: Path) -> int:
-        return sum(1 for _ in root.rglob("*.part"))
+    def part_files(root: Path) -> list[str]:
+        """Temporary files left under ``root`` (relative paths)."""
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.part"))
 
     def close(self, keep: bool = False) -> None:
         for cleanup in reversed(self._cleanups):
