@@ -71,12 +71,16 @@ def test_served_resources_pass_medplum_r4_validation(
 
     with db.session() as session:
         seeded = seed_reports(session)
-    made = seeded["a1v2"]
+    made = seeded["a1"]  # amended by a1v2: version 2 of the same report
     with TestClient(create_app(settings, db), client=("127.0.0.1", 1)) as client:
         report = client.get(f"/fhir/DiagnosticReport/{made.job.id}").json()
+        assert report["meta"]["versionId"] == "2"
         bodies = [
             report,
             client.get(f"/fhir/{report['result'][0]['reference']}").json(),
+            client.get(f"/fhir/DiagnosticReport/{made.job.id}/_history").json(),
+            client.get(f"/fhir/Observation/{made.job.id}-1").json(),  # entered-in-error
+            client.get(f"/fhir/Observation/{made.job.id}-1/_history").json(),
             client.get(f"/fhir/{report['subject']['reference']}").json(),
             client.get(f"/fhir/{report['imagingStudy'][0]['reference']}").json(),
             client.get("/fhir/DiagnosticReport?_include=DiagnosticReport:result").json(),
@@ -119,30 +123,41 @@ def test_delivery_outbox_pushes_through_dispatcher(
     assert found["total"] == 1
 
 
-def test_amended_report_marks_the_old_one_superseded(
+def test_amendment_updates_the_same_remote_report(
     medplum: str, db: Database, settings: Settings
 ) -> None:
+    """A re-analysis is sent as an update of the report the server holds (a new version
+    there), the replaced findings as entered-in-error; a late push of the older analysis
+    sends the current version again, never rolling the server back."""
     settings = settings.model_copy(update={"fhir_push_url": medplum})
     with db.session() as session:
         study = make_study(session, patient_id="AMEND-1")
         first = make_job(session, study, findings=[finding_spec()]).job.id
-    assert push_report(db, settings, first).ok
+    created = push_report(db, settings, first)
+    assert created.ok, created
     with db.session() as session:
         study = session.merge(study)
         second = make_job(
             session, study, version=2, findings=[finding_spec(), finding_spec(lung_rads="4B")]
         ).job.id
-    assert push_report(db, settings, second).ok
+    amended = push_report(db, settings, second)
+    assert amended.ok and amended.detail == created.detail  # the same remote resource
 
-    def remote(job_id: str) -> dict:
-        found = httpx.get(
-            f"{medplum}/DiagnosticReport", params={"identifier": f"urn:noduleflow:report|{job_id}"}
-        ).json()
-        assert found["total"] == 1
-        return found["entry"][0]["resource"]
+    found = httpx.get(
+        f"{medplum}/DiagnosticReport", params={"identifier": f"urn:noduleflow:report|{first}"}
+    ).json()
+    assert found["total"] == 1
+    report = found["entry"][0]["resource"]
+    assert report["status"] == "amended" and len(report["result"]) == 2
+    history = httpx.get(f"{medplum}/{created.detail}/_history").json()
+    assert [e["resource"]["status"] for e in history["entry"]] == ["amended", "final"]
+    old = httpx.get(
+        f"{medplum}/Observation", params={"identifier": f"urn:noduleflow:observation|{first}-1"}
+    ).json()["entry"][0]["resource"]
+    assert old["status"] == "entered-in-error"
+    live = httpx.get(f"{medplum}/Observation", params={"status": "amended"}).json()
+    assert live["total"] == 2  # the nodule count follows the amendment, not 1 + 2
 
-    old, new = remote(first), remote(second)
-    assert new["status"] == "amended" and len(new["result"]) == 2
-    assert old["status"] == "final"
-    assert [t["code"] for t in old["meta"].get("tag", [])] == ["superseded"]
-    assert "tag" not in new["meta"]
+    assert push_report(db, settings, first).ok  # a late retry of the replaced analysis
+    again = httpx.get(f"{medplum}/{created.detail}").json()
+    assert again["status"] == "amended" and len(again["result"]) == 2
