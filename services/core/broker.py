@@ -144,7 +144,11 @@ class InProcessBroker:
                 self.dead[self.topology.queue_for(queue_name)].append(item)
 
     def queue_depth(self, queue_name: str) -> int:
-        return self._queues[self.topology.queue_for(queue_name)].qsize()
+        """Messages waiting in ``queue_name``; ``<queue>.dead`` is its dead-letter list."""
+        name = self.topology.queue_for(queue_name)
+        if name.endswith(".dead") and name not in self._queues:
+            return len(self.dead.get(name.removesuffix(".dead"), []))
+        return self._queues[name].qsize()
 
     def close(self) -> None:
         return None

@@ -62,7 +62,7 @@ def create_app(settings: Settings, db: Database, broker: Broker | None = None) -
     app.state.noduleflow = AppState(
         settings=settings, db=db, authenticator=authenticator, broker=broker
     )
-    app.state.metrics = make_registry(db, broker)
+    app.state.metrics = make_registry(db, broker, settings.storage_dir)
     errors.install(app)
     routers = (fhir_resources, fhir_reports, fhir_history, fhir_patients, studies, health, pages)
     for module in routers:
