@@ -9,7 +9,13 @@ import httpx
 
 from services.core.db import Database
 from services.core.settings import Settings
-from services.reporter.delivery.dispatch import DeliveryPolicy, DeliveryTask, Sender, SendOutcome
+from services.reporter.delivery.dispatch import (
+    HL7,
+    DeliveryPolicy,
+    DeliveryTask,
+    Sender,
+    SendOutcome,
+)
 from services.reporter.delivery.pacs import PacsAddress, Timeouts, destinations, store, tls_context
 from services.reporter.dicom.artefacts import resolve_outbox_path
 from services.reporter.dicom.inputs import InputError
@@ -74,6 +80,10 @@ def default_senders(
     senders = {"dicom": dicom_sender(settings, rebuild=rebuild)}
     if settings.fhir_push_url:
         senders["fhir"] = fhir_sender(db, settings)
+    if settings.hl7_peer:
+        from services.reporter.hl7.sender import hl7_sender
+
+        senders[HL7] = hl7_sender(db, settings)
     return senders
 
 

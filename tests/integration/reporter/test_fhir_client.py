@@ -32,9 +32,9 @@ def pg_db(postgres_url: str) -> Iterator[Database]:
 def smart(pg_db: Database, settings: Settings) -> Iterator[tuple[fhir_client.FHIRClient, dict]]:
     with pg_db.session() as session:
         seeded = seed_reports(session)
-        many = make_study(session, patient_id="PAT-MANY", accession="ACC-MANY")
-        for version in range(1, 8):  # seven reports of one patient: exercises paging
-            make_job(session, many, version=version, findings=[finding_spec()])
+        for n in range(7):  # seven studies, so seven reports, of one patient: paging
+            many = make_study(session, patient_id="PAT-MANY", accession=f"ACC-MANY-{n}")
+            make_job(session, many, findings=[finding_spec()])
         seeded["many"] = Made(study=many, job=None, findings=[])  # type: ignore[arg-type]
     # the API's links name its configured public URL, never the request's Host header
     port = free_port()
@@ -69,7 +69,9 @@ def test_fhirclient_reads_reports_by_patient_and_accession(smart) -> None:
             server
         )
     )
-    assert sorted(r.status for r in by_accession) == ["amended", "final"]
+    # re-analysed: one report, at version 2
+    assert [(r.id, r.status) for r in by_accession] == [(seeded["a1"].job.id, "amended")]
+    assert by_accession[0].meta.versionId == "2"
     by_identifier = list(
         DiagnosticReport.where(struct={"identifier": "ACC-B2"}).perform_resources_iter(server)
     )
