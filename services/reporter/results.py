@@ -31,7 +31,7 @@ from services.core.errors import PermanentError, TransientError
 from services.core.messages import StudyResult
 from services.core.settings import Settings
 from services.core.storage import LocalStorage
-from services.reporter.delivery.dispatch import FHIR, upsert_delivery
+from services.reporter.delivery.dispatch import FHIR, HL7, upsert_delivery
 from services.reporter.delivery.pacs import destinations
 from services.reporter.dicom.artefacts import (
     Artefact,
@@ -159,6 +159,8 @@ class ResultConsumer:
                 kind=FHIR,
                 target=self.settings.fhir_push_url,
             )
+        if self.settings.hl7_peer:
+            upsert_delivery(session, job_id=job.id, kind=HL7, target=self.settings.hl7_peer)
 
     def rebuild(self, job_id: str) -> list[Artefact]:
         """Write a finished job's artefacts again (same UIDs), e.g. when the outbox lost

@@ -1,9 +1,10 @@
 """What must hold after the storm (issue 17, part 5), each as a named check with counts.
 
 1. Every acknowledged instance is on disk (content as indexed) and indexed once, in its study.
-2. Every study has exactly one current report (its newest job ``done``, covering every
-   acknowledged instance), or an actionable failure (``failed``/``skipped`` with a reason);
-   no job is doubled (two jobs of one study over the same instances).
+2. Every study has exactly one current report (its newest job ``done``, not superseded,
+   the only such job, covering every acknowledged instance), or an actionable failure
+   (``failed``/``skipped`` with a reason); no job is doubled (two jobs of one study over
+   the same instances).
 3. No delivery is lost: every row of a finished report is delivered, and the PACS holds
    each delivered instance.
 4. No patient identifier is in any log.
@@ -41,6 +42,7 @@ class JobRow:
     state: str
     reason: str
     instance_count: int
+    current: bool = False  # done and not superseded: the study's current report
 
 
 def doubled(jobs: Iterable[JobRow]) -> list[str]:
@@ -62,7 +64,12 @@ def current_report(jobs: Sequence[JobRow], acked: int) -> str | None:
     if not jobs:
         return "no job" if acked else None
     newest = max(jobs, key=lambda r: r.version)
+    current = [r.version for r in jobs if r.current]
+    if len(current) > 1:
+        return f"{len(current)} current reports (versions {sorted(current)})"
     if newest.state == JobState.DONE.value:
+        if current != [newest.version]:
+            return f"newest job v{newest.version} is done but not the current report"
         if newest.instance_count < acked:
             return f"report covers {newest.instance_count} of {acked} acknowledged instances"
         return None
@@ -119,10 +126,18 @@ def job_rows(db: Database) -> list[JobRow]:
     with db.session() as session:
         rows = session.execute(
             select(
-                Study.study_instance_uid, Job.version, Job.state, Job.reason, Job.instance_count
+                Study.study_instance_uid,
+                Job.version,
+                Job.state,
+                Job.reason,
+                Job.instance_count,
+                Job.superseded_at,
             ).join(Study, Job.study_id == Study.id)
         ).all()
-    return [JobRow(*row) for row in rows]
+    return [
+        JobRow(uid, version, state, reason, count, state == "done" and superseded is None)
+        for uid, version, state, reason, count, superseded in rows
+    ]
 
 
 def check_reports(jobs: Sequence[JobRow], studies: Sequence[SentStudy]) -> Check:

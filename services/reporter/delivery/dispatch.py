@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, FAILED, WRITTEN = "pending", "delivered", "failed", "written"
 FHIR = "fhir"
+HL7 = "hl7"  # ORU^R01 over MLLP; last_status is the ACK code (reporter/hl7)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from tests.chaos.schedule import Fault, Kind
 from tests.chaos.traffic import patient_for, tag_for
 
 
-def _job(version: int, state: str, count: int, reason: str = "", uid: str = "1.2") -> JobRow:
-    return JobRow(uid, version, state, reason, count)
+def _job(
+    version: int, state: str, count: int, reason: str = "", uid: str = "1.2", current: bool = False
+) -> JobRow:
+    return JobRow(uid, version, state, reason, count, current)
 
 
 def test_a_second_job_over_the_same_instances_is_doubled() -> None:
@@ -21,13 +23,18 @@ def test_a_second_job_over_the_same_instances_is_doubled() -> None:
 
 
 def test_current_report_needs_the_newest_job_final_and_covering_everything() -> None:
-    assert current_report([_job(1, "done", 40), _job(2, "done", 48)], acked=48) is None
-    assert current_report([_job(1, "done", 48), _job(2, "inferring", 48)], 48) == (
+    assert current_report([_job(1, "done", 40), _job(2, "done", 48, current=True)], 48) is None
+    assert current_report([_job(1, "done", 48, current=True), _job(2, "inferring", 48)], 48) == (
         "newest job v2 still inferring"
     )
-    assert current_report([_job(1, "done", 40)], 48) == (
+    assert current_report([_job(1, "done", 40, current=True)], 48) == (
         "report covers 40 of 48 acknowledged instances"
     )
+    assert current_report([_job(1, "done", 40, current=True), _job(2, "done", 48)], 48) == (
+        "newest job v2 is done but not the current report"
+    )
+    two = [_job(1, "done", 40, current=True), _job(2, "done", 48, current=True)]
+    assert current_report(two, 48) == "2 current reports (versions [1, 2])"
     assert current_report([_job(1, "failed", 48, "transient: database")], 48) is None
     assert current_report([_job(1, "skipped", 48, " ")], 48) == "skipped without a reason"
     assert current_report([], 48) == "no job"
