@@ -173,6 +173,11 @@ def test_later_job_supersedes_the_earlier_report(db: Database, settings: Setting
     assert v2.SOPInstanceUID != v1.SOPInstanceUID
     ref = v2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert ref.ReferencedSOPInstanceUID == v1.SOPInstanceUID
+    # the FHIR side: the second analysis is version 2 of the first one's report
+    old, new = job_of(db, first), job_of(db, second)
+    assert (old.report_id, old.report_version) == (first, 1)
+    assert (new.report_id, new.report_version, new.superseded_at) == (first, 2, None)
+    assert old.superseded_at == new.finished_at
     assert "supersedes v1" in v2.SeriesDescription
     seg2 = dcmread(artefact_dir(settings, series.study_uid, 2) / "seg.dcm")
     assert "supersedes v1" in seg2.SeriesDescription
