@@ -21,11 +21,13 @@ from tests.services import free_port
 class Handler(BaseHTTPRequestHandler):
     mode = "ok"
     seen: list[str] = []
+    bodies: list[dict[str, object]] = []
 
     def do_PUT(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length))
         Handler.seen.append(self.path)
+        Handler.bodies.append(body)
         if Handler.mode == "slow":
             time.sleep(1.5)
         status = {"ok": 201, "503": 503, "400": 400, "429": 429, "slow": 201}[Handler.mode]
@@ -59,6 +61,7 @@ def server() -> Iterator[str]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     Handler.seen = []
+    Handler.bodies = []
     yield f"http://127.0.0.1:{httpd.server_address[1]}/fhir"
     httpd.shutdown()
     httpd.server_close()
@@ -113,3 +116,33 @@ def test_timeout_and_refused_are_retried(
         db, settings.model_copy(update={"fhir_push_url": f"http://127.0.0.1:{free_port()}"}), job_id
     )
     assert (refused.ok, refused.retry, refused.status) == (False, True, "network")
+
+
+def test_an_amendment_updates_the_report_and_retracts_replaced_findings(
+    server: str, db: Database, settings: Settings, job_id: str
+) -> None:
+    from services.core.db import Job
+
+    Handler.mode = "ok"
+    with db.session() as session:
+        first = session.get(Job, job_id)
+        assert first is not None
+        second = make_job(session, first.study, version=2, findings=[finding_spec()]).job.id
+    configured = settings.model_copy(update={"fhir_push_url": server})
+    for pushed in (second, job_id):  # the older job's (late) delivery sends the same state
+        Handler.seen, Handler.bodies = [], []
+        assert push_report(db, configured, pushed).ok
+        sent = [
+            (path.split("?")[0], body.get("status"))
+            for path, body in zip(Handler.seen, Handler.bodies)
+        ]
+        assert sent == [
+            ("/fhir/Device", "active"),
+            ("/fhir/Observation", "amended"),
+            ("/fhir/DiagnosticReport", "amended"),
+            ("/fhir/Device", "active"),
+            ("/fhir/Observation", "entered-in-error"),
+            ("/fhir/Observation", "entered-in-error"),
+        ]
+        assert Handler.seen[2].endswith(f"urn:noduleflow:report|{job_id}")  # the same report
+        assert Handler.seen[4].endswith(f"urn:noduleflow:observation|{job_id}-1")
