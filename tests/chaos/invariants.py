@@ -217,3 +217,23 @@ def check_logs(log_files: Iterable[Path], studies: Sequence[SentStudy]) -> Check
         f"{len(found)} found in {lines} lines of {len(texts)} logs",
         tuple(found),
     )
+
+
+def versions_note(jobs: Iterable[JobRow], studies: Sequence[SentStudy]) -> str:
+    """How many studies ended with more than one job (a new version: instances that came
+    after the study was complete), apart for studies split across both receivers and for
+    studies sent whole in one association that was never cut."""
+    count: dict[str, int] = defaultdict(int)
+    for job in jobs:
+        count[job.study_uid] += 1
+    groups = {
+        "split across both receivers": [s for s in studies if s.split],
+        "sent whole, retried": [s for s in studies if not s.split and s.attempts > 1],
+        "sent whole, at once": [s for s in studies if not s.split and s.attempts <= 1],
+    }
+    parts = [
+        f"{sum(count[s.study_uid] > 1 for s in group)} of {len(group)} {name}"
+        for name, group in groups.items()
+        if group
+    ]
+    return "studies with more than one job: " + ", ".join(parts)

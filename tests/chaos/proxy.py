@@ -97,6 +97,10 @@ class CuttableProxy:
         async def shutdown() -> None:
             await self._cut()
             self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._call(shutdown())

@@ -219,6 +219,7 @@ def _run(options: Options, world: World) -> Outcome:
         invariants.check_deliveries(world.db, pacs.folder),
         invariants.check_logs(sorted(logs.glob("*.log")), studies),
     ]
+    versions = invariants.versions_note(job_rows(world.db), studies)
     files = sum(len(s.files) for s in studies)
     acked = sum(len(s.acked) for s in studies)
     header = (
@@ -235,6 +236,7 @@ def _run(options: Options, world: World) -> Outcome:
     notes = [
         f"lost: {lost}, doubled: {by_name[checks[2].name]}, "
         f"patient identifiers in logs: {by_name[checks[4].name]}",
+        versions,
         f"services: {restarts}",
         *(f"unplanned exit of {s.name}: {reason}" for s in services for reason in s.exit_reasons),
         f"storage: {volume.mode}; temporary files left: {world.part_files(volume.root) or 'none'}",

@@ -78,6 +78,7 @@ class Study:
     acked: set[Path] = field(default_factory=set)
     attempts: int = 0
     refusals: int = 0
+    split: bool = False  # first sent in two halves to both receivers at once
 
     @property
     def acked_sops(self) -> set[str]:
@@ -172,6 +173,7 @@ class Sender:
         first = (study.index + study.attempts) % len(self.ports)
         study.attempts += 1
         if study.attempts == 1 and study.index % self.split_every == 0 and len(self.ports) > 1:
+            study.split = True
             halves = [pending[: len(pending) // 2], pending[len(pending) // 2 :]]
             threads = [
                 threading.Thread(target=self._send, args=(study, half, self.ports[i]))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.chaos.invariants import Check, JobRow, current_report, doubled, leaks
+from tests.chaos.invariants import Check, JobRow, current_report, doubled, leaks, versions_note
 from tests.chaos.report import Injected, render
 from tests.chaos.schedule import Fault, Kind
-from tests.chaos.traffic import patient_for, tag_for
+from tests.chaos.traffic import Study, patient_for, tag_for
 
 
 def _job(
@@ -74,3 +74,16 @@ def test_table_counts_faults_by_kind_and_shows_broken_invariants() -> None:
     assert any(line.split() == ["total", "3"] for line in lines)
     assert any(line.startswith("no delivery lost") and " NO " in line for line in lines)
     assert "  no delivery lost: sr 1.2.3: pending" in lines
+
+
+def test_versions_note_counts_studies_with_new_versions_by_how_they_were_sent() -> None:
+    studies = [
+        Study(i, patient_for(i), f"1.{i}", [], {}, attempts=a, split=sp)
+        for i, (a, sp) in enumerate([(1, True), (1, True), (3, False), (1, False)])
+    ]
+    jobs = [_job(1, "done", 24, uid="1.0"), _job(2, "done", 48, uid="1.0")]
+    jobs += [_job(1, "done", 48, uid=f"1.{i}") for i in (1, 2, 3)]
+    assert versions_note(jobs, studies) == (
+        "studies with more than one job: 1 of 2 split across both receivers, "
+        "0 of 1 sent whole, retried, 0 of 1 sent whole, at once"
+    )
