@@ -12,6 +12,7 @@ command -v Orthanc >/dev/null || need+=(orthanc orthanc-dicomweb)
 [ "${NODULEFLOW_SKIP_BROWSER:-0}" = 1 ] || command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v promtool >/dev/null || need+=(prometheus)  # promtool: alert rule tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -q
