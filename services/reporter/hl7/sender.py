@@ -75,7 +75,9 @@ def send_oru(db: Database, settings: Settings, job_id: str, peer: Peer) -> SendO
 
 
 def hl7_sender(db: Database, settings: Settings) -> Sender:
-    """The sender for ``hl7`` rows (the row's target is the peer, ``host:port``)."""
+    """The sender for ``hl7`` rows (the row's target is the peer, ``host:port``); a
+    malformed ``NODULEFLOW_HL7_PEER`` stops the reporter at start (ValueError)."""
+    Peer.parse(settings.hl7_peer)
 
     def send(task: DeliveryTask) -> SendOutcome:
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hl7apy.parser import parse_message
 
 from services.core.contracts import Finding
+from services.core.settings import Settings
 from services.reporter.hl7 import ack, mllp, oru
 from services.reporter.hl7.text import components, escape, unescape
 
@@ -170,3 +172,13 @@ def test_peer_addresses() -> None:
     for bad in ("ris", "ris:", ":2575", "ris:99999", "ris:x"):
         with pytest.raises(ValueError, match="host:port"):
             mllp.Peer.parse(bad)
+
+
+def test_a_malformed_peer_setting_stops_the_reporter_at_start(tmp_path: Path) -> None:
+    from services.core.db import Database
+    from services.reporter.delivery.senders import default_senders
+
+    settings = Settings(hl7_peer="ris-without-port")
+    with pytest.raises(ValueError, match="host:port"):
+        default_senders(Database(f"sqlite:///{tmp_path / 'x.db'}"), settings)
+    assert "hl7" in default_senders(Database("sqlite://"), Settings(hl7_peer="ris:2575"))
