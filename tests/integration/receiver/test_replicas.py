@@ -13,9 +13,10 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.core.db import Database, Job, OutboxMessage, Study
+from services.receiver.replicas import ReplicaLease
 from services.receiver.tracker import StudyTracker
 from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import (
@@ -142,3 +143,33 @@ def test_racing_trackers_create_one_job_per_completion(postgres_url: str) -> Non
         assert session.scalar(select(func.count()).where(Study.pending_since.is_not(None))) == 0
     for db in [setup, *dbs]:
         db.dispose()
+
+
+def test_lease_says_who_is_alone_and_survives_a_lost_connection(postgres_url: str) -> None:
+    first, second, admin = (Database(postgres_url) for _ in range(3))
+    lease_a, lease_b = ReplicaLease(first), ReplicaLease(second)
+    try:
+        assert lease_a.join() is True  # nobody else runs
+        assert lease_b.join() is False  # a running receiver is seen
+        lease_b.leave()
+        # the database drops A's connection (a restart): A takes its lock again
+        holders = text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        with admin.engine.begin() as conn:
+            for (pid,) in conn.execute(holders).all():  # this test's database only
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+        def released() -> bool:
+            with admin.engine.connect() as conn:
+                return not conn.execute(holders).all()
+
+        assert wait_for(released, timeout=10)
+        assert ReplicaLease(admin).join() is True  # (that lease dies with admin's pool)
+        admin.dispose()
+        lease_a.keep()
+        assert ReplicaLease(second).join() is False
+    finally:
+        for db in (first, second, admin):
+            db.dispose()
