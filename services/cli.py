@@ -192,6 +192,9 @@ def train(
         Path,
         typer.Option(help="validation case cache (--rescore-only)", envvar="NODULEFLOW_VAL_CACHE"),
     ] = Path("var/cache/valfull"),
+    recipe: Annotated[
+        str, typer.Option(help="named training recipe (services/modeling/training/recipe.py)")
+    ] = "v2",
 ) -> None:
     """Train the nodule segmentation model on synthetic chest CT and export it to ONNX."""
     if rescore_only:
@@ -201,9 +204,13 @@ def train(
         setup_logging("INFO", service="train")
         typer.echo(json.dumps(rescore_model(out, cache_dir=val_cache), indent=2))
         return
+    from services.modeling.training.recipe import RECIPES
     from services.modeling.training.train import main
 
+    if recipe not in RECIPES:
+        raise typer.BadParameter(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     main(
+        recipe=RECIPES[recipe],
         out=out,
         minutes=minutes,
         seed=seed,

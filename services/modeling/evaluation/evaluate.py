@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from services.analysis.denoise import lung_noise_sd
 from services.modeling.evaluation import froc
 from services.modeling.evaluation.evalcases import CACHE_DIR, EvalCase, eval_case
 
@@ -46,18 +47,16 @@ class ScanOutcome:
 
 def score_case(case: EvalCase, findings: list[Any]) -> ScanOutcome:
     """Match findings to truth, then Dice and size errors for each nodule's best hit."""
+    acquisition = {
+        "thickness": froc.thickness_band(case.thickness_mm),
+        "noise": froc.noise_band(lung_noise_sd(case.volume.hu, case.volume.spacing)),
+    }
     truths = tuple(
-        froc.TrueNodule(
-            tuple(n["center_mm"]),
-            float(n["diameter_mm"]),
-            attrs={**n, "thickness": froc.thickness_band(case.thickness_mm)},
-        )
+        froc.TrueNodule(tuple(n["center_mm"]), float(n["diameter_mm"]), attrs={**n, **acquisition})
         for n in case.nodules
     )
     detections = tuple(froc.Detection(tuple(f.center_mm), float(f.confidence)) for f in findings)
-    scan = froc.Scan(
-        truths, detections, attrs={"thickness": froc.thickness_band(case.thickness_mm)}
-    )
+    scan = froc.Scan(truths, detections, attrs=dict(acquisition))
     hits = froc.match(scan)
     outcomes = []
     for index, truth in enumerate(truths):

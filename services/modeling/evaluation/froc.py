@@ -170,6 +170,15 @@ def size_band(diameter_mm: float) -> str:
     return "15-30 mm"
 
 
+def noise_band(noise_sd_hu: float) -> str:
+    """Image noise band (robust SD in aerated lung, HU, as the denoised pass measures it)."""
+    if noise_sd_hu <= 20.0:
+        return "noise <=20 HU"
+    if noise_sd_hu <= 60.0:
+        return "noise 20-60 HU"
+    return "noise >60 HU"
+
+
 def thickness_band(thickness_mm: float) -> str:
     if thickness_mm <= 1.0:
         return "<=1 mm"

@@ -18,11 +18,15 @@ STRATA: dict[str, Callable[[dict[str, Any]], str]] = {
     "location": lambda a: str(a["location"]),
     "shape": lambda a: str(a.get("shape", "?")),
     "thickness": lambda a: str(a["thickness"]),
+    "noise": lambda a: str(a.get("noise", "?")),
 }
+#: strata that describe the whole scan (its false positives count in that row only)
+SCAN_STRATA = ("thickness", "noise")
 #: rows of the size and thickness strata in ascending order; other strata sort by name
 ROW_ORDER = (
     *(froc.UNSCORED_BAND, "3-6 mm", "6-8 mm", "8-15 mm", "15-30 mm"),
     *("<=1 mm", "1-2 mm", ">2 mm"),
+    *("noise <=20 HU", "noise 20-60 HU", "noise >60 HU"),
 )
 
 
@@ -107,8 +111,8 @@ def summarize(results: Sequence[ScanOutcome]) -> dict[str, Any]:
         rows = []
         for value in values:
             subset = scans
-            if name == "thickness":  # FPs per scan counted on those scans only
-                subset = [s for s in scans if s.attrs.get("thickness") == value]
+            if name in SCAN_STRATA:  # FPs per scan counted on those scans only
+                subset = [s for s in scans if s.attrs.get(name) == value]
 
             def include(t: froc.TrueNodule, key: Any = key, value: str = value) -> bool:
                 return bool(key(t.attrs) == value)

@@ -138,6 +138,13 @@ class Augment:
     blur_p: float = 0.3
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     flip: bool = True
+    #: probability of spatially correlated noise (a reconstruction kernel's noise texture:
+    #: low-pass for smooth kernels, high-pass for sharp ones) of sd ``texture_sd``
+    texture_p: float = 0.0
+    texture_sd: tuple[float, float] = (0.01, 0.08)
+    #: probability of an unsharp mask (edge enhancement of a sharp kernel) of ``sharpen_amount``
+    sharpen_p: float = 0.0
+    sharpen_amount: tuple[float, float] = (0.3, 1.2)
 
 
 def _window(
@@ -230,6 +237,28 @@ def mediastinum_points(case: CachedCase, rng: np.random.Generator, n: int = 2000
     return (idx * 2 + np.array([0, 0, a])).astype(np.int32).reshape(-1, 3)
 
 
+def sharpened(
+    x: NDArray[np.float32], rng: np.random.Generator, amount: tuple[float, float]
+) -> NDArray[np.float32]:
+    """Unsharp mask in-plane (and a little along z): the look of an edge-enhancing kernel."""
+    sigma = (float(rng.uniform(0.0, 0.8)),) + (float(rng.uniform(0.7, 1.6)),) * 2
+    smooth = ndimage.gaussian_filter(x, sigma, mode="nearest", truncate=2.5)
+    return np.asarray(x + float(rng.uniform(*amount)) * (x - smooth), dtype=np.float32)
+
+
+def textured_noise(
+    shape: tuple[int, ...], rng: np.random.Generator, sd: tuple[float, float]
+) -> NDArray[np.float32]:
+    """Zero-mean noise with a random texture: low-pass (smooth and iterative kernels) or
+    high-pass (sharp kernels), correlated along z by a random amount; sd drawn from ``sd``."""
+    white = rng.standard_normal(shape).astype(np.float32)
+    sigma = (float(rng.uniform(0.0, 1.2)),) + (float(rng.uniform(0.5, 1.5)),) * 2
+    low = ndimage.gaussian_filter(white, sigma, mode="wrap", truncate=2.5)
+    noise = white - low if rng.random() < 0.5 else low
+    scale = float(rng.uniform(*sd)) / max(float(noise.std()), 1e-6)
+    return np.asarray(noise * scale, dtype=np.float32)
+
+
 class PatchSampler:
     """Draws (image, soft target) patches: ``positive`` of them centred near a nodule."""
 
@@ -318,7 +347,11 @@ class PatchSampler:
             if rng.random() < 0.5:
                 sigma[1:] = 0.0  # thick-slice look: blur along z only
             x = ndimage.gaussian_filter(x, sigma, mode="nearest", truncate=2.5)
+        if rng.random() < aug.sharpen_p:
+            x = sharpened(x, rng, aug.sharpen_amount)
         x = x * rng.uniform(*aug.gain) + rng.uniform(-aug.shift, aug.shift)
+        if rng.random() < aug.texture_p:
+            x = x + textured_noise(x.shape, rng, aug.texture_sd)
         sd = rng.uniform(*aug.noise)
         if sd > 0:
             x = x + rng.normal(0.0, sd, x.shape).astype(np.float32)

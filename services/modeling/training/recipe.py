@@ -47,6 +47,16 @@ class Recipe:
     #: phantom seeds: training ``train_seeds``, validation ``val_seeds`` (held-out evaluation
     #: uses seeds from 100000 on, never seen here)
     train_seeds: tuple[int, ...] = tuple(range(0, 108))
+    #: training seeds drawn from the ``wide`` phantom domain (kernel noise textures, 0.5–5 mm
+    #: slices, contrast, orientations, encodings); the rest of ``train_seeds`` are ``v1``.
+    #: Disjoint from the second stage's mining seeds (61000–) and every validation seed.
+    wide_seeds: tuple[int, ...] = ()
+    #: augmentation beyond the defaults (``dataset.Augment``): kernel noise texture and edge
+    #: enhancement probabilities, and the intensity gain / offset ranges
+    texture_p: float = 0.0
+    sharpen_p: float = 0.0
+    gain: tuple[float, float] = (0.92, 1.08)
+    shift: float = 0.04
     val_seeds: tuple[int, ...] = tuple(range(50000, 50012))
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,4 +65,34 @@ class Recipe:
         out = asdict(self)
         out["train_seeds"] = f"{self.train_seeds[0]}..{self.train_seeds[-1]}"
         out["val_seeds"] = f"{self.val_seeds[0]}..{self.val_seeds[-1]}"
+        if self.wide_seeds:
+            out["wide_seeds"] = f"{self.wide_seeds[0]}..{self.wide_seeds[-1]}"
         return out
+
+
+def _interleaved(a: range, b: range) -> tuple[int, ...]:
+    """``a`` and ``b`` alternating (so the first cached cases already mix both), then the rest."""
+    out: list[int] = []
+    for x, y in zip(a, b, strict=False):
+        out += [x, y]
+    n = min(len(a), len(b))
+    return tuple(out + list(a[n:]) + list(b[n:]))
+
+
+_WIDE_SEEDS = range(70000, 70072)
+
+#: named recipes (``noduleflow train --recipe``). ``v1``: the generator's own domain only.
+#: ``v2``: half the cases from the ``wide`` domain and kernel-texture / edge / intensity
+#: augmentation, so the network keys on nodules rather than on one generator's look; it is
+#: meant to fine-tune a v1 network (``--warm-start``).
+RECIPES: dict[str, Recipe] = {
+    "v1": Recipe(),
+    "v2": Recipe(
+        train_seeds=_interleaved(range(0, 72), _WIDE_SEEDS),
+        wide_seeds=tuple(_WIDE_SEEDS),
+        texture_p=0.35,
+        sharpen_p=0.25,
+        gain=(0.85, 1.15),
+        shift=0.07,
+    ),
+}

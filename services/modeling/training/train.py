@@ -66,18 +66,31 @@ THICKNESSES = (
 )
 
 
-def training_case(seed: int) -> Any:
-    """A phantom slab of 110–180 mm (not the whole chest): cheaper, so more cases per hour."""
+def training_case(seed: int, domain: str = "v1") -> Any:
+    """A phantom slab of 110–180 mm (not the whole chest): cheaper, so more cases per hour.
+
+    ``v1`` slabs draw their thickness from :data:`THICKNESSES`; ``wide`` ones from the wide
+    domain's own thickness mix (0.5–5 mm), with every other wide setting drawn as usual.
+    """
     from services.modeling.phantom import generate_case
+    from services.modeling.phantom.params import WIDE
 
     rng = np.random.default_rng([seed, 0x747261])
-    thickness = float(rng.choice(THICKNESSES[0], p=THICKNESSES[1]))
+    if domain == "v1":
+        thickness = float(rng.choice(THICKNESSES[0], p=THICKNESSES[1]))
+    else:
+        thickness = float(rng.choice(WIDE.thickness, p=WIDE.thickness_p))
     slices = int(np.clip(round(rng.uniform(110.0, 180.0) / thickness), 24, 400))
-    return generate_case(seed, slices=slices, thickness=thickness)
+    return generate_case(seed, domain=domain, slices=slices, thickness=thickness)
 
 
-def _generator() -> Any:
-    return training_case
+def _generator(recipe: Recipe) -> Callable[[int], Any]:
+    wide = frozenset(recipe.wide_seeds)
+
+    def generate(seed: int) -> Any:
+        return training_case(seed, "wide" if seed in wide else "v1")
+
+    return generate
 
 
 def _device(requested: str) -> str:
@@ -99,6 +112,7 @@ def main(
     warm_start: Path | None = None,
     checkpoint: Path | None = None,
     checkpoint_s: float = CHECKPOINT_S,
+    recipe: Recipe | None = None,
 ) -> None:
     """Train, export and validate; writes ``model.onnx``, ``model.fp16.onnx``, ``model.json``.
 
@@ -108,13 +122,14 @@ def main(
     from scratch. With ``checkpoint``, see :func:`run`.
     """
     _setup_logging()
+    recipe = recipe or Recipe()
     run(
         out,
         minutes=minutes,
         seed=seed,
         device=device,
-        recipe=Recipe(),
-        generate=_generator(),
+        recipe=recipe,
+        generate=_generator(recipe),
         cache_dir=cache_dir,
         warm_start=warm_start,
         threads=threads,
@@ -308,8 +323,19 @@ def make_sampler(recipe: Recipe, cases: Sequence[CachedCase], seed: int) -> Patc
         small=recipe.small_weight,
         vascular=recipe.vascular_weight,
     )
+    augment = dataset.Augment(
+        gain=recipe.gain,
+        shift=recipe.shift,
+        texture_p=recipe.texture_p,
+        sharpen_p=recipe.sharpen_p,
+    )
     return dataset.PatchSampler(
-        cases, recipe.train_patch, positive=recipe.positive_fraction, emphasis=emphasis, seed=seed
+        cases,
+        recipe.train_patch,
+        positive=recipe.positive_fraction,
+        augment=augment,
+        emphasis=emphasis,
+        seed=seed,
     )
 
 
