@@ -208,6 +208,7 @@ def test_cli_passes_the_environment_in_as_parameters(monkeypatch, tmp_path):
 
     from services.cli import app
     from services.core.settings import default_model_dir
+    from services.modeling.training.recipe import RECIPES
 
     calls = []
     monkeypatch.setattr(train, "main", lambda **kw: calls.append(kw))
@@ -228,9 +229,39 @@ def test_cli_passes_the_environment_in_as_parameters(monkeypatch, tmp_path):
             warm_start=tmp_path / "w.pt",
             checkpoint=tmp_path / "ck.pt",
             checkpoint_s=30.0,
+            recipe=RECIPES["v2"],
         )
     ]
+    unknown = CliRunner().invoke(app, [*args, "--recipe", "v9"])
+    assert unknown.exit_code != 0 and "unknown recipe" in unknown.output
     monkeypatch.setenv("NODULEFLOW_TRAIN_RESUME", "")
     monkeypatch.delenv("NODULEFLOW_TRAIN_THREADS")
     assert CliRunner().invoke(app, ["train"]).exit_code == 0
     assert (calls[1]["warm_start"], calls[1]["threads"], calls[1]["checkpoint"]) == (None, 2, None)
+
+
+def test_recipe_v2_mixes_domains_from_the_first_cached_cases():
+    from services.modeling.training.recipe import RECIPES
+
+    v2 = RECIPES["v2"]
+    first = v2.train_seeds[: v2.min_cases]
+    assert any(s in v2.wide_seeds for s in first) and any(s not in v2.wide_seeds for s in first)
+    assert set(v2.wide_seeds) <= set(v2.train_seeds)
+    assert len(set(v2.train_seeds)) == len(v2.train_seeds)
+    # never a validation or held-out evaluation seed, nor a second-stage mining seed
+    assert not set(v2.train_seeds) & (set(range(50000, 52000)) | set(range(60000, 62000)))
+    assert max(v2.train_seeds) < 100000
+
+
+def test_augmentation_textures_and_sharpening_keep_shape_and_scale():
+    import numpy as np
+
+    from services.modeling.training import dataset
+
+    rng = np.random.default_rng(0)
+    noise = dataset.textured_noise((16, 24, 24), rng, (0.05, 0.05))
+    assert noise.shape == (16, 24, 24) and abs(float(noise.std()) - 0.05) < 1e-3
+    x = np.zeros((16, 24, 24), np.float32)
+    x[:, 12:, :] = 1.0
+    sharp = dataset.sharpened(x, rng, (1.0, 1.0))
+    assert sharp.max() > 1.0 and sharp.min() < 0.0  # overshoot at the edge, as a sharp kernel
