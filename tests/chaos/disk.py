@@ -21,16 +21,20 @@ GUARD_MARGIN_MB = 256  # the guard sits this far below the free space at start
 
 
 class Volume:
-    def __init__(self, root: Path, size_mb: int = 384) -> None:
+    def __init__(self, root: Path, size_mb: int = 384, *, tmpfs: bool = True) -> None:
+        """``tmpfs=False`` takes the guard way even where a tmpfs could be mounted."""
         self.root = root
         self.size_mb = size_mb
         root.mkdir(parents=True, exist_ok=True)
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(root)],
-            capture_output=True,
-            check=False,
+        mounted = tmpfs and (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(root)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
         )
-        self.mode = "tmpfs" if mounted.returncode == 0 else "guard"
+        self.mode = "tmpfs" if mounted else "guard"
         self.ballast = root / "ballast.bin"
         free_mb = shutil.disk_usage(root).free >> 20
         #: NODULEFLOW_MIN_FREE_DISK_MB for the receivers

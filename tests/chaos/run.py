@@ -50,6 +50,7 @@ class Options:
     settle: float = 240.0  # seconds allowed after the storm for the node to finish
     workdir: Path | None = None
     keep: bool = False
+    disk: str = "auto"  # "auto": a tmpfs where it can be mounted; "guard": the free-space guard
 
 
 @dataclass
@@ -169,7 +170,7 @@ def run(options: Options) -> Outcome:
 def _run(options: Options, world: World) -> Outcome:
     say(f"writing {options.studies} studies of {options.slices} slices")
     studies = write_studies(world.workdir / "studies", options.studies, options.slices)
-    volume = Volume(world.workdir / "volume")
+    volume = Volume(world.workdir / "volume", tmpfs=options.disk == "auto")
     world.on_close(volume.close)
     broker_proxy = CuttableProxy(("127.0.0.1", world.broker_port), "broker-proxy")
     db_proxy = CuttableProxy(("127.0.0.1", world.db_port), "database-proxy")
@@ -258,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=Options.settle)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work folder and database")
+    parser.add_argument(
+        "--disk",
+        choices=["auto", "guard"],
+        default="auto",
+        help="fill a tmpfs (auto, where it can be mounted) or trip the free-space guard",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # aborts are the point here
