@@ -223,8 +223,10 @@ class Job(Base):
 
     @property
     def partial_summary(self) -> str:
-        """"" for a study analysed complete; else the sentence the reports carry (what was
-        not received, the missing z ranges), written by the receiver (``completeness``)."""
+        """The sentence the reports carry for a partial study, empty for a complete one.
+
+        It says what was not received (the missing z ranges); the receiver writes it in
+        ``completeness``."""
         stored = self.completeness or {}
         if stored.get("status") != "partial":
             return ""
