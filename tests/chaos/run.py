@@ -242,7 +242,8 @@ def _run(options: Options, world: World) -> Outcome:
         *(f"unplanned exit of {s.name}: {reason}" for s in services for reason in s.exit_reasons),
         f"storage: {volume.mode}; temporary files left: {world.part_files(volume.root) or 'none'}",
         f"command: python -m tests.chaos.run --seed {options.seed} --studies {options.studies} "
-        f"--faults {options.faults} --span {options.span:.0f}",
+        f"--faults {options.faults} --span {options.span:.0f}"
+        + (f" --disk {options.disk}" if options.disk != "auto" else ""),
     ]
     table = render(seed=options.seed, header=header, injected=injected, checks=checks, notes=notes)
     say("fault timeline:\n" + timeline(injected))
