@@ -42,6 +42,7 @@ from sqlalchemy import select
 from services.core.db import Database, Finding, Job, JobState, Study
 from services.core.settings import Settings
 from services.reporter.dicom.artefacts import artefact_dir
+from services.reporter.dicom.codes import lung_rads_category_of
 from tests.integration.worker.stub_model import write_stub_model
 from tests.services import free_port, require, require_tool
 from tests.unit.analysis.chest import GGN_HU, Nodule, chest, ellipsoid, write_volume
@@ -280,13 +281,16 @@ def sr_shown(sr: Dataset) -> list[Shown]:
         (centre,) = [i for i in items if i.ValueType == "SCOORD3D" and meaning(i) == "Center"]
         (diameter,) = [i for i in items if i.ValueType == "NUM" and meaning(i) == "Diameter"]
         (category,) = [
-            i for i in items if i.ValueType == "CODE" and meaning(i) == "Lung-RADS category"
-        ]
+            i
+            for i in items
+            if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "RID50134"
+        ]  # RadLex "Lung-RADS assessment"
+        value = category.ConceptCodeSequence[0]
         out.append(
             Shown(
                 point(centre.GraphicData),
                 float(diameter.MeasuredValueSequence[0].NumericValue),
-                str(category.ConceptCodeSequence[0].CodeValue),
+                lung_rads_category_of(value.CodeValue, value.CodingSchemeDesignator) or "?",
             )
         )
     return out

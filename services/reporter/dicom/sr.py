@@ -5,7 +5,8 @@ Each nodule is a TID 1411 Volumetric ROI group (PS3.16 A.35.? / highdicom
 finding "Nodule" (SCT 27925004; "Mass", SCT 4147007, for a mass), finding site "Lung"
 (SCT 39607008), the algorithm (TID 4019), a reference to its SEG segment with the source
 images it was segmented on, long/short axis, diameter and volume in UCUM units, mean
-attenuation in HU, and the kind and Lung-RADS category as qualitative evaluations. TID 1411
+attenuation in HU, and the kind (RadLex "Solidness descriptor") and the Lung-RADS category
+(RadLex "Lung-RADS assessment") as qualitative evaluations (``codes``). TID 1411
 is extensible; we add the centre as an SCOORD3D POINT "Center" (DCM 111010) in the series'
 frame of reference.
 
@@ -106,13 +107,16 @@ def _measurements(finding: NoduleFinding) -> list[Measurement]:
 
 
 def _evaluations(finding: NoduleFinding) -> list[QualitativeEvaluation]:
-    evaluations = [QualitativeEvaluation(nf.NODULE_TYPE, nf.nodule_kind(finding.kind))]
+    """Solidness and Lung-RADS, RadLex-coded with SNOMED CT equivalents (``codes``)."""
+    evaluations = [
+        QualitativeEvaluation(nf.concept(nf.SOLIDNESS_NAME), nf.nodule_kind(finding.kind))
+    ]
     try:
         category = nf.lung_rads_category(finding.lung_rads)
     except ValueError:
         log.warning("event=sr_lung_rads_unknown index=%s", finding.index)
     else:
-        evaluations.append(QualitativeEvaluation(nf.LUNG_RADS, category))
+        evaluations.append(QualitativeEvaluation(nf.concept(nf.LUNG_RADS_NAME), category))
     return evaluations
 
 

@@ -100,8 +100,8 @@ def test_round_trip_has_one_group_per_nodule_with_measurements() -> None:
     assert by_name["Volume"].value == pytest.approx(expected.volume_mm3, abs=0.1)
     assert by_name["Detection confidence"].value == pytest.approx(expected.confidence, abs=1e-3)
     assert by_name["Attenuation Coefficient"].unit.value == "[hnsf'U]"
-    evaluations = {e.name.meaning: e.value.value for e in first.get_qualitative_evaluations()}
-    assert evaluations == {"Nodule type": "solid", "Lung-RADS category": "4A"}
+    evaluations = {e.name.value: e.value.value for e in first.get_qualitative_evaluations()}
+    assert evaluations == {"RID46010": "RID5741", "RID50134": "RID50139"}  # solid, 4A
     segment = first.referenced_segment
     assert segment is not None
     reference = segment[0].ReferencedSOPSequence[0]
@@ -280,3 +280,57 @@ def test_a_mass_is_coded_as_a_mass_in_the_sr_and_the_seg(tmp_path: Path) -> None
     path.write_bytes(dataset_bytes(sr))
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+def _code(item: Dataset) -> tuple[str, str, str]:
+    return (str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
+
+
+def _evaluation_items(sr: Dataset) -> list[Dataset]:
+    group = sr.ContentSequence[-1].ContentSequence[0]
+    return [item for item in group.ContentSequence if item.ValueType == "CODE"][-2:]
+
+
+def test_kind_and_lung_rads_use_radlex_with_snomed_equivalents(tmp_path: Path) -> None:
+    series = two_nodules()
+    sr = reread(sr_with_seg(series))
+    kind, category = _evaluation_items(sr)
+    name = kind.ConceptNameCodeSequence[0]
+    assert _code(name) == ("RID46010", "RADLEX", "Solidness descriptor")
+    value = kind.ConceptCodeSequence[0]
+    assert _code(value) == ("RID5741", "RADLEX", "solid")
+    assert [_code(e) for e in value.EquivalentCodeSequence] == [("35702001", "SCT", "Solid")]
+    name = category.ConceptNameCodeSequence[0]
+    assert _code(name) == ("RID50134", "RADLEX", "Lung-RADS assessment")
+    assert _code(name.EquivalentCodeSequence[0])[:2] == ("1362105002", "SCT")
+    assert _code(category.ConceptCodeSequence[0]) == ("RID50139", "RADLEX", "Lung-RADS 4A")
+    second = sr.ContentSequence[-1].ContentSequence[2]  # TID 1411 of nodule 2 (after 1410)
+    codes_2 = [i for i in second.ContentSequence if i.ValueType == "CODE"][-2:]
+    ground_glass = codes_2[0].ConceptCodeSequence[0]
+    assert _code(ground_glass) == ("RID46016", "RADLEX", "non-solid")
+    assert _code(ground_glass.EquivalentCodeSequence[0])[:2] == ("1217294009", "SCT")
+    assert codes_2[1].ConceptCodeSequence[0].CodeValue == "RID50137"  # Lung-RADS 2
+    schemes = {i.CodingSchemeDesignator: i for i in sr.CodingSchemeIdentificationSequence}
+    assert schemes["RADLEX"].CodingSchemeUID == "2.16.840.1.113883.6.256"
+    assert "99NDLFLW" in schemes
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(dataset_bytes(sr))
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    assert not [w for w in warnings if "RADLEX" in w or "Equivalent" in w]
+
+
+def test_lung_rads_s_keeps_the_private_code() -> None:
+    series = two_nodules()
+    headers, findings = build_inputs(series)
+    findings = [findings[0].model_copy(update={"lung_rads": "S"}), findings[1]]
+    sr = reread(
+        build_sr(
+            source_images=headers,
+            findings=findings,
+            algorithm=ALGORITHM,
+            uids=OutputUids(series.study_uid, 1),
+        )
+    )
+    category = _evaluation_items(sr)[1].ConceptCodeSequence[0]
+    assert _code(category) == ("S", "99NDLFLW", "Lung-RADS S")
