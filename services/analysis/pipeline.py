@@ -22,13 +22,15 @@ from services.analysis.denoise import NOISE_SD_HU, added_from, lung_noise_sd, sm
 from services.analysis.dicom_io import read_headers
 from services.analysis.errors import AnalysisError
 from services.analysis.findings import FindingResult
+from services.analysis.gaps import missing_ranges, settle
 from services.analysis.geometry import Volume
 from services.analysis.lungs import CROP_MARGIN_MM, lung_mask
 from services.analysis.masses import find_masses, merge_masses
 from services.analysis.postprocess import findings_from_probability
 from services.analysis.reporting import reportable, rescored
-from services.analysis.series import choose_series
+from services.analysis.series import SeriesPlan, choose_series
 from services.analysis.volume import assemble
+from services.core.contracts import MissingSlices
 
 __all__ = [
     "AnalysisError",
@@ -74,6 +76,9 @@ class AnalysisResult:
 
     ``geometry`` is the assembled series with its real HU array (the reporter's SEG and key
     images need pixels and geometry; callers that keep results around should drop it).
+    For a series with missing slices it is the regular grid with them filled, ``missing``
+    says where they are, and ``sop_uids`` (which the findings' boxes index) are the slices
+    that exist.
     """
 
     findings: list[FindingResult]
@@ -86,6 +91,7 @@ class AnalysisResult:
     series_reason: str
     ignored_files: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    missing: MissingSlices | None = None
 
 
 def model_info(engine: ProbabilityModel) -> tuple[dict[str, str], str]:
@@ -209,6 +215,7 @@ def analyze_files(
     read_step = None if progress is None else (lambda f: progress("read", 0.2 + 0.8 * f))
     volume = assemble(plan, timings=timings, progress=read_step)
     findings = analyze_volume(volume, engine, timings=timings, progress=progress)
+    findings, missing = _without_gaps(plan, findings)
     model, provider = model_info(engine)
     if progress is not None:
         progress("postprocess", 1.0)
@@ -216,10 +223,38 @@ def analyze_files(
         findings=findings,
         series_uid=plan.series_instance_uid,
         geometry=volume,
-        sop_uids=volume.sop_uids,
+        sop_uids=tuple(h.sop_instance_uid for h in plan.slices),
         timings=timings,
         model=model,
         provider=provider,
         series_reason=plan.reason,
         ignored_files=unreadable,
+        missing=missing,
     )
+
+
+def _without_gaps(
+    plan: SeriesPlan, findings: list[FindingResult]
+) -> tuple[list[FindingResult], MissingSlices | None]:
+    """For a series with missing slices: the findings away from them (boxes on the slices
+    that exist) and what is missing; otherwise the findings as they are."""
+    grid = plan.grid
+    if grid.complete:
+        return findings, None
+    kept, dropped = settle(findings, grid)
+    first = plan.slices[0].position
+    assert first is not None
+    start = float(np.dot(np.asarray(first, dtype=np.float64), np.asarray(plan.normal)))
+    missing = MissingSlices(
+        missing_z_mm=missing_ranges(grid, start, plan.spacing[0]),
+        slices=len(grid.filled),
+        dropped_findings=dropped,
+    )
+    log.info(
+        "event=missing_slices series=%s filled=%d ranges=%s dropped_findings=%d",
+        plan.series_instance_uid,
+        missing.slices,
+        missing.ranges_text(),
+        dropped,
+    )
+    return kept, missing

@@ -4,10 +4,13 @@ A series qualifies when it is classic CT Image Storage (Enhanced CT multi-frame 
 with a clear reason: its per-frame functional groups are not read yet), not a localizer,
 decodable, of sane image size, consistent in Rows/Columns/PixelSpacing/orientation, axial
 (slice normal within ``MAX_OBLIQUE_DEG`` of the patient z axis), without gantry tilt (slice
-positions run along the slice normal), evenly spaced without gaps or duplicates, at most
+positions run along the slice normal), evenly spaced without duplicates, at most
 ``MAX_SLICE_SPACING_MM`` apart, and at least ``MIN_SLICES`` slices covering
-``MIN_COVERAGE_MM``. Among qualifying series, those covering at least 80 % of the best
-coverage compete: ORIGINAL/PRIMARY before derived, then the thinnest spacing, then the most
+``MIN_COVERAGE_MM``. Missing slices inside an otherwise regular stack (every step a whole
+number of the series' step, at most half the grid missing) do not disqualify it: the plan's
+``grid`` says where they are and the analysis fills them (:mod:`services.analysis.gaps`).
+Among qualifying series, those covering at least 80 % of the best coverage compete: complete
+before gapped, ORIGINAL/PRIMARY before derived, then the thinnest spacing, then the most
 slices. Slices are ordered by their position along the normal, dot(IPP, normal), never by
 file name or InstanceNumber.
 """
@@ -17,12 +20,13 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from services.analysis.dicom_io import CT_IMAGE_STORAGE, MULTIFRAME_CT_CLASSES, SliceHeader
 from services.analysis.errors import AnalysisError
+from services.analysis.gaps import MAX_MISSING_FRACTION, Grid, grid_of
 from services.analysis.pixels import check_image_size
 
 MIN_SLICES = 20
@@ -44,10 +48,16 @@ class SeriesPlan:
     spacing: tuple[float, float, float]
     original: bool
     reason: str = ""
+    #: grid slice of each slice (``grid_index[k]``); empty for a complete stack
+    grid_index: tuple[int, ...] = ()
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.grid_index or tuple(range(len(self.slices))))
 
     @property
     def coverage_mm(self) -> float:
-        return (len(self.slices) - 1) * self.spacing[0]
+        return (self.grid.size - 1) * self.spacing[0]
 
 
 @dataclass(frozen=True)
@@ -122,16 +132,20 @@ def _stack(uid: str, slices: list[SliceHeader], n_all: int) -> SeriesPlan | Reje
             n_all,
         )
     dk = float(np.median(steps))
-    worst = float(np.max(np.abs(steps - dk)))
-    if worst > max(SPACING_TOLERANCE * dk, 0.02):
-        kind = "missing slices" if steps.max() > 1.5 * dk else "irregular slice spacing"
-        return _reject(
-            uid,
-            "inconsistent-geometry",
-            f"{kind}: steps from {steps.min():.2f} to {steps.max():.2f} mm "
-            f"(median {dk:.2f} mm); send the complete series",
-            n_all,
-        )
+    tolerance = max(SPACING_TOLERANCE * dk, 0.02)
+    grid = Grid(tuple(range(len(ordered))))
+    if float(np.max(np.abs(steps - dk))) > tolerance:
+        gapped = grid_of([float(a) for a in along], dk, tolerance)
+        if gapped is None or len(gapped.filled) > MAX_MISSING_FRACTION * gapped.size:
+            kind = "missing slices" if steps.max() > 1.5 * dk else "irregular slice spacing"
+            return _reject(
+                uid,
+                "inconsistent-geometry",
+                f"{kind}: steps from {steps.min():.2f} to {steps.max():.2f} mm "
+                f"(median {dk:.2f} mm); send the complete series",
+                n_all,
+            )
+        grid = gapped
     if dk > MAX_SLICE_SPACING_MM:
         return _reject(
             uid,
@@ -153,6 +167,7 @@ def _stack(uid: str, slices: list[SliceHeader], n_all: int) -> SeriesPlan | Reje
         normal=(float(normal[0]), float(normal[1]), float(normal[2])),
         spacing=(dk, first.pixel_spacing[0], first.pixel_spacing[1]),
         original=all(s.is_original_primary for s in ordered),
+        grid_index=() if grid.complete else grid.index,
     )
 
 
@@ -220,18 +235,18 @@ def evaluate_series(uid: str, headers: Sequence[SliceHeader]) -> SeriesPlan | Re
 
 def _with_reason(plan: SeriesPlan, reason: str) -> SeriesPlan:
     joined = f"{plan.reason}; {reason}" if plan.reason else reason
-    return SeriesPlan(
-        plan.series_instance_uid, plan.slices, plan.normal, plan.spacing, plan.original, joined
-    )
+    return replace(plan, reason=joined)
 
 
 def _describe(plan: SeriesPlan) -> str:
     first = plan.slices[0]
-    return (
+    text = (
         f"axial CT {'original' if plan.original else 'derived'}, {len(plan.slices)} slices, "
         f"{plan.spacing[0]:.2f} mm spacing, {plan.coverage_mm:.0f} mm coverage, "
         f"{first.rows}x{first.columns}"
     )
+    filled = len(plan.grid.filled)
+    return f"{text}, {filled} missing slices filled" if filled else text
 
 
 def choose_series(headers: Sequence[SliceHeader]) -> SeriesPlan:
@@ -251,12 +266,21 @@ def choose_series(headers: Sequence[SliceHeader]) -> SeriesPlan:
         raise AnalysisError(main.code, f"{main.detail}{others}")
     best_coverage = max(p.coverage_mm for p in plans)
     eligible = [p for p in plans if p.coverage_mm >= 0.8 * best_coverage]
-    best = min(eligible, key=lambda p: (not p.original, round(p.spacing[0], 2), -len(p.slices)))
+    best = min(
+        eligible,
+        key=lambda p: (
+            not p.grid.complete,
+            not p.original,
+            round(p.spacing[0], 2),
+            -len(p.slices),
+        ),
+    )
     reason = _describe(best)
     if len(plans) > 1:
-        reason += f"; best of {len(plans)} usable series (original first, thinnest, most slices)"
+        reason += (
+            f"; best of {len(plans)} usable series (complete first, original, thinnest, "
+            "most slices)"
+        )
     if best.reason:
         reason += f"; {best.reason}"
-    return SeriesPlan(
-        best.series_instance_uid, best.slices, best.normal, best.spacing, best.original, reason
-    )
+    return replace(best, reason=reason)

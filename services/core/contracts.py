@@ -4,8 +4,9 @@
   study API, the worker's database rows and the DICOM/FHIR builders share. Geometry is in
   patient LPS millimetres.
 * :class:`ModelIdentity`: which model (name, version) on which execution provider.
-* :class:`JobDetails`: how a job's result was made (series, slices, model, geometry, worker),
-  written by the worker into ``jobs.details`` and read by the reporter and the API.
+* :class:`JobDetails`: how a job's result was made (series, slices, model, geometry, worker,
+  and :class:`MissingSlices` when the series had a gap), written by the worker into
+  ``jobs.details`` and read by the reporter and the API.
 
 Each service maps to and from these once: the analysis ``FindingResult`` produces a
 :class:`Finding`; the ORM ``Finding`` row has ``from_contract``/``to_contract`` (its columns
@@ -107,13 +108,52 @@ class Geometry(BaseModel):
     slice_dir: Vector
 
 
+class MissingSlices(BaseModel):
+    """Slices missing inside the analysed series: the analysis filled them to keep its grid
+    regular, reported nothing in or next to them, and says so here.
+
+    ``missing_z_mm`` are inclusive ranges of missing slice positions along the slice normal
+    (mm, as the receiver records them); ``slices`` how many; ``dropped_findings`` how many
+    findings touching them were not reported.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    missing_z_mm: tuple[tuple[float, float], ...] = ()
+    slices: int = Field(default=0, ge=0)
+    dropped_findings: int = Field(default=0, ge=0)
+
+    def ranges_text(self) -> str:
+        return ", ".join(f"z {lo:.1f} to {hi:.1f} mm" for lo, hi in self.missing_z_mm)
+
+    def summary(self, *, ranges: bool = True) -> str:
+        """One sentence for the reports; ``ranges=False`` when the receiver's sentence
+        already names the missing ranges."""
+        dropped = self.dropped_findings
+        edge = (
+            f" ({dropped} finding{'s' if dropped != 1 else ''} at their edge not reported)"
+            if dropped
+            else ""
+        )
+        if ranges and self.missing_z_mm:
+            return (
+                f"The analysed series lacks {self.slices} slices ({self.ranges_text()}); "
+                f"nothing in or next to them was analysed{edge}."
+            )
+        return f"Nothing in or next to the missing slices was analysed{edge}."
+
+
 class JobDetails(BaseModel):
     """How a job's result was made (``jobs.details``); the worker writes it, others read it.
 
     Stored layout (unchanged since schema 1): ``series_uid``, ``series_reason``,
     ``sop_uids``, ``instances`` (= ``len(sop_uids)``), ``provider``, ``model`` ``{name,
-    version}``, ``geometry``, ``worker``, ``attempt``. ``provider`` is stored beside ``model``
-    and read into ``model.provider``.
+    version}``, ``geometry``, ``worker``, ``attempt``, and ``missing`` only for a series
+    with a gap. ``provider`` is stored beside ``model`` and read into ``model.provider``.
+
+    ``sop_uids`` are the slices that exist, and findings' boxes index them; ``geometry`` is
+    the regular grid the analysis ran on, which for a series with a gap also holds the
+    filled slices (``missing``).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -126,6 +166,7 @@ class JobDetails(BaseModel):
     geometry: Geometry | None = None
     worker: str = ""
     attempt: int | None = None
+    missing: MissingSlices | None = None
 
     @classmethod
     def parse(cls, stored: Mapping[str, object] | None) -> JobDetails:

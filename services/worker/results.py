@@ -68,6 +68,7 @@ def job_details(result: AnalysisResult, *, worker: str, attempt: int) -> contrac
         ),
         worker=worker,
         attempt=attempt,
+        missing=result.missing,
     )
 
 

@@ -14,6 +14,7 @@ import pydicom
 
 from services.analysis.geometry import Volume
 from services.core.broker import Delivered
+from services.core.contracts import MissingSlices
 from services.core.db import Database, Instance, Job, JobState, Series, Study
 from services.core.messages import STUDY_READY, SeriesRef, StudyReady
 from services.core.outbox import enqueue
@@ -157,6 +158,7 @@ class FakeResult:
     model: dict[str, str] = field(default_factory=lambda: {"name": "nodule-seg", "version": "0.1"})
     provider: str = "CPUExecutionProvider"
     series_reason: str = "only axial CT series"
+    missing: MissingSlices | None = None
 
 
 class FakeAnalyze:

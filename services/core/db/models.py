@@ -226,11 +226,15 @@ class Job(Base):
         """The sentence the reports carry for a partial study, empty for a complete one.
 
         It says what was not received (the missing z ranges); the receiver writes it in
-        ``completeness``."""
+        ``completeness``. The analysis adds what it did about slices missing inside the
+        analysed series (``details.missing``), and names their ranges itself when the
+        receiver did not know the study was partial."""
         stored = self.completeness or {}
+        missing = self.job_details.missing
         if stored.get("status") != "partial":
-            return ""
-        return str(stored.get("summary") or "Incomplete study: some slices were not received.")
+            return missing.summary() if missing is not None else ""
+        summary = str(stored.get("summary") or "Incomplete study: some slices were not received.")
+        return f"{summary} {missing.summary(ranges=False)}" if missing is not None else summary
 
     @property
     def job_details(self) -> contracts.JobDetails:
