@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     # FHIR Patient.identifier.system of the DICOM Patient ID (the MRN), unless the study's
     # Issuer of Patient ID (0010,0021) is itself a URI or an OID (docs/fhir.md).
     mrn_system: str = ""
+    # Link from the worklist and study page into a viewer: {study}, {series}, {instance}
+    # (services/core/viewer.py); "" = no link.
+    viewer_url_template: str = ""
 
     model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
@@ -235,6 +238,13 @@ class Settings(BaseSettings):
                 f"e.g. urn:oid:1.2.3 or https://hospital.example/mrn; got {value[:80]!r}"
             )
         return value
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer_url_template(cls, value: str) -> str:
+        from services.core.viewer import check_template
+
+        return check_template(value)
 
     @field_validator("retention_high_water", "retention_low_water")
     @classmethod
