@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from services.core.broker import InProcessBroker
 from services.core.db import Database, Instance, Job, Study
+from services.receiver.completion import utc
 from services.receiver.reconcile import QUARANTINE, WATERMARK
 from tests.factories.dicom import write_ct_series
 from tests.integration.receiver.harness import (
@@ -28,6 +29,9 @@ from tests.integration.receiver.test_crash import _send_recording, echo_ok, rece
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
+
+#: the bounded wait for a resend of a study a restart cut (seconds; 900 by default)
+INCOMPLETE_WAIT = 8
 
 
 def _place(storage: Path, path: Path) -> Path:
@@ -151,8 +155,10 @@ if os.environ.get("NF_TEST_KILL_BEFORE_COMMIT"):
 @pytest.mark.slow
 def test_sigkill_between_rename_and_commit(tmp_path: Path, sqlite_url: str) -> None:
     """``noduleflow receiver`` killed after an instance reached its final path and before its
-    row was committed; the sender gets no 0x0000 and does not re-send. The next start
-    indexes the file before accepting associations, and the study completes once."""
+    row was committed; the sender gets no 0x0000. The next start indexes the file before
+    accepting associations. The cut transfer marks the study interrupted, so it waits
+    ``INCOMPLETE_WAIT_SECONDS`` for a resend; this sender never resends, so after that bounded
+    wait the study completes once, as a partial job that says why."""
     _, _, paths = write_ct_series(tmp_path / "ct", 12)
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -167,6 +173,8 @@ def test_sigkill_between_rename_and_commit(tmp_path: Path, sqlite_url: str) -> N
         "NODULEFLOW_RECEIVER_PROCESSES": "1",
         "NODULEFLOW_STUDY_IDLE_SECONDS": "2",
         "NODULEFLOW_RELEASE_GRACE_SECONDS": "600",
+        "NODULEFLOW_INCOMPLETE_WAIT_SECONDS": str(INCOMPLETE_WAIT),
+        "NODULEFLOW_GAP_WAIT_SECONDS": "1",
         "NODULEFLOW_MIN_FREE_DISK_MB": "16",
         "NODULEFLOW_BROKER_URL": "",
     }
@@ -192,15 +200,22 @@ def test_sigkill_between_rename_and_commit(tmp_path: Path, sqlite_url: str) -> N
 
         with receiver_process(env, log):
             assert wait_for(lambda: echo_ok(port), timeout=90), log.read_text()[-3000:]
-            assert wait_for(lambda: counts(db)[1] == 1, timeout=30)
+            assert wait_for(lambda: counts(db)[1] == 1, timeout=30 + INCOMPLETE_WAIT)
             threading.Event().wait(3)  # past the idle time again: still one job
         assert counts(db) == (6, 1, 1)
         with db.session() as session:
             assert set(session.scalars(select(Instance.sop_instance_uid))) == on_disk
-            assert session.scalars(select(Job)).one().instance_count == 6
+            job = session.scalars(select(Job)).one()
+            study = session.scalars(select(Study)).one()
+            assert job.instance_count == 6
+            waited = utc(job.created_at) - utc(study.last_received_at)
+            assert waited.total_seconds() >= INCOMPLETE_WAIT  # not at the idle time
+            assert job.completeness["status"] == "partial"
+            assert "cut by a receiver restart" in job.completeness["summary"]
         text = log.read_text()
         second = text[text.rindex("event=receiver_recovered") :]
         assert "indexed=1" in second
+        assert "reason=idle-waited partial=True" in second
         assert second.index("event=storage_reconciled") < second.index("event=receiver_started")
     finally:
         db.dispose()
