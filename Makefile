@@ -41,7 +41,7 @@ bench: $(STAMP) system
 	$(BIN)/python tests/perf/bench_worker.py
 	$(BIN)/python tests/perf/bench_api.py
 
-# The chaos suite (not part of `make test`; about 6 minutes on 2 cores): the distributed form
+# The chaos suite (not part of `make test`; about 3 minutes on 2 cores): the distributed form
 # under a seeded storm of kills, broker and database cuts and a full disk (tests/chaos/run.py).
 CHAOS_SEED ?= 1717
 chaos: $(STAMP) system
