@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.core.contracts import MissingSlices
 from services.core.db import Database
 from services.receiver.completion import Completeness
 from services.reporter.fhir import build as fb
@@ -35,3 +36,27 @@ def test_complete_study_stays_final(db: Database) -> None:
     body = fb.report_json(data, fb.local_links(data))
     assert body["status"] == "final" and "Incomplete" not in body["conclusion"]
     assert data.job.partial_summary == ""
+
+
+GAP = MissingSlices(missing_z_mm=((-30.0, -20.0),), slices=9, dropped_findings=1)
+
+
+def _with_gap(db: Database, completeness: Completeness) -> fb.ReportInput:
+    data = _input(db, completeness)
+    data.job.details = {**(data.job.details or {}), "missing": GAP.model_dump(mode="json")}
+    return data
+
+
+def test_a_gap_the_analysis_found_makes_the_report_partial_and_names_it(db: Database) -> None:
+    data = _with_gap(db, Completeness())  # the receiver did not know
+    body = fb.report_json(data, fb.local_links(data))
+    assert body["status"] == "partial"
+    assert "lacks 9 slices (z -30.0 to -20.0 mm)" in body["conclusion"]
+    assert "1 finding at their edge not reported" in body["conclusion"]
+
+
+def test_a_known_partial_study_names_its_range_once(db: Database) -> None:
+    data = _with_gap(db, MISSING)
+    conclusion = fb.report_json(data, fb.local_links(data))["conclusion"]
+    assert conclusion.count("z -19.0 to -10.0 mm") == 1 and "z -30.0" not in conclusion
+    assert "Nothing in or next to the missing slices was analysed" in conclusion
