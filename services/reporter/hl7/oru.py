@@ -3,13 +3,20 @@
 Built with hl7apy on the ``ORU_R01`` structure and validated by it::
 
     MSH  sending/receiving application and facility (settings), ORU^R01^ORU_R01, 2.5.1
-    PID  PID-3 Patient ID (MR), PID-5 name, PID-7 birth date, PID-8 sex: from the DICOM header
+    PID  PID-3 Patient ID (MR) with its assigning authority (CX-4: Issuer of Patient ID and
+         the MRN system, as the FHIR Patient's identifier), PID-5 name, PID-7 birth date,
+         PID-8 sex: from the DICOM header
     ORC  RE (observations to follow), ORC-2/OBR-2 placer = accession, ORC-3/OBR-3 filler = job
     OBR  OBR-4 LOINC 24627-2 "CT Chest", OBR-7 study date, OBR-18 accession (IHE Placer
          Field 1), OBR-20 Study Instance UID, OBR-22 when reported, OBR-24 CT, OBR-25 F or C
     OBX  Study Instance UID (DCM 110180), the study's highest Lung-RADS category, per finding
          (OBX-4 sub-ID = finding number) its kind, diameter, volume, attenuation and
-         Lung-RADS, then the text summary (LOINC 19005-8 impression)
+         Lung-RADS, then the text summary (LOINC 19005-8 "Radiology Imaging study
+         [Impression] (narrative)")
+
+Lung-RADS and the nodule kind use the SR's standard codes (``dicom.codes``): RadLex first,
+its SNOMED CT equivalent as the CE/CWE alternate (components 4-6); RadLex is ``RADLEX``, the
+HL7 OID registry's symbolic name (2.16.840.1.113883.6.256), as in DICOM PS3.16.
 
 A re-analysis that replaces an earlier report is a corrected result: OBR-25 and every
 OBX-11 are ``C`` instead of ``F``.
@@ -25,23 +32,29 @@ from hl7apy.core import Group, Message, Segment
 
 from services.core.contracts import Finding
 from services.core.settings import Settings
-from services.reporter.dicom.codes import PRIVATE_SCHEME
+from services.reporter.dicom import codes as nf
+from services.reporter.dicom.codes import PRIVATE_SCHEME, Triplet
 from services.reporter.fhir.common import highest_lung_rads
+from services.reporter.hl7.identity import patient_identifier
 from services.reporter.hl7.text import components, escape
 
 VERSION = "2.5.1"
 FINAL, CORRECTED = "F", "C"
-REPORT_CODE = ("24627-2", "CT Chest", "LN")
-STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
-SUMMARY_CODE = ("19005-8", "Radiology Imaging study [Impression] (narrative)", "LN")
-LUNG_RADS_CODE = ("lung-rads", "Lung-RADS category", PRIVATE_SCHEME)
-FINDING_CODE = ("121071", "Finding", "DCM")
-KIND_CODE = ("nodule-type", "Nodule type", PRIVATE_SCHEME)
-DIAMETER_CODE = ("81827009", "Diameter", "SCT")
-VOLUME_CODE = ("118565006", "Volume", "SCT")
-ATTENUATION_CODE = ("112031", "Attenuation Coefficient", "DCM")
-CONFIDENCE_CODE = ("confidence", "Detection confidence", PRIVATE_SCHEME)
-FINDING_TYPES = {"nodule": ("27925004", "Nodule", "SCT"), "mass": ("4147007", "Mass", "SCT")}
+# Codes as (code, coding system, text), the order of ``dicom.codes.Triplet``; :func:`cwe`
+# writes them in HL7's order (identifier^text^coding system).
+REPORT_CODE = ("24627-2", "LN", "CT Chest")
+STUDY_UID_CODE = ("110180", "DCM", "Study Instance UID")
+# LOINC 19005-8, checked against the LOINC names used by US Core, the IPS and the EU imaging
+# report guides (DICOM PS3.20 codes the Impression section with it too)
+SUMMARY_CODE = ("19005-8", "LN", "Radiology Imaging study [Impression] (narrative)")
+LUNG_RADS_CODE = nf.LUNG_RADS_NAME
+FINDING_CODE = ("121071", "DCM", "Finding")
+KIND_CODE = nf.SOLIDNESS_NAME
+DIAMETER_CODE = ("81827009", "SCT", "Diameter")
+VOLUME_CODE = ("118565006", "SCT", "Volume")
+ATTENUATION_CODE = ("112031", "DCM", "Attenuation Coefficient")
+CONFIDENCE_CODE = ("confidence", PRIVATE_SCHEME, "Detection confidence")
+FINDING_TYPES = {"nodule": ("27925004", "SCT", "Nodule"), "mass": ("4147007", "SCT", "Mass")}
 UNITS = {"mm": ("mm", "millimeter"), "mm3": ("mm3", "cubic millimeter"), "HU": ("[hnsf'U]", "HU")}
 SEXES = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) → HL7 table 0001; else U
 
@@ -82,6 +95,8 @@ class OruInput:
     findings: Sequence[Finding]
     corrected: bool = False
     model: str = ""
+    patient_id_issuer: str = ""  # Issuer of Patient ID (0010,0021)
+    mrn_system: str = ""  # the MRN's identifier system (fhir.patient.mrn_system)
 
     def __post_init__(self) -> None:
         if not self.study_instance_uid:
@@ -131,7 +146,7 @@ class _Results:
     def add(
         self,
         value_type: str,
-        code: tuple[str, str, str],
+        code: Sequence[Triplet],
         value: str,
         *,
         sub_id: str = "",
@@ -141,7 +156,7 @@ class _Results:
         obx = self.order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
         obx.obx_1 = str(self.count)
         obx.obx_2 = value_type
-        obx.obx_3 = components(*code)
+        obx.obx_3 = cwe(code)
         if sub_id:
             obx.obx_4 = sub_id
         obx.obx_5 = value
@@ -153,11 +168,37 @@ class _Results:
             obx.obx_14 = self.observed
         return obx
 
-    def number(self, code: tuple[str, str, str], value: float, units: str, sub_id: str) -> None:
-        self.add("NM", code, f"{value:.1f}", sub_id=sub_id, units=units)
+    def number(self, code: Triplet, value: float, units: str, sub_id: str) -> None:
+        self.add("NM", (code,), f"{value:.1f}", sub_id=sub_id, units=units)
 
-    def coded(self, code: tuple[str, str, str], value: tuple[str, str, str], sub: str) -> None:
-        self.add("CWE", code, components(*value), sub_id=sub)
+    def coded(self, code: Sequence[Triplet], value: Sequence[Triplet], sub: str) -> None:
+        self.add("CWE", code, cwe(value), sub_id=sub)
+
+
+def cwe(codes: Sequence[Triplet]) -> str:
+    """A CE/CWE value: the primary code, then its first equivalent as the alternate
+    identifier, text and coding system (components 4-6)."""
+    if not codes:
+        raise ValueError("a coded value needs at least one code")
+    return components(
+        *(part for value, scheme, text in codes[:2] for part in (value, text, scheme))
+    )
+
+
+def lung_rads_value(category: str) -> tuple[Triplet, ...]:
+    """The coded Lung-RADS category; an unknown one keeps its text under the private scheme."""
+    try:
+        return nf.lung_rads_codes(category)
+    except ValueError:
+        return ((category, PRIVATE_SCHEME, f"Lung-RADS {category}"),)
+
+
+def kind_value(kind: str) -> tuple[Triplet, ...]:
+    """The coded nodule kind (solidness); an unknown one under the private scheme."""
+    try:
+        return nf.solidness_codes(kind)
+    except ValueError:
+        return ((kind, PRIVATE_SCHEME, kind),)
 
 
 def build_oru(data: OruInput, endpoints: Endpoints, *, now: datetime | None = None) -> Message:
@@ -178,7 +219,7 @@ def build_oru(data: OruInput, endpoints: Endpoints, *, now: datetime | None = No
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     pid = result.add_group("ORU_R01_PATIENT").add_segment("PID")
     pid.pid_1 = "1"
-    pid.pid_3 = components(data.patient_id, "", "", "", "MR")
+    pid.pid_3 = patient_identifier(data.patient_id, data.patient_id_issuer, data.mrn_system)
     pid.pid_5 = _hl7_name(data.patient_name) or '""'  # required; "" is HL7's explicit null
     if _datetime(data.birth_date):
         pid.pid_7 = data.birth_date
@@ -198,7 +239,7 @@ def build_oru(data: OruInput, endpoints: Endpoints, *, now: datetime | None = No
         obr.obr_2 = components(data.accession_number)
         obr.obr_18 = escape(data.accession_number)
     obr.obr_3 = components(data.job_id, endpoints.sending_application)
-    obr.obr_4 = components(*REPORT_CODE)
+    obr.obr_4 = cwe((REPORT_CODE,))
     if observed:
         obr.obr_7 = observed
     obr.obr_20 = escape(data.study_instance_uid)
@@ -207,20 +248,19 @@ def build_oru(data: OruInput, endpoints: Endpoints, *, now: datetime | None = No
     obr.obr_25 = status
 
     results = _Results(order, status, observed)
-    results.add("ST", STUDY_UID_CODE, escape(data.study_instance_uid))
+    results.add("ST", (STUDY_UID_CODE,), escape(data.study_instance_uid))
     category = highest_lung_rads([f.lung_rads for f in data.findings]) if data.findings else "1"
-    results.coded(LUNG_RADS_CODE, (category, f"Lung-RADS {category}", PRIVATE_SCHEME), "")
+    results.coded(LUNG_RADS_CODE, lung_rads_value(category), "")
     for number, finding in enumerate(data.findings, start=1):
         sub = str(number)
         kind = FINDING_TYPES.get(finding.finding_type, FINDING_TYPES["nodule"])
-        results.coded(FINDING_CODE, kind, sub)
-        results.coded(KIND_CODE, (finding.kind, finding.kind, PRIVATE_SCHEME), sub)
+        results.coded((FINDING_CODE,), (kind,), sub)
+        results.coded(KIND_CODE, kind_value(finding.kind), sub)
         results.number(DIAMETER_CODE, finding.diameter_mm, "mm", sub)
         results.number(VOLUME_CODE, finding.volume_mm3, "mm3", sub)
         results.number(ATTENUATION_CODE, finding.mean_hu, "HU", sub)
-        lung_rads = (finding.lung_rads, f"Lung-RADS {finding.lung_rads}", PRIVATE_SCHEME)
-        results.coded(LUNG_RADS_CODE, lung_rads, sub)
-        results.add("NM", CONFIDENCE_CODE, f"{finding.confidence:.2f}", sub_id=sub)
-    results.add("TX", SUMMARY_CODE, escape(summary(data)))
+        results.coded(LUNG_RADS_CODE, lung_rads_value(finding.lung_rads), sub)
+        results.add("NM", (CONFIDENCE_CODE,), f"{finding.confidence:.2f}", sub_id=sub)
+    results.add("TX", (SUMMARY_CODE,), escape(summary(data)))
     message.validate()
     return message

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from services.core.db import Database, Finding, Job, JobState
 from services.core.settings import Settings
 from services.reporter.delivery.dispatch import DeliveryTask, Sender, SendOutcome
+from services.reporter.fhir.patient import mrn_system
 from services.reporter.hl7.ack import classify_ack
 from services.reporter.hl7.mllp import MllpError, Peer, exchange
 from services.reporter.hl7.oru import Endpoints, OruInput, build_oru, control_id
@@ -20,9 +21,10 @@ from services.reporter.hl7.oru import Endpoints, OruInput, build_oru, control_id
 log = logging.getLogger(__name__)
 
 
-def load_input(session: Session, job_id: str) -> OruInput | None:
+def load_input(session: Session, job_id: str, default_mrn_system: str = "") -> OruInput | None:
     """The ORU's input for a finished job; ``corrected`` when an earlier version of the
-    study's analysis finished before it."""
+    study's analysis finished before it. The MRN's system is the FHIR Patient's
+    (``NODULEFLOW_MRN_SYSTEM`` as ``default_mrn_system`` unless the issuer names one)."""
     job = session.get(Job, job_id)
     if job is None or job.state != JobState.DONE.value:
         return None
@@ -51,13 +53,15 @@ def load_input(session: Session, job_id: str) -> OruInput | None:
         findings=[f.to_contract() for f in findings],
         corrected=earlier is not None,
         model=f"{model.name} {model.version}",
+        patient_id_issuer=study.issuer_of_patient_id,
+        mrn_system=mrn_system(study, default_mrn_system),
     )
 
 
 def send_oru(db: Database, settings: Settings, job_id: str, peer: Peer) -> SendOutcome:
     """Build, send and judge one ORU^R01; never raises for peer trouble."""
     with db.session() as session:
-        data = load_input(session, job_id)
+        data = load_input(session, job_id, settings.mrn_system)
     if data is None:
         return SendOutcome(False, False, "no-report", "job has no finished report")
     try:

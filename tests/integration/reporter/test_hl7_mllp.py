@@ -134,10 +134,14 @@ def _settings(settings: Settings, port: int) -> Settings:
     )
 
 
-def _job(db: Database, settings: Settings, *, version: int = 1, study_uid: str = "") -> str:
+def _job(
+    db: Database, settings: Settings, *, version: int = 1, study_uid: str = "", issuer: str = ""
+) -> str:
     """A finished job with its delivery rows made as the result consumer makes them."""
     with db.session() as session:
-        study = make_study(session, patient_id="HL7-1", accession="ACC-HL7")
+        study = make_study(
+            session, patient_id="HL7-1", accession="ACC-HL7", issuer_of_patient_id=issuer
+        )
         if version > 1:
             make_job(session, study, findings=[finding_spec()])
         job = make_job(
@@ -204,6 +208,36 @@ def test_accepted_oru_is_parsed_back_and_its_ack_shown(
         page = client.get(f"/api/studies/{uid}").json()
     shown = [d for d in page["deliveries"] if d["kind"] == "hl7"]
     assert shown and shown[0]["last_status"] == "AA" and shown[0]["state"] == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("issuer", "mrn_system", "authority"),
+    [
+        ("1.2.840.4711", "urn:oid:9.9", "&1.2.840.4711&ISO"),  # the issuer names the system
+        ("HOSP-A", "urn:oid:1.2.3.4", "HOSP-A&1.2.3.4&ISO"),  # local issuer + the setting
+    ],
+)
+def test_pid3_authority_and_standard_codes_reach_the_peer(
+    listener: Listener,
+    db: Database,
+    settings: Settings,
+    issuer: str,
+    mrn_system: str,
+    authority: str,
+) -> None:
+    settings = _settings(settings, listener.port).model_copy(update={"mrn_system": mrn_system})
+    job_id = _job(db, settings, issuer=issuer)
+    assert _dispatch(db, settings, job_id).state == "delivered"
+    (message,) = listener.received
+    result = message.ORU_R01_PATIENT_RESULT
+    assert result.ORU_R01_PATIENT.PID.pid_3.to_er7() == f"HL7-1^^^{authority}^MR"
+    observations = [g.OBX for g in result.ORU_R01_ORDER_OBSERVATION.ORU_R01_OBSERVATION]
+    by_code = {(o.obx_4.to_er7(), o.obx_3.ce_1.to_er7()): o for o in observations}
+    study_category = by_code[("", "RID50134")]
+    assert study_category.obx_3.ce_3.to_er7() == "RADLEX"
+    assert study_category.obx_3.ce_4.to_er7() == "1362105002"
+    assert study_category.obx_5.to_er7() == "RID50139^Lung-RADS 4A^RADLEX"
+    assert by_code[("1", "RID46010")].obx_5.to_er7().startswith("RID5741^solid^RADLEX")
 
 
 def test_amended_result_goes_as_corrected(

@@ -78,17 +78,66 @@ def test_oru_parses_back_with_patient_order_and_observations() -> None:
     obx = [group.OBX for group in order.ORU_R01_OBSERVATION]
     assert [o.obx_1.to_er7() for o in obx] == [str(i) for i in range(1, len(obx) + 1)]
     assert obx[0].obx_5.to_er7() == "1.2.826.0.1.3680043.8.498.1"
-    assert obx[1].obx_5.to_er7() == f"4B^Lung-RADS 4B^{oru.PRIVATE_SCHEME}"  # study category
+    assert obx[1].obx_3.to_er7() == (
+        "RID50134^Lung-RADS assessment^RADLEX"
+        "^1362105002^Lung Imaging Reporting and Data System category^SCT"
+    )
+    assert obx[1].obx_5.to_er7() == "RID50140^Lung-RADS 4B^RADLEX"  # study category
     by_finding = {(o.obx_4.to_er7(), o.obx_3.to_er7().split("^")[0]): o.obx_5.to_er7() for o in obx}
     assert by_finding[("1", "81827009")] == "7.5"
     assert by_finding[("2", "81827009")] == "34.0"
     assert by_finding[("2", "121071")] == "4147007^Mass^SCT"
     assert by_finding[("1", "121071")] == "27925004^Nodule^SCT"
-    assert by_finding[("2", "lung-rads")].startswith("4B^")
+    assert by_finding[("2", "RID50134")] == "RID50140^Lung-RADS 4B^RADLEX"
+    assert by_finding[("1", "RID50134")] == "RID50138^Lung-RADS 3^RADLEX"
+    assert by_finding[("1", "RID46010")] == "RID5741^solid^RADLEX^35702001^Solid^SCT"
+    assert by_finding[("1", "confidence")] == "0.93"  # no standard code: private scheme
     summary = obx[-1]
-    assert summary.obx_2.to_er7() == "TX" and summary.obx_3.to_er7().startswith("19005-8^")
+    assert summary.obx_2.to_er7() == "TX"
+    assert summary.obx_3.to_er7() == "19005-8^Radiology Imaging study [Impression] (narrative)^LN"
     assert "Highest Lung-RADS category 4B" in unescape(summary.obx_5.to_er7())
     assert {o.obx_11.to_er7() for o in obx} == {"F"}
+
+
+def test_kinds_and_categories_without_a_standard_code() -> None:
+    findings = [
+        _finding(kind="part-solid", lung_rads="S"),
+        _finding(kind="ground-glass", lung_rads="4X"),
+    ]
+    message = _parsed(_input(findings=findings))
+    order = message.ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION  # type: ignore[attr-defined]
+    obx = [group.OBX for group in order.ORU_R01_OBSERVATION]
+    values = {(o.obx_4.to_er7(), o.obx_3.to_er7().split("^")[0]): o.obx_5.to_er7() for o in obx}
+    assert values[("1", "RID46010")] == "RID46011^partially solid^RADLEX"
+    assert values[("1", "RID50134")] == "S^Lung-RADS S^99NDLFLW"
+    assert values[("2", "RID46010")] == (
+        "RID46016^non-solid^RADLEX^1217294009^Ground glass opacity^SCT"
+    )
+    assert values[("", "RID50134")] == "RID50141^Lung-RADS 4X^RADLEX"  # study: 4X over S
+
+
+@pytest.mark.parametrize(
+    ("issuer", "system", "expected"),
+    [
+        ("", "", "MRN-1^^^^MR"),
+        ("1.2.840.99", "urn:oid:1.2.840.99", "MRN-1^^^&1.2.840.99&ISO^MR"),
+        ("HOSP-A", "urn:oid:1.2.3", "MRN-1^^^HOSP-A&1.2.3&ISO^MR"),
+        ("HOSP-A", "", "MRN-1^^^HOSP-A^MR"),
+        ("", "https://h.example/mrn?a=1&b=2", "MRN-1^^^&https://h.example/mrn?a=1\\T\\b=2&URI^MR"),
+    ],
+)
+def test_pid3_carries_the_assigning_authority(issuer: str, system: str, expected: str) -> None:
+    message = _parsed(_input(patient_id="MRN-1", patient_id_issuer=issuer, mrn_system=system))
+    pid = message.ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.PID  # type: ignore[attr-defined]
+    assert pid.pid_3.to_er7() == expected
+    authority = pid.pid_3.cx_4
+    if system.startswith("urn:oid:"):
+        assert authority.hd_2.to_er7() == system.removeprefix("urn:oid:")
+        assert authority.hd_3.to_er7() == "ISO"
+    if issuer == "HOSP-A":
+        assert authority.hd_1.to_er7() == "HOSP-A"
+    if "https" in system:
+        assert unescape(authority.hd_2.to_er7()) == system
 
 
 def test_amended_result_is_sent_as_corrected() -> None:
