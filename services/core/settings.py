@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Static API tokens: at least this long, and at least this many bits by the estimate of
@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     dicom_tls_ca: Path | None = None
     min_free_disk_mb: int = 512
     reconcile_margin_seconds: float = Field(default=3600.0, ge=0)  # see receiver/reconcile.py
+    # DICOMweb STOW-RS ingest in the receiver (receiver/dicomweb, docs/operations.md): off
+    # while the port is 0; the API's bearer tokens/JWTs, plus store-only STOW_TOKENS.
+    dicomweb_host: str = "127.0.0.1"
+    dicomweb_port: int = Field(default=0, ge=0, le=65535)
+    stow_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    stow_max_instance_mb: int = Field(default=1024, ge=1)  # one part; larger: 413
+    stow_max_request_mb: int = Field(default=4096, ge=1)  # one request body; larger: 413
     # Retention of images and outbox artefacts (core/retention, docs/operations.md): off
     # unless an age or a high-water mark is set; purges run in the receiver.
     retention_max_age_days: float = Field(default=0.0, ge=0)  # 0 = no age limit
@@ -212,19 +219,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("allowed_aets", "api_tokens", mode="before")
+    @field_validator("allowed_aets", "api_tokens", "stow_tokens", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("api_tokens")
+    @field_validator("api_tokens", "stow_tokens")
     @classmethod
-    def _strong_tokens(cls, value: list[str]) -> list[str]:
+    def _strong_tokens(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        name = f"NODULEFLOW_{str(info.field_name).upper()}"
         for number, token in enumerate(value, start=1):
             reason = token_weakness(token)
             if reason is not None:
                 raise ValueError(
-                    f"NODULEFLOW_API_TOKENS: token {number} of {len(value)} is refused: "
+                    f"{name}: token {number} of {len(value)} is refused: "
                     f"{reason}. Generate tokens with `openssl rand -hex 32`."
                 )
         return value

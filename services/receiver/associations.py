@@ -1,4 +1,7 @@
-"""Per-association book-keeping: what each association carried, its end, its audit rows."""
+"""Per-association book-keeping: what each association carried, its end, its audit rows.
+
+A STOW-RS request is booked as an association too (:meth:`Registry.end`), so it reaches
+the study tracker and the audit trail the same way."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ class AssociationState:
     refused: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     #: studies this association only re-sent (duplicates): its release completes them too
     resent: set[str] = field(default_factory=set)
+    #: who the audit trail names, when not the calling AE (a STOW-RS caller's subject)
+    actor: str = ""
 
 
 class Registry:
@@ -68,7 +73,13 @@ class Registry:
     def finish(self, assoc: Any, *, released: bool) -> None:
         with self._lock:
             state = self._states.pop(id(assoc), None)
-        if state is None or state.finished:
+        if state is not None:
+            self.end(state, released=released)
+
+    def end(self, state: AssociationState, *, released: bool) -> None:
+        """A transfer ended (an association, or a STOW-RS request): tell the tracker, record
+        its refusals, log and audit it. Only the first call for a ``state`` counts."""
+        if state.finished:
             return
         state.finished = True
         state.released = released
@@ -94,7 +105,7 @@ class Registry:
         if state.stored or state.failed:
             self._audit(
                 audit.INSTANCES_TRANSFERRED,
-                actor=state.calling_aet,
+                actor=state.actor or state.calling_aet,
                 source=state.peer,
                 action="C",
                 object_type="study",

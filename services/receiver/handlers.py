@@ -16,10 +16,10 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from services.receiver import statuses
-from services.receiver.associations import Registry
+from services.receiver.associations import AssociationState, Registry
 from services.receiver.fast.fastpath import release_requested
 from services.receiver.fast.tempfiles import NO_SPACE_ERRNOS, HashingFile, discard
-from services.receiver.index import HeaderError, parse_header
+from services.receiver.index import HeaderError, InstanceHeader, parse_header
 from services.receiver.policy import rejection_reason
 from services.receiver.store import (
     InstanceConflict,
@@ -105,32 +105,77 @@ def handle_store(event: Event, store: InstanceStore, registry: Registry) -> int 
     state = registry.get(event.assoc)
     request: Any = event.request
     handle = getattr(request, "_dataset_file", None)
-    path = Path(event.dataset_path)
+    sop_class, sop = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     if isinstance(handle, HashingFile):
-        if handle.failed:  # not written (full volume, I/O error); the file is gone already
-            state.failed += 1
-            log.warning(
-                "event=instance_refused reason=%s errno=%s calling_aet=%s",
-                "disk-full" if handle.no_space else "storage-error",
-                errno.errorcode.get(handle.error or 0, handle.error),
-                state.calling_aet,
-            )
-            return statuses.OUT_OF_RESOURCES
-        if handle.overflow:
-            state.failed += 1
-            log.warning("event=instance_refused reason=too-large calling_aet=%s", state.calling_aet)
-            return statuses.OUT_OF_RESOURCES
-        handle.close()
-        size, sha, head = handle.size, handle.hexdigest(), bytes(handle.head)
-    else:
-        (size, sha), head = _digest(path), None
-    try:
-        header = parse_header(
-            path,
-            head=head,
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        return store_received(
+            handle, store, registry, state, sop_class_uid=sop_class, sop_instance_uid=sop
         )
+    path = Path(event.dataset_path)
+    size, sha = _digest(path)
+    return store_file(
+        path, size, sha, None, store, registry, state, sop_class_uid=sop_class, sop_instance_uid=sop
+    )
+
+
+def store_received(
+    handle: HashingFile,
+    store: InstanceStore,
+    registry: Registry,
+    state: AssociationState,
+    *,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> int | Dataset:
+    """Store a data set received into ``handle`` (C-STORE or one STOW-RS part); its status."""
+    if handle.failed:  # not written (full volume, I/O error); the file is gone already
+        state.failed += 1
+        log.warning(
+            "event=instance_refused reason=%s errno=%s calling_aet=%s",
+            "disk-full" if handle.no_space else "storage-error",
+            errno.errorcode.get(handle.error or 0, handle.error),
+            state.calling_aet,
+        )
+        return statuses.OUT_OF_RESOURCES
+    if handle.overflow:
+        state.failed += 1
+        log.warning("event=instance_refused reason=too-large calling_aet=%s", state.calling_aet)
+        return statuses.OUT_OF_RESOURCES
+    handle.close()
+    return store_file(
+        Path(handle.name),
+        handle.size,
+        handle.hexdigest(),
+        bytes(handle.head),
+        store,
+        registry,
+        state,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+    )
+
+
+def store_file(
+    path: Path,
+    size: int,
+    sha: str,
+    head: bytes | None,
+    store: InstanceStore,
+    registry: Registry,
+    state: AssociationState,
+    *,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    header: InstanceHeader | None = None,
+) -> int | Dataset:
+    """Index and store the PS3.10 file at ``path`` for ``state``'s transfer: the header
+    checks, UID conflict rules and refusals every way in shares. ``sop_class_uid`` and
+    ``sop_instance_uid``, when given (C-STORE), must match the data set; ``header``, when
+    the caller parsed it already (STOW-RS), is not parsed again."""
+    try:
+        if header is None:
+            header = parse_header(
+                path, head=head, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+            )
     except HeaderError as exc:
         state.failed += 1
         log.warning(

@@ -1,6 +1,6 @@
 """Receiver entry points: ``build_receiver`` (in-process, used by ``serve``) and ``run``
 (the ``noduleflow receiver`` command: several SCP processes on one port, plus the study
-tracker and outbox relay in the supervising process)."""
+tracker, outbox relay and the DICOMweb STOW-RS endpoint in the supervising process)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.core.outbox import Relay
 from services.core.retention.loop import RetentionLoop, start_retention
 from services.core.settings import Settings
 from services.receiver.assembly import Background, build_scp, make_tracker, recover
+from services.receiver.dicomweb.server import DicomWebServer, start_dicomweb
 from services.receiver.prefork import Supervisor
 from services.receiver.reconcile import ReconcileReport
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class Receiver:
-    """SCP + study tracker + outbox relay in this process."""
+    """SCP + study tracker + outbox relay (+ STOW-RS when ``DICOMWEB_PORT`` is set) in this
+    process."""
 
     def __init__(self, settings: Settings, db: Database, broker: Broker) -> None:
         self.settings = settings
@@ -30,6 +32,7 @@ class Receiver:
         self.background = Background(self.tracker, self.relay)
         self.reconciled: ReconcileReport | None = None
         self.retention: RetentionLoop | None = None
+        self.dicomweb: DicomWebServer | None = None
 
     @property
     def port(self) -> int:
@@ -41,8 +44,11 @@ class Receiver:
         self.scp.start()
         self.background.start()
         self.retention = start_retention(self.settings, self.db)
+        self.dicomweb = start_dicomweb(self.settings, self.db, self.tracker)
 
     def stop(self) -> None:
+        if self.dicomweb is not None:
+            self.dicomweb.stop()
         self.scp.stop()
         self.background.stop()
         if self.retention is not None:

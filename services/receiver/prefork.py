@@ -28,6 +28,7 @@ from services.core.outbox import Relay
 from services.core.retention.loop import start_retention
 from services.core.settings import Settings
 from services.receiver.assembly import Background, make_tracker, recover
+from services.receiver.dicomweb.server import start_dicomweb
 from services.receiver.fast.balance import LoadBoard, shared_table
 from services.receiver.replicas import ReplicaLease
 
@@ -99,10 +100,13 @@ class Supervisor:
         background = Background(tracker, relay, lease)
         background.start()
         retention = start_retention(self.settings, db)  # this process owns storage
+        dicomweb = start_dicomweb(self.settings, db, tracker)  # STOW-RS, when a port is set
         log.info("event=receiver_started processes=%d port=%s", self.count, sock.getsockname()[1])
         try:
             self._watch(sock)
         finally:
+            if dicomweb is not None:
+                dicomweb.stop()
             self._stop_children()
             background.stop()
             if retention is not None:

@@ -13,3 +13,7 @@ CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error, Cannot understand (Cxxx)
 #: a reused UID. The stored one is kept, the incoming one refused (and quarantined).
 SOP_INSTANCE_CONFLICT = 0xC211
 ECHO_SUCCESS = 0x0000  # PS3.7 9.3.5: C-ECHO Success
+#: STOW-RS Failure Reason (PS3.18 I.2.2, Cxxx "Cannot understand"; the low bits are ours):
+#: the instance's Study Instance UID is not the study named in the request's target
+#: resource (``/studies/{study}``), so it is not stored.
+STUDY_UID_MISMATCH = 0xC409
