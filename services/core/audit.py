@@ -11,6 +11,7 @@ INSTANCES_ACCESSED = "110103"
 BEGIN_TRANSFERRING = "110102"
 STUDY_DELETED = "110105"  # DICOM Study Deleted (retention purges)
 REPORT_CREATED = "110110"  # Order Record / report; we use it for report creation
+FINDING_REVIEWED = "110110"  # Patient Record, action U: a radiologist accepted or rejected
 QUERY = "110112"
 USER_AUTHENTICATION = "110114"
 SECURITY_ALERT = "110113"

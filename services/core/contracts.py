@@ -50,6 +50,11 @@ class Finding(BaseModel):
     #: mean diameter of the solid component: = diameter_mm for solid, 0 for ground glass
     solid_diameter_mm: float = Field(default=0.0, ge=0)
     finding_type: FindingType = "nodule"
+    #: where to look: the key slice (largest cross-section, the slice of the key image) as
+    #: its 1-based position in the analysed series (volume order) and its SOP Instance UID;
+    #: None where unknown (rows before migration 0011, ``analyze`` on files without UIDs)
+    slice_number: int | None = Field(default=None, ge=1)
+    sop_instance_uid: str | None = Field(default=None, max_length=64)
 
     @field_validator("diameter_mm", "long_axis_mm", "short_axis_mm", "volume_mm3", "mean_hu")
     @classmethod

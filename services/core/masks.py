@@ -27,3 +27,12 @@ def bbox_of(mask: NDArray[np.bool_]) -> tuple[int, int, int, int, int, int]:
     lo = [int(axis.min()) for axis in nz]
     hi = [int(axis.max()) + 1 for axis in nz]
     return lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]
+
+
+def largest_slice(mask: NDArray[np.bool_], k0: int = 0) -> int:
+    """Slice ``k`` (``k0`` + offset along the first axis) where ``mask`` has the largest
+    cross-section: the key slice of a finding whose box starts at ``k0``."""
+    values = np.asarray(mask, dtype=bool)
+    if not values.size:
+        raise ValueError("empty mask")
+    return k0 + int(np.argmax(values.reshape(values.shape[0], -1).sum(axis=1)))

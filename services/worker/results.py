@@ -9,7 +9,7 @@ import numpy as np
 
 from services.core import contracts
 from services.core.db import Finding
-from services.core.masks import pack_mask
+from services.core.masks import largest_slice, pack_mask
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -30,13 +30,23 @@ def finding_row(finding: FindingResult, index: int) -> Finding:
     extent = tuple(hi - lo for lo, hi in zip(bbox[:3], bbox[3:], strict=True))
     if len(bbox) != 6 or extent != mask.shape:
         raise ValueError(f"finding {index}: mask shape {mask.shape} does not fit bbox {bbox}")
+    uids = [str(uid) for uid in finding.source_sop_uids]
+    contract = contracts.Finding.model_validate(finding, from_attributes=True)
+    if mask.size:
+        k = largest_slice(mask, bbox[0])
+        contract = contract.model_copy(
+            update={
+                "slice_number": k + 1,
+                "sop_instance_uid": uids[k - bbox[0]] if k - bbox[0] < len(uids) else None,
+            }
+        )
     return Finding.from_contract(
-        contracts.Finding.model_validate(finding, from_attributes=True),
+        contract,
         index=index,
         bbox=bbox,
         mask_shape=list(mask.shape),
         mask=pack_mask(mask),
-        source_sop_uids=[str(uid) for uid in finding.source_sop_uids],
+        source_sop_uids=uids,
     )
 
 

@@ -269,6 +269,9 @@ class Finding(Base):
     lung_rads: Mapped[str] = mapped_column(String(4))
     solid_diameter_mm: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     finding_type: Mapped[str] = mapped_column(String(8), default="nodule", server_default="nodule")
+    # The key slice: 1-based position in the analysed series, and its SOP Instance UID.
+    slice_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None)
     # Mask: voxel bounding box in the chosen series' volume (z0, y0, x0, z1, y1, x1),
     # and the packed boolean mask inside it (numpy.packbits, zlib-compressed).
     mask_bbox: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -318,6 +321,22 @@ class Finding(Base):
 
 #: Finding columns named as the contract's fields (all but the centre, split into x/y/z)
 _CONTRACT_COLUMNS = tuple(name for name in contracts.Finding.model_fields if name != "center_mm")
+
+
+class FindingReview(Base):
+    """A radiologist's decision on one finding (accepted or rejected, with an optional
+    comment): who (the authenticated principal) and when. Rows are never changed; the
+    latest one of a finding is its current review, each one a version of its Observation."""
+
+    __tablename__ = "finding_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id"), index=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # accepted | rejected
+    comment: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RefusedInstance(Base):

@@ -13,6 +13,8 @@ from services.core.job_listing import job_dict
 from services.core.retention.policy import aware
 from services.core.settings import Settings
 from services.core.uids import is_valid_uid
+from services.core.viewer import viewer_url
+from services.reporter.api.reviews import study_reviews
 from services.reporter.fhir import repo
 
 
@@ -82,9 +84,21 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
         else []
     )
     findings: list[dict[str, Any]] = []
-    if latest is not None and latest.state == JobState.DONE.value:
+    done = latest is not None and latest.state == JobState.DONE.value
+    reviews = study_reviews(session=session, job_ids=[latest.id]) if latest and done else []
+    current = {r["index"]: r for r in reviews}  # oldest first: the last one stays
+    series_uid = latest.job_details.series_uid if latest is not None else ""
+    template = settings.viewer_url_template
+    if latest is not None and done:
         for f in _findings(session, latest):
             item = {"index": f.index, **finding_dict(f)}
+            item["review"] = current.get(f.index)
+            item["viewer_url"] = viewer_url(
+                template,
+                study=study.study_instance_uid,
+                series=series_uid,
+                instance=f.sop_instance_uid or "",
+            )
             png = artefact_path(
                 settings, study.study_instance_uid, latest.version, f"key-{f.index}.png"
             )
@@ -115,7 +129,11 @@ def study_view(*, session: Session, settings: Settings, study_uid: str) -> dict[
         "instances": sum(s.instances for s in series),
         "status": latest.state if latest else JobState.RECEIVING.value,
         "jobs": [job_dict(j, study.study_instance_uid) for j in jobs],
+        # the analysis findings are reviewed on (a review names it: a newer one refuses)
+        "analysis": latest.id if done and latest is not None else None,
+        "viewer_url": viewer_url(template, study=study.study_instance_uid, series=series_uid),
         "findings": findings,
+        "reviews": reviews,
         "deliveries": [_delivery(d) for d in deliveries],
         "fhir": {"report": f"/fhir/DiagnosticReport/{latest.id}"}
         if latest and latest.state == JobState.DONE.value

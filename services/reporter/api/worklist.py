@@ -1,8 +1,11 @@
 """The radiologist worklist: one row per study, most suspicious first.
 
-Order: highest Lung-RADS category of the study's latest analysis, then largest nodule
-diameter, then the oldest received first (first come, first served among equals). Studies
-still being received or analysed, failed or skipped follow the analysed ones.
+Order (``sort`` absent or ``priority``): highest Lung-RADS category of the study's latest
+analysis, then largest nodule diameter, then the oldest received first (first come, first
+served among equals). Studies still being received or analysed, failed or skipped follow the
+analysed ones. ``sort`` names one column of :data:`SORTS` (``-`` first: descending); ties
+keep the priority order. ``text`` finds studies whose patient name, patient ID (MRN) or
+accession number contains every word of it (case-insensitive; ``%`` and ``_`` are literal).
 """
 
 from __future__ import annotations
@@ -11,14 +14,53 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from services.core.db import Finding, Job, JobState, Study
+from services.core.viewer import viewer_url
+from services.reporter.api.errors import ApiError
 from services.reporter.fhir.common import LUNG_RADS_ORDER, lung_rads_rank
+from services.reporter.fhir.versioning import latest_decision
 
 MAX_LIMIT = 500
+MAX_QUERY = 64  # characters of the text search
+MAX_WORDS = 4
 STATES = (*(s.value for s in JobState),)
+#: the columns the worklist sorts by (``priority`` is the default order)
+SORTS = (
+    "priority",
+    "patient",
+    "mrn",
+    "accession",
+    "study_date",
+    "received",
+    "status",
+    "lung_rads",
+    "largest",
+    "nodules",
+)
+
+
+def parse_sort(value: str | None) -> tuple[str, bool]:
+    """``(column, descending)`` from ``column`` or ``-column``; 400 for an unknown column."""
+    text = (value or "priority").strip()
+    column, descending = text.removeprefix("-"), text.startswith("-")
+    if column not in SORTS:
+        raise ApiError(400, f"sort must be one of {', '.join(SORTS)} (prefix - to reverse)")
+    return column, descending
+
+
+def _like(word: str) -> str:
+    escaped = word.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def text_filter(text: str) -> list[Any]:
+    """Every word must appear in the patient name, MRN or accession (case-insensitive)."""
+    words = text.replace("^", " ").split()[:MAX_WORDS]
+    fields = (Study.patient_name, Study.patient_id, Study.accession_number)
+    return [or_(*(func.lower(f).like(_like(word), escape="\\") for f in fields)) for word in words]
 
 
 @dataclass(frozen=True)
@@ -27,6 +69,8 @@ class WorklistFilter:
     min_lung_rads: str | None = None
     received_from: date | None = None
     received_to: date | None = None
+    text: str = ""
+    sort: tuple[str, bool] = ("priority", False)
     limit: int = 100
     offset: int = 0
 
@@ -38,7 +82,9 @@ def _rank_expression() -> Any:
     )
 
 
-def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, Any]:
+def query_worklist(
+    *, session: Session, filters: WorklistFilter, viewer_template: str = ""
+) -> dict[str, Any]:
     latest = (
         select(Job.study_id, func.max(Job.version).label("version"))
         .group_by(Job.study_id)
@@ -51,6 +97,8 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
             func.sum(case((Finding.finding_type == "mass", 1), else_=0)).label("masses"),
             func.max(Finding.diameter_mm).label("largest"),
             func.max(_rank_expression()).label("rank"),
+            func.sum(case((latest_decision() == "accepted", 1), else_=0)).label("accepted"),
+            func.sum(case((latest_decision() == "rejected", 1), else_=0)).label("rejected"),
         )
         .group_by(Finding.job_id)
         .subquery()
@@ -66,6 +114,8 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
             func.coalesce(agg.c.masses, 0),
             agg.c.largest,
             rank.label("rank"),
+            func.coalesce(agg.c.accepted, 0),
+            func.coalesce(agg.c.rejected, 0),
             func.count().over().label("total"),
         )
         .outerjoin(latest, latest.c.study_id == Study.id)
@@ -84,22 +134,48 @@ def query_worklist(*, session: Session, filters: WorklistFilter) -> dict[str, An
     if filters.received_to:
         end = datetime.combine(filters.received_to, time(), tzinfo=UTC) + timedelta(days=1)
         where.append(Study.last_received_at < end)
+    where += text_filter(filters.text)
     stmt = stmt.where(*where)
+    priority = [
+        rank.desc(),
+        func.coalesce(agg.c.largest, -1.0).desc(),
+        Study.last_received_at.asc(),
+        Study.id.asc(),
+    ]
+    column, descending = filters.sort
+    columns = {
+        "patient": func.lower(Study.patient_name),
+        "mrn": Study.patient_id,
+        "accession": Study.accession_number,
+        "study_date": Study.study_date,
+        "received": Study.last_received_at,
+        "status": status,
+        "lung_rads": rank,
+        "largest": func.coalesce(agg.c.largest, -1.0),
+        "nodules": func.coalesce(agg.c.nodules, -1),
+    }
+    chosen = columns.get(column)
+    if chosen is not None:
+        priority.insert(0, chosen.desc() if descending else chosen.asc())
     rows = session.execute(  # one pass: the total comes with every row (window count)
-        stmt.order_by(
-            rank.desc(),
-            func.coalesce(agg.c.largest, -1.0).desc(),
-            Study.last_received_at.asc(),
-            Study.id.asc(),
-        )
-        .offset(filters.offset)
-        .limit(min(filters.limit, MAX_LIMIT))
+        stmt.order_by(*priority).offset(filters.offset).limit(min(filters.limit, MAX_LIMIT))
     ).all()
     if rows:
         total = rows[0].total
     else:  # past the end (or nothing matches): count separately
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    return {"total": total, "items": [_item(*row[:6]) for row in rows]}
+    items = []
+    for row in rows:
+        item = _item(*row[:6])
+        analysed = item["nodules"] is not None
+        item["accepted"] = int(row[6]) if analysed else None
+        item["rejected"] = int(row[7]) if analysed else None
+        series = str((row[1].details or {}).get("series_uid") or "") if row[1] else ""
+        item["viewer_url"] = viewer_url(
+            viewer_template, study=item["study_uid"], series=series, instance=""
+        )
+        items.append(item)
+    return {"total": total, "items": items}
 
 
 def _item(

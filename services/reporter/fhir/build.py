@@ -15,14 +15,14 @@ the analysis it replaces get a new version ``entered-in-error``
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from services.core.db import Finding, Job, Study
+from services.core.db import Finding, FindingReview, Job, Study
 from services.reporter.fhir import common as fc
 from services.reporter.fhir import versioning
 
@@ -36,6 +36,8 @@ class ReportInput:
     findings: Sequence[Finding]
     # The Observations' versionId to build (None: the current one; 1: as first issued).
     observation_vid: int | None = None
+    # Radiologists' reviews by finding index, oldest first (each a version of its Observation).
+    reviews: Mapping[int, Sequence[FindingReview]] = field(default_factory=dict)
 
     @property
     def report_id(self) -> str:
@@ -77,9 +79,10 @@ def report_status(data: ReportInput) -> str:
     return versioning.report_status(data.job.report_version)
 
 
-def observation_state(data: ReportInput) -> versioning.Version:
-    """The version of ``data``'s Observations to build (the current one unless asked)."""
-    version = versioning.observation_version(data.job, data.observation_vid)
+def observation_state(data: ReportInput, finding: Finding) -> versioning.Version:
+    """The version of ``finding``'s Observation to build (the current one unless asked)."""
+    reviews = data.reviews.get(finding.index, ())
+    version = versioning.observation_version(data.job, data.observation_vid, reviews)
     if version is None:
         raise ValueError(f"Observations of {data.job.id} have no version {data.observation_vid}")
     return version
@@ -171,7 +174,7 @@ def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str,
                 valueQuantity=_quantity(value, *mm),
             )
         )
-    state = observation_state(data)
+    state = observation_state(data, finding)
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": fc.observation_id(data.job.id, finding.index),
@@ -197,8 +200,17 @@ def _observation(data: ReportInput, finding: Finding, links: Links) -> dict[str,
         "bodySite": {"coding": [fc.LUNG_CODE], "text": "Lung"},
         "derivedFrom": [links.imaging_study],
         "component": components,
+        "note": [review_note(state.review)] if state.review is not None else None,
     }
     return _drop_none(resource)
+
+
+def review_note(review: FindingReview) -> dict[str, Any]:
+    """A radiologist's decision as an Observation note: who, when, what and why."""
+    text = f"{review.decision.capitalize()} by the radiologist"
+    if review.comment:
+        text += f": {review.comment}"
+    return {"authorString": review.actor, "time": fc.instant(review.at), "text": text}
 
 
 def conclusion(data: ReportInput) -> str:

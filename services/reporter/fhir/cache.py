@@ -82,4 +82,5 @@ class ReportCache:
             links = local_links(data)
             return [entry(observation_json(data, f, links)) for f in data.findings]
 
-        return self._cached(("observations", *self.key(data)), build)
+        reviewed = tuple((i, r[-1].id, len(r)) for i, r in sorted(data.reviews.items()) if r)
+        return self._cached(("observations", reviewed, *self.key(data)), build)

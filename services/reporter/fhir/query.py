@@ -170,18 +170,23 @@ def _constant(search: Search, name: str, codings: Sequence[dict[str, str]]) -> l
     ]
 
 
-def _status_filters(search: Search) -> list[Any]:
+def _status_filters(search: Search, rejected: ColumnElement[bool] | None = None) -> list[Any]:
+    """``status`` as SQL; ``rejected`` (Observations): findings a radiologist rejected,
+    whose current version is ``entered-in-error`` too."""
     where: list[Any] = []
     for ors in search.values("status"):
         conds = []
-        live = Job.superseded_at.is_(None)  # a superseded job's Observations are retracted
+        live: ColumnElement[bool] = Job.superseded_at.is_(None)  # superseded: retracted
+        if rejected is not None:
+            live = and_(live, not_(rejected))
         for v in ors:
             if isinstance(v, Token) and v.code == "final":
                 conds.append(and_(live, not_(report_status_amended())))
             elif isinstance(v, Token) and v.code == "amended":
                 conds.append(and_(live, report_status_amended()))
             elif isinstance(v, Token) and v.code == versioning.RETRACTED:
-                conds.append(Job.superseded_at.is_not(None))
+                retracted = Job.superseded_at.is_not(None)
+                conds.append(retracted if rejected is None else or_(retracted, rejected))
         where.append(_any(conds))
     return where
 
@@ -240,7 +245,7 @@ def observation_statement(search: Search, mrn_system: str = "") -> tuple[Any, An
     where: list[Any] = [versioning.published()]  # current and retracted (entered-in-error)
     where += _patients(search, "patient") + _patients(search, "subject")
     where += identifier_filters(search, ["patient.identifier"], mrn_system)
-    where += _status_filters(search)
+    where += _status_filters(search, versioning.rejected())
     where += _dates(search, "date", Study.study_date, day_string=True)
     updated = versioning.observation_last_updated()
     where += _dates(search, "_lastUpdated", updated, day_string=False)

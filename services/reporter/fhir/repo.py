@@ -9,7 +9,7 @@ from dataclasses import replace
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
-from services.core.db import Finding, Instance, Job, Series, Study
+from services.core.db import Finding, FindingReview, Instance, Job, Series, Study
 from services.reporter.fhir import common as fc
 from services.reporter.fhir import versioning
 from services.reporter.fhir.build import ReportInput
@@ -26,18 +26,40 @@ def report_inputs(*, session: Session, rows: Sequence[tuple[Job, Study]]) -> lis
 
 
 def attach_findings(*, session: Session, inputs: Sequence[ReportInput]) -> list[ReportInput]:
-    """``inputs`` with their findings loaded (one query for all)."""
+    """``inputs`` with their findings and their reviews loaded (two queries for all)."""
     if not inputs:
         return []
+    job_ids = [d.job.id for d in inputs]
     findings: dict[str, list[Finding]] = defaultdict(list)
     for finding in session.scalars(
         select(Finding)
         .options(*LIGHT_FINDING)
-        .where(Finding.job_id.in_([d.job.id for d in inputs]))
+        .where(Finding.job_id.in_(job_ids))
         .order_by(Finding.job_id, Finding.index)
     ):
         findings[finding.job_id].append(finding)
-    return [replace(d, findings=findings.get(d.job.id, [])) for d in inputs]
+    reviews = reviews_by_job(session=session, job_ids=job_ids)
+    return [
+        replace(d, findings=findings.get(d.job.id, []), reviews=reviews.get(d.job.id, {}))
+        for d in inputs
+    ]
+
+
+def reviews_by_job(
+    *, session: Session, job_ids: Sequence[str]
+) -> dict[str, dict[int, list[FindingReview]]]:
+    """Reviews of these jobs' findings: job id → finding index → reviews, oldest first."""
+    out: dict[str, dict[int, list[FindingReview]]] = defaultdict(lambda: defaultdict(list))
+    if not job_ids:
+        return {}
+    for review, index in session.execute(
+        select(FindingReview, Finding.index)
+        .join(Finding, FindingReview.finding_id == Finding.id)
+        .where(FindingReview.job_id.in_(job_ids))
+        .order_by(FindingReview.id)
+    ):
+        out[review.job_id][index].append(review)
+    return {job: dict(by_index) for job, by_index in out.items()}
 
 
 def _report_rows(session: Session, report_id: str, vid: int | None = None) -> list[ReportInput]:
@@ -89,10 +111,13 @@ def get_observation(
     if parsed is None:
         return None
     data = get_job_report(session=session, job_id=parsed[0])
-    if data is None or versioning.observation_version(data.job, vid) is None:
+    if data is None:
         return None
     for finding in data.findings:
+        reviews = data.reviews.get(finding.index, ())
         if finding.index == parsed[1]:
+            if versioning.observation_version(data.job, vid, reviews) is None:
+                return None
             return replace(data, observation_vid=vid), finding
     return None
 

@@ -3,22 +3,25 @@
 * DiagnosticReport ``<report id>``: version *k* is the study's *k*-th published analysis,
   status ``final`` for the first and ``amended`` after; ``lastUpdated`` is when that analysis
   finished. Only the current version is found by search and read.
-* Observation ``<job id>-<index>``: version 1 as its analysis issued it; when a later
-  analysis supersedes that one, version 2, ``entered-in-error``, last updated at that moment.
-  A client that counts current Observations (or the current report's results) never counts
-  a finding twice.
+* Observation ``<job id>-<index>``: version 1 as its analysis issued it; then one version
+  per radiologist review of the finding (``FindingReview``: accepted keeps the issued status,
+  rejected is ``entered-in-error``; each carries the decision as a note); when a later
+  analysis supersedes that one, a last version ``entered-in-error``, last updated at that
+  moment. A client that counts current Observations (or the current report's results) never
+  counts a finding twice, nor one a radiologist rejected.
 * ETags are weak, ``W/"<versionId>"`` (FHIR http "Managing Resource Contention").
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func
+from sqlalchemy import ColumnElement, and_, func, select
 
-from services.core.db import Job, JobState
+from services.core.db import Finding, FindingReview, Job, JobState
 from services.reporter.fhir.common import instant
 
 DONE = JobState.DONE.value
@@ -32,6 +35,8 @@ class Version:
     vid: int
     status: str
     last_updated: datetime | None
+    # the finding's latest review up to this version (its note), if any
+    review: FindingReview | None = None
 
 
 def report_status(report_version: int | None) -> str:
@@ -44,17 +49,28 @@ def report_version(job: Job) -> Version:
     return Version(vid, report_status(vid), job.finished_at or job.updated_at)
 
 
-def observation_versions(job: Job) -> list[Version]:
-    """The versions of each Observation of ``job``, oldest first."""
-    issued = Version(1, report_status(job.report_version), job.finished_at or job.updated_at)
-    if job.superseded_at is None:
-        return [issued]
-    return [issued, Version(2, RETRACTED, job.superseded_at)]
+REJECTED = "rejected"
 
 
-def observation_version(job: Job, vid: int | None = None) -> Version | None:
-    """Version ``vid`` (default: the current one) of ``job``'s Observations, if it exists."""
-    versions = observation_versions(job)
+def observation_versions(job: Job, reviews: Sequence[FindingReview] = ()) -> list[Version]:
+    """The versions of one Observation of ``job`` whose finding has ``reviews`` (oldest
+    first), oldest first."""
+    issued_status = report_status(job.report_version)
+    versions = [Version(1, issued_status, job.finished_at or job.updated_at)]
+    for review in reviews:
+        status = RETRACTED if review.decision == REJECTED else issued_status
+        versions.append(Version(len(versions) + 1, status, review.at, review))
+    if job.superseded_at is not None:
+        last = versions[-1].review
+        versions.append(Version(len(versions) + 1, RETRACTED, job.superseded_at, last))
+    return versions
+
+
+def observation_version(
+    job: Job, vid: int | None = None, reviews: Sequence[FindingReview] = ()
+) -> Version | None:
+    """Version ``vid`` (default: the current one) of an Observation of ``job``, if it exists."""
+    versions = observation_versions(job, reviews)
     if vid is None:
         return versions[-1]
     return next((v for v in versions if v.vid == vid), None)
@@ -91,6 +107,35 @@ def current_report() -> ColumnElement[bool]:
     return and_(published(), Job.superseded_at.is_(None))
 
 
+def last_review_at() -> Any:
+    """When the finding (``Finding``) was last reviewed, as a correlated SQL subquery."""
+    return (
+        select(func.max(FindingReview.at))
+        .where(FindingReview.finding_id == Finding.id)
+        .correlate(Finding)
+        .scalar_subquery()
+    )
+
+
+def latest_decision() -> Any:
+    """The latest review decision of the finding (``Finding``), "" if none, as SQL."""
+    latest = (
+        select(FindingReview.decision)
+        .where(FindingReview.finding_id == Finding.id)
+        .correlate(Finding)
+        .order_by(FindingReview.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return func.coalesce(latest, "")
+
+
+def rejected() -> ColumnElement[bool]:
+    """Findings (``Finding``) whose latest review rejects them, as SQL."""
+    return latest_decision() == REJECTED
+
+
 def observation_last_updated() -> ColumnElement[Any]:
-    """``meta.lastUpdated`` of an Observation's current version, as SQL."""
-    return func.coalesce(Job.superseded_at, Job.finished_at)
+    """``meta.lastUpdated`` of an Observation's current version, as SQL (a supersede comes
+    after every review, a review after the issue)."""
+    return func.coalesce(Job.superseded_at, last_review_at(), Job.finished_at)

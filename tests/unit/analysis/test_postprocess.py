@@ -103,6 +103,8 @@ def test_to_dict_is_the_contract_item() -> None:
         "lung_rads",
         "solid_diameter_mm",
         "finding_type",
+        "slice_number",
+        "sop_instance_uid",
     ]
     assert item["finding_type"] == "nodule"
     assert isinstance(item["center_mm"], list) and len(item["center_mm"]) == 3

@@ -25,6 +25,8 @@ FIELDS = [
     "lung_rads",
     "solid_diameter_mm",
     "finding_type",
+    "slice_number",
+    "sop_instance_uid",
 ]
 
 

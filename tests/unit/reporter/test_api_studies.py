@@ -59,6 +59,8 @@ def test_findings_shape_is_the_contract(client: TestClient, seeded) -> None:
                 "lung_rads": "4B",
                 "solid_diameter_mm": 0.0,
                 "finding_type": "nodule",
+                "slice_number": None,
+                "sop_instance_uid": None,
             }
         ],
     }

@@ -52,3 +52,19 @@ def test_details_are_typed_and_stored_in_the_schema_1_layout() -> None:
         2,
     )
     assert JobDetails.parse(stored) == details
+
+
+def test_the_key_slice_is_where_the_cross_section_is_largest() -> None:
+    mask = np.zeros((2, 3, 4), dtype=bool)
+    mask[0, 1, 1] = True
+    mask[1] = True  # the second slice of the box (volume slice 2) is the largest
+    row = results.finding_row(FakeFinding(mask=mask), 1)  # type: ignore[arg-type]
+    assert (row.slice_number, row.sop_instance_uid) == (3, "1.2.3.2")
+    contract = row.to_contract()
+    assert (contract.slice_number, contract.sop_instance_uid) == (3, "1.2.3.2")
+    assert contract.to_json()["slice_number"] == 3
+
+
+def test_a_finding_without_source_uids_has_a_slice_but_no_instance() -> None:
+    row = results.finding_row(FakeFinding(source_sop_uids=[]), 1)  # type: ignore[arg-type]
+    assert (row.slice_number, row.sop_instance_uid) == (2, None)

@@ -85,7 +85,8 @@ def observation_history(
     audited.read(request, session, who, "Observation", oid)
     links = local_links(data)
     bodies = []
-    for version in reversed(versioning.observation_versions(data.job)):
+    reviews = data.reviews.get(finding.index, ())
+    for version in reversed(versioning.observation_versions(data.job, reviews)):
         at = replace(data, observation_vid=version.vid)
         bodies.append((version, encode(observation_json(at, finding, links))))
     return history_response(history_bundle(fhir_base(settings), "Observation", oid, bodies))
@@ -107,7 +108,8 @@ def observation_vread(
         raise ApiError(404, f"Observation/{oid}/_history/{vid[:12]} not found")
     data, finding = found
     audited.read(request, session, who, "Observation", oid)
-    version = versioning.observation_version(data.job, data.observation_vid)
+    reviews = data.reviews.get(finding.index, ())
+    version = versioning.observation_version(data.job, data.observation_vid, reviews)
     assert version is not None  # get_observation found this version
     unchanged = not_modified(request, version)
     if unchanged is not None:

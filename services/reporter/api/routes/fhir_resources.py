@@ -102,7 +102,7 @@ def read_observation(
         raise ApiError(404, f"Observation/{observation_id[:80]} not found")
     data, finding = found
     audited.read(request, session, who, "Observation", observation_id)
-    version = observation_state(data)
+    version = observation_state(data, finding)
     unchanged = not_modified(request, version)
     if unchanged is not None:
         return unchanged
