@@ -23,10 +23,16 @@ const NF = (() => {
     document.getElementById("token").focus();
   }
 
-  async function api(path, asBlob = false) {
+  async function api(path, asBlob = false, body = undefined) {
     const headers = { Accept: "application/json" };
     if (token()) headers.Authorization = "Bearer " + token();
-    const res = await fetch(path, { headers, cache: "no-store" });
+    const init = { headers, cache: "no-store" };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.body = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    const res = await fetch(path, init);
     if (res.status === 401) {
       showSignin(token() ? "Token not accepted." : "");
       throw new Error("unauthorised");

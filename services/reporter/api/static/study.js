@@ -22,7 +22,41 @@
     return imageUrls.get(url);
   }
 
-  async function findings(list) {
+  function reviewCell(f, analysis) {
+    const cell = el("td", { class: "review" });
+    const r = f.review;
+    if (r) cell.append(el("div", { class: "decision decision-" + r.decision,
+      text: `${r.decision} by ${r.actor}, ${NF.when(r.at)}` + (r.comment ? `: ${r.comment}` : "") }));
+    if (!analysis) return cell;
+    const label = `${f.finding_type || "nodule"} ${f.index}`;
+    const comment = el("input", { type: "text", maxlength: "1000", class: "comment",
+      "aria-label": `Comment on ${label}`, placeholder: "Comment (optional)" });
+    const send = async (decision) => {
+      try {
+        await NF.api(`/api/studies/${encodeURIComponent(uid)}/findings/${f.index}/review`, false,
+          { job_id: analysis, decision, comment: comment.value });
+        await refresh();
+      } catch (e) {
+        document.getElementById("updated").textContent = "Review not saved: " + e.message;
+      }
+    };
+    const accept = el("button", { type: "button", class: "accept", text: "Accept", "aria-label": `Accept ${label}` });
+    const reject = el("button", { type: "button", class: "reject", text: "Reject", "aria-label": `Reject ${label}` });
+    accept.addEventListener("click", () => send("accepted"));
+    reject.addEventListener("click", () => send("rejected"));
+    cell.append(comment, accept, reject);
+    return cell;
+  }
+
+  function slice(f) {
+    const cell = el("td", { class: "num" });
+    cell.append(f.slice_number ? String(f.slice_number) : "–");
+    if (f.viewer_url) cell.append(el("div", {}, el("a", { href: f.viewer_url, class: "viewer",
+      target: "_blank", rel: "noopener noreferrer", text: "Open in viewer" })));
+    return cell;
+  }
+
+  async function findings(list, analysis) {
     const rows = [];
     for (const f of list) {
       const cell = el("td");
@@ -38,8 +72,9 @@
         el("td", { class: "num", text: f.volume_mm3.toFixed(0) + " mm³" }),
         el("td", { text: f.finding_type === "mass" ? `mass, ${f.kind}` : f.kind }),
         el("td", { class: "num", text: f.mean_hu.toFixed(0) }),
-        el("td", { class: "num", text: f.center_mm.map((v) => v.toFixed(1)).join(", ") }),
-        el("td", { class: "num", text: Math.round(f.confidence * 100) + " %" }), cell));
+        slice(f),
+        el("td", { class: "num", text: Math.round(f.confidence * 100) + " %" }), cell,
+        reviewCell(f, analysis)));
     }
     document.querySelector("#findings tbody").replaceChildren(...rows);
   }
@@ -53,6 +88,14 @@
     ));
     const p = document.getElementById("fhir-link");
     p.replaceChildren(fhir ? el("span", {}, "FHIR report: ", el("code", { text: fhir.report })) : "");
+  }
+
+  function reviews(list) {
+    document.querySelector("#reviews tbody").replaceChildren(...list.slice().reverse().map((r) => el("tr", {},
+      el("td", { text: NF.when(r.at) }), el("td", { text: r.actor }),
+      el("td", { text: `${r.index} (v${r.version})` }),
+      el("td", {}, el("span", { class: "decision decision-" + r.decision, text: r.decision })),
+      el("td", { text: r.comment || "" }))));
   }
 
   function jobs(list) {
@@ -76,14 +119,18 @@
   async function refresh() {
     try {
       const data = await NF.api("/api/studies/" + encodeURIComponent(uid));
-      const signature = JSON.stringify([data.status, data.jobs.length, data.deliveries]);
+      const signature = JSON.stringify([data.status, data.jobs.length, data.deliveries, data.reviews]);
       facts(data.study, data);
       if (signature !== lastSeen) {
         lastSeen = signature;
         const n = data.findings.length;
         document.getElementById("conclusion").textContent = data.status !== "done"
           ? "Analysis " + data.status + "." : n ? found(data.findings) : "No nodules found.";
-        await findings(data.findings);
+        await findings(data.findings, data.analysis);
+        reviews(data.reviews || []);
+        const viewer = document.getElementById("viewer-link");
+        viewer.replaceChildren(data.viewer_url ? el("a", { href: data.viewer_url, id: "study-viewer",
+          target: "_blank", rel: "noopener noreferrer", text: "Open the study in the viewer" }) : "");
         deliveries(data.deliveries, data.fhir);
         jobs(data.jobs);
       }

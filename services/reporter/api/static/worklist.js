@@ -29,10 +29,38 @@
       el("td", { text: NF.when(item.received_at) }),
       el("td", {}, el("span", { class: "state state-" + item.status, text: item.status }),
         item.reason ? el("div", { class: "muted small", text: item.reason }) : ""),
+      el("td", { class: "review", text: item.nodules ? reviewed(item) : "" }),
+      el("td", {}, item.viewer_url ? el("a", { href: item.viewer_url, class: "viewer",
+        target: "_blank", rel: "noopener noreferrer", text: "Open" }) : ""),
     );
     tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") link.click(); });
     return tr;
   }
+
+  function reviewed(item) {
+    const open = item.nodules - item.accepted - item.rejected;
+    return `${item.accepted} accepted · ${item.rejected} rejected · ${open} open`;
+  }
+
+  // Sortable headers: a button in each, keyboard-reachable; aria-sort says the order.
+  const sortField = form.elements.namedItem("sort");
+  for (const th of document.querySelectorAll("#worklist th[data-sort]")) {
+    const button = NF.el("button", { type: "button", class: "sort", text: th.textContent });
+    th.replaceChildren(button);
+    button.addEventListener("click", () => {
+      const column = th.dataset.sort;
+      sortField.value = sortField.value === column ? "-" + column : column;
+      for (const other of document.querySelectorAll("#worklist th[data-sort]")) other.removeAttribute("aria-sort");
+      th.setAttribute("aria-sort", sortField.value.startsWith("-") ? "descending" : "ascending");
+      refresh();
+    });
+  }
+  let typing;
+  form.elements.namedItem("q").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(refresh, 250);
+  });
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
 
   async function refresh() {
     try {
