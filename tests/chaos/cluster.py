@@ -136,9 +136,13 @@ class Cluster:
         self.pacs.start()
         for service in self.services.values():
             service.start()
+        deadline = time.monotonic() + timeout
         for service in self.services.values():
-            if service.port is not None and not wait_port("127.0.0.1", service.port, timeout):
-                raise RuntimeError(f"{service.name} did not listen on {service.port}")
+            while service.port is not None and not wait_port("127.0.0.1", service.port, 0.5):
+                if not service.alive:
+                    raise RuntimeError(f"{service.name} exited: {last_error(service.log)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service.name} did not listen on {service.port}")
         self._thread = threading.Thread(target=self._supervise, name="supervise", daemon=True)
         self._thread.start()
 
