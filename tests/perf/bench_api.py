@@ -6,7 +6,9 @@ Run: ``.venv/bin/python tests/perf/bench_api.py [--reports 10000] [--workers 2]
 Creates a fresh PostgreSQL database, bulk-loads studies/jobs/findings, serves the real app with
 ``uvicorn --workers N`` (bearer token, audit rows written per request as in production), and
 drives it from a second process with client threads (httpx, keep-alive) over a mix of searches
-(by patient, by identifier, by accession, by date range, default page, ``_include``).
+(by patient, by identifier, by accession, by date range, default page,
+``_include=DiagnosticReport:result``, the chained ``patient.identifier=<MRN>`` an HIS uses, and
+that search with ``_include=DiagnosticReport:subject``), each kind equally often.
 Closed-loop rounds on the same server (each client sends its next request when the last one
 answered: saturation throughput): round 1 starts with empty per-worker report caches (every
 report is built and validated on first use), round 2 runs on what round 1 cached. A final
@@ -117,6 +119,10 @@ def seed(url: str, reports: int) -> None:
                         "details": {"model": {"name": "nodule-seg", "version": "1.0.0"}},
                         "model_version": "1.0.0",
                         "findings_count": count,
+                        # placed as the result consumer places a first analysis: version 1
+                        # of its own report (without these, no search finds it)
+                        "report_id": job_id,
+                        "report_version": 1,
                     }
                 )
                 for index in range(1, count + 1):
@@ -157,7 +163,9 @@ def queries(reports: int, rng: random.Random) -> tuple[str, str]:
     from services.core.db.models import patient_key
 
     n = rng.randrange(reports)
-    kind = rng.choice(["patient", "identifier", "accession", "date", "page", "include"])
+    kind = rng.choice(
+        ["patient", "identifier", "accession", "date", "page", "include", "chained", "subject"]
+    )
     pid = f"P{n % (reports // 4 or 1):06d}"
     day = (datetime(2025, 1, 1) + timedelta(minutes=37 * n)).strftime("%Y-%m-%d")
     path = {
@@ -168,8 +176,34 @@ def queries(reports: int, rng: random.Random) -> tuple[str, str]:
         "page": f"/fhir/DiagnosticReport?_count=20&_offset={rng.randrange(0, 2000)}",
         "include": f"/fhir/DiagnosticReport?patient={patient_key(pid)}"
         "&_include=DiagnosticReport:result",
+        "chained": f"/fhir/DiagnosticReport?patient.identifier={pid}",
+        "subject": f"/fhir/DiagnosticReport?patient.identifier={pid}"
+        "&_include=DiagnosticReport:subject",
     }[kind]
     return kind, path
+
+
+def check_mix(base: str, reports: int) -> None:
+    """One request of each kind before timing: 200 with at least one report (and the Patient
+    for ``_include=DiagnosticReport:subject``), so the rounds do not time empty answers."""
+    import httpx
+
+    rng = random.Random(11)
+    seen: dict[str, list[str]] = {}
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        while len(seen) < 8:
+            kind, path = queries(reports, rng)
+            response = client.get(path)
+            if response.status_code != 200:
+                raise SystemExit(f"{kind}: {path} answered {response.status_code}")
+            entries = response.json().get("entry", [])
+            seen[kind] = [e["resource"]["resourceType"] for e in entries]
+    empty = sorted(kind for kind, types in seen.items() if "DiagnosticReport" not in types)
+    if empty:
+        raise SystemExit(f"no report found by: {', '.join(empty)}")
+    if "Patient" not in seen["subject"]:
+        raise SystemExit("_include=DiagnosticReport:subject did not include the Patient")
+    print("mix checked: every kind answers 200 with reports; :subject includes the Patient")
 
 
 def client_thread(
@@ -304,6 +338,7 @@ def main() -> None:
         if not wait_port("127.0.0.1", port, timeout=60):
             raise SystemExit("server did not start")
         base = f"http://127.0.0.1:{port}"
+        check_mix(base, args.reports)
         rounds = [measure(base, server.pid, args) for _ in range(args.rounds)]
         if args.rate:
             rounds.append(measure(base, server.pid, args, rate=args.rate))
