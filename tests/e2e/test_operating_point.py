@@ -266,11 +266,14 @@ def meaning(item: Dataset) -> str:
 
 
 def sr_groups(sr: Dataset) -> list[Dataset]:
-    """The SR's TID 1411 measurement groups (one per reported finding)."""
+    """The SR's TID 1411 measurement groups (one per reported finding): the ones with the
+    SCOORD3D centre, not the TID 1410 outline groups that share their tracking UIDs."""
     return [
         item
         for item in content_items(sr)
-        if item.ValueType == "CONTAINER" and meaning(item) == "Measurement Group"
+        if item.ValueType == "CONTAINER"
+        and meaning(item) == "Measurement Group"
+        and any(i.ValueType == "SCOORD3D" for i in content_items(item))
     ]
 
 
