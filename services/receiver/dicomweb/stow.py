@@ -200,17 +200,21 @@ def store_parts(
     *,
     study: str | None,
 ) -> list[InstanceResult]:
-    """Store every part in order, then book the request as a released association (the
-    study tracker's release grace applies). Parts not reached (the process stopping) are
-    deleted."""
+    """Store every part in order, then book the request's end with the study tracker.
+
+    A request is never a release: senders split a study over many requests (Orthanc's
+    DICOMweb client sends a few instances per request), so its end says nothing about the
+    study's, and completion waits for the study to be idle (``STUDY_IDLE_SECONDS``, or the
+    ``DICOMWEB`` entry of ``STABILITY_RULES``). A request stored to its end does clear the
+    "interrupted" mark a restart left on its studies, as a released association does.
+    Parts not reached (the process stopping) are deleted."""
     results: list[InstanceResult] = []
-    released = False
     try:
         for part in parts:
             results.append(store_part(part, store, registry, state, study=study))
-        released = True
     finally:
         for part in parts[len(results) :]:
             discard(part)
-        registry.end(state, released=released)
+        registry.end(state, released=False)
+    registry.tracker.transfer_completed(state.studies | state.resent)
     return results
