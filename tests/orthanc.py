@@ -90,6 +90,7 @@ def orthanc_config(
     http_port: int,
     modalities: dict[str, list[object]] | None = None,
     lua_scripts: list[str] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> dict[str, object]:
     config: dict[str, object] = {
         "Name": "noduleflow-test-pacs",
@@ -109,6 +110,7 @@ def orthanc_config(
         "HttpTimeout": 60,
         "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
     }
+    config.update(extra or {})  # e.g. "DicomWeb": {"Servers": ...} for STOW-RS pushes
     return config
 
 
@@ -119,6 +121,7 @@ def running_orthanc(
     aet: str = "ORTHANC",
     modalities: dict[str, list[object]] | None = None,
     lua_scripts: list[str] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Iterator[Orthanc]:
     """An Orthanc on free ports, stopped on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,7 @@ def running_orthanc(
         http_port=http_port,
         modalities=modalities,
         lua_scripts=lua_scripts,
+        extra=extra,
     )
     server = Orthanc(aet, dicom_port, http_port, workdir, config)
     server.start()

@@ -15,8 +15,11 @@ from email.message import Message
 
 from services.core.errors import PermanentError
 
-#: RFC 2046 §5.1.1: 1 to 70 characters of bchars, not ending in a space.
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+#: RFC 2046 §5.1.1: bchars, not ending in a space; at most 70 by the RFC, but Orthanc's
+#: DICOMweb client sends 73 (two UUIDs joined by "-"), so up to 200 are taken.
+MAX_BOUNDARY = 200
+_BCHARS = r"0-9A-Za-z'()+_,\-./:=?"
+_BOUNDARY = re.compile(f"[{_BCHARS} ]{{0,{MAX_BOUNDARY - 1}}}[{_BCHARS}]")
 MAX_HEADER_BYTES = 16 << 10  # one part's header block
 MAX_PREAMBLE_BYTES = 64 << 10  # text before the first delimiter, discarded
 MAX_EPILOGUE_BYTES = 64 << 10  # text after the close delimiter, discarded

@@ -14,6 +14,8 @@ from services.receiver.dicomweb.multipart import (
     boundary_of,
 )
 
+#: What Orthanc's DICOMweb plugin sends: longer than RFC 2046's 70 characters.
+ORTHANC = "367c42bd-cac7-4a5f-a3a3-171da214994c-367c42bd-cac7-4a5f-a3a3-171da214994c"
 PARTS = [b"\x00" * 200 + b"DICM" + bytes(range(256)) * 20, b"Y\r\n--ab\r\n--abX", b""]
 
 
@@ -91,6 +93,7 @@ def test_preamble_and_epilogue_are_bounded() -> None:
     [
         ('multipart/related; type="application/dicom"; boundary="a b:c"', b"a b:c"),
         ("Multipart/Related; boundary=xyz; type=application/dicom", b"xyz"),
+        (f"multipart/related; type=application/dicom; boundary={ORTHANC}", ORTHANC.encode()),
     ],
 )
 def test_boundary_parameter(header: str, boundary: bytes) -> None:
@@ -106,7 +109,7 @@ def test_boundary_parameter(header: str, boundary: bytes) -> None:
         "multipart/related; type=application/dicom",  # none
         'multipart/related; boundary=""',
         'multipart/related; boundary="ends with space "',
-        "multipart/related; boundary=" + "x" * 71,
+        "multipart/related; boundary=" + "x" * 201,
         'multipart/related; boundary="bad\\"quote"',
     ],
 )
