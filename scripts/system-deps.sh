@@ -8,7 +8,9 @@ SUDO=""
 
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
-command -v Orthanc >/dev/null || need+=(orthanc orthanc-dicomweb)
+command -v Orthanc >/dev/null || need+=(orthanc)
+# Orthanc's DICOMweb plugin: the STOW-RS push test (tests/integration/receiver/test_stow_orthanc.py)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ "${NODULEFLOW_SKIP_BROWSER:-0}" = 1 ] || command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v docker-compose >/dev/null || need+=(docker-compose)
