@@ -1,6 +1,7 @@
 """Database: SQLAlchemy 2 models, sessions and Alembic migrations."""
 
 from services.core.db.models import (
+    AssociationHold,
     AuditEvent,
     Base,
     Delivery,
@@ -18,6 +19,7 @@ from services.core.db.models import (
 from services.core.db.session import Database, upgrade
 
 __all__ = [
+    "AssociationHold",
     "AuditEvent",
     "Base",
     "Database",

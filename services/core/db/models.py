@@ -436,3 +436,19 @@ class Purge(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # instance bytes (index)
     files_removed: Mapped[int] = mapped_column(Integer, default=0)
     bytes_removed: Mapped[int] = mapped_column(BigInteger, default=0)  # images + artefacts
+
+
+class AssociationHold(Base):
+    """Associations of one receiver process still carrying a study: ``lease`` is the
+    receiver's replica lease number, ``process`` its SCP process (slot; -1: the supervisor's
+    STOW-RS). They make up ``studies.open_associations``; a dead receiver's holds are taken
+    off it by the live ones (``services/receiver/holds.py``). PostgreSQL only."""
+
+    __tablename__ = "association_holds"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    lease: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
+    process: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
