@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.core.db import Database
@@ -23,7 +25,8 @@ from services.receiver.completion import Waits
 from services.receiver.fast import tempfiles
 from services.receiver.fast.balance import LoadBoard
 from services.receiver.handlers import Registry
-from services.receiver.reconcile import ReconcileReport, reconcile
+from services.receiver.holds import Holder
+from services.receiver.reconcile import ReconcileReport, reconcile, write_watermark_later
 from services.receiver.replicas import ReplicaLease
 from services.receiver.scp import StorageSCP
 from services.receiver.store import InstanceStore
@@ -31,8 +34,13 @@ from services.receiver.tracker import StudyTracker
 
 log = logging.getLogger(__name__)
 
+#: a background task: a name and a body that runs until its stop event is set
+Task = tuple[str, Callable[[threading.Event], object]]
 
-def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -> StudyTracker:
+
+def make_tracker(
+    settings: Settings, db: Database, relay: Relay | None = None, *, holder: Holder | None = None
+) -> StudyTracker:
     return StudyTracker(
         db,
         idle_seconds=settings.study_idle_seconds,
@@ -44,6 +52,7 @@ def make_tracker(settings: Settings, db: Database, relay: Relay | None = None) -
             incomplete_seconds=settings.incomplete_wait_seconds,
             min_lung_coverage_mm=settings.min_lung_coverage_mm,
         ),
+        holder=holder,
     )
 
 
@@ -66,7 +75,9 @@ def build_scp(
     (:func:`services.receiver.fast.install`; refuses an unsupported pynetdicom)."""
     storage, incoming = prepare_storage(settings)
     fast.install(incoming)
-    store = InstanceStore(db, storage, min_free_bytes=settings.min_free_disk_mb << 20)
+    store = InstanceStore(
+        db, storage, min_free_bytes=settings.min_free_disk_mb << 20, holder=tracker.holder
+    )
     registry = Registry(
         db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
     )
@@ -92,15 +103,31 @@ def recover(settings: Settings, tracker: StudyTracker, *, alone: bool = True) ->
     return reconcile(store, margin_seconds=settings.reconcile_margin_seconds)
 
 
+def after_recovery(settings: Settings, report: ReconcileReport) -> list[Task]:
+    """What start-up recovery left for later: the reconciliation watermark, when it could
+    not be written (a full volume), is retried in the background."""
+    due = report.watermark_due
+    if due is None:
+        return []
+    root = Path(settings.storage_dir)
+    return [("watermark", lambda stop: write_watermark_later(root, due, stop))]
+
+
 class Background(Threaded):
-    """Tracker and relay threads (and the replica lease's keeper), stopped together."""
+    """Tracker and relay threads (and the replica lease's keeper, and ``tasks`` such as
+    :func:`after_recovery`'s), stopped together."""
 
     def __init__(
-        self, tracker: StudyTracker, relay: Relay, lease: ReplicaLease | None = None
+        self,
+        tracker: StudyTracker,
+        relay: Relay,
+        lease: ReplicaLease | None = None,
+        tasks: Sequence[Task] = (),
     ) -> None:
         self.tracker = tracker
         self.relay = relay
         self.lease = lease
+        self.tasks = list(tasks)
         self.group = ThreadGroup()
 
     def start(self) -> None:
@@ -110,6 +137,8 @@ class Background(Threaded):
             self.group.spawn(f"noduleflow-{name}", target, self.stop_event)
         if self.lease is not None:
             self.group.spawn("noduleflow-lease", self.lease.run, self.stop_event)
+        for name, task in self.tasks:
+            self.group.spawn(f"noduleflow-{name}", task, self.stop_event)
 
     def stop(self) -> None:
         self.group.stop(timeout=10)

@@ -1,8 +1,10 @@
 """One SCP process of ``noduleflow receiver`` (started by the supervisor, not by hand).
 
-``python -m services.receiver.child FD PARENT_PID [BOARD_FD SLOTS SLOT]``; settings arrive
-as JSON on standard input, the listening socket and the siblings' load table
-(:mod:`services.receiver.fast.balance`) as inherited file descriptors.
+``python -m services.receiver.child FD PARENT_PID [BOARD_FD SLOTS SLOT [LEASE]]``; settings
+arrive as JSON on standard input, the listening socket and the siblings' load table
+(:mod:`services.receiver.fast.balance`) as inherited file descriptors. ``LEASE`` is the
+supervisor's replica lease number: association counts are booked under ``(LEASE, SLOT)``
+(:mod:`services.receiver.holds`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from services.core.logs import setup_logging
 from services.core.settings import Settings
 from services.receiver.assembly import build_scp, make_tracker
 from services.receiver.fast.balance import LoadBoard
+from services.receiver.holds import Holder
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -52,13 +55,15 @@ def main(argv: list[str]) -> int:
     db = Database(settings.database_url)
     listen_socket = socket.socket(fileno=fd)
     board = None
+    holder = None
     if len(argv) >= 6:
         board_fd, slots, slot = (int(a) for a in argv[3:6])
         board = LoadBoard(board_fd, slots, slot)
         os.close(board_fd)  # the mapping stays
-    scp = build_scp(
-        settings, db, make_tracker(settings, db), listen_socket=listen_socket, board=board
-    )
+        if len(argv) >= 7:
+            holder = Holder(int(argv[6]), slot)
+    tracker = make_tracker(settings, db, holder=holder)
+    scp = build_scp(settings, db, tracker, listen_socket=listen_socket, board=board)
     scp.start()
     # Everything built so far (modules, mappers, contexts) lives as long as the process:
     # out of the collector's sight, full collections no longer walk it on every instance.

@@ -11,7 +11,13 @@ from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.retention.loop import RetentionLoop, start_retention
 from services.core.settings import Settings
-from services.receiver.assembly import Background, build_scp, make_tracker, recover
+from services.receiver.assembly import (
+    Background,
+    after_recovery,
+    build_scp,
+    make_tracker,
+    recover,
+)
 from services.receiver.dicomweb.server import DicomWebServer, start_dicomweb
 from services.receiver.prefork import Supervisor
 from services.receiver.reconcile import ReconcileReport
@@ -41,6 +47,7 @@ class Receiver:
     def start(self) -> None:
         """Non-blocking: recovers, then starts the SCP, tracker, relay and retention threads."""
         self.reconciled = recover(self.settings, self.tracker)
+        self.background.tasks = after_recovery(self.settings, self.reconciled)
         self.scp.start()
         self.background.start()
         self.retention = start_retention(self.settings, self.db)

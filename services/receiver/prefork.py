@@ -27,10 +27,14 @@ from services.core.db import Database
 from services.core.outbox import Relay
 from services.core.retention.loop import start_retention
 from services.core.settings import Settings
-from services.receiver.assembly import Background, make_tracker, recover
+from services.core.startup import StartCancelled, retry_start_step
+from services.receiver.assembly import Background, after_recovery, make_tracker, recover
 from services.receiver.dicomweb.server import start_dicomweb
 from services.receiver.fast.balance import LoadBoard, shared_table
+from services.receiver.holds import SUPERVISOR, Holder, clear_process
+from services.receiver.reconcile import ReconcileReport
 from services.receiver.replicas import ReplicaLease
+from services.receiver.tracker import StudyTracker
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +68,16 @@ class Supervisor:
         self.children: list[subprocess.Popen[bytes] | None] = []
         self.board_fd = shared_table(self.count)
         self.board = LoadBoard(self.board_fd, self.count, 0)
+        self.db: Database | None = None
+        self.lease: ReplicaLease | None = None
 
     def _spawn(self, sock: socket.socket, slot: int) -> subprocess.Popen[bytes]:
         self.board.set(0, slot)  # a restarted child starts with no connections
         args = [sys.executable, "-m", "services.receiver.child", str(sock.fileno())]
         board = [str(self.board_fd), str(self.count), str(slot)]
+        lease = [] if self.lease is None or self.lease.number is None else [str(self.lease.number)]
         child = subprocess.Popen(
-            [*args, str(os.getpid()), *board],
+            [*args, str(os.getpid()), *board, *lease],
             pass_fds=[sock.fileno(), self.board_fd],
             stdin=subprocess.PIPE,
         )
@@ -83,21 +90,23 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         db = Database(self.settings.database_url)
-        if not db.wait_until_available(self.stop_event):  # stopped while the database was away
+        self.db = db
+        lease = self.lease = ReplicaLease(db)  # other receivers on this database: .replicas
+        broker = make_broker(self.settings.broker_url, self.settings.broker_prefix)
+        relay = Relay(db, broker)
+        try:
+            tracker, report = self._start_up(db, lease, relay)
+        except StartCancelled:  # stopped while the database was away
+            lease.leave()
+            broker.close()
             db.dispose()
             self.board.close()
             os.close(self.board_fd)
             log.info("event=receiver_stopped")
             return
-        db.upgrade()
-        broker = make_broker(self.settings.broker_url, self.settings.broker_prefix)
-        relay = Relay(db, broker)
-        tracker = make_tracker(self.settings, db, relay)
-        lease = ReplicaLease(db)  # other receivers on this database: see .replicas
-        recover(self.settings, tracker, alone=lease.join())
         sock = listen(self.settings.dicom_host, self.settings.dicom_port)
         self.children = [self._spawn(sock, slot) for slot in range(self.count)]
-        background = Background(tracker, relay, lease)
+        background = Background(tracker, relay, lease, after_recovery(self.settings, report))
         background.start()
         retention = start_retention(self.settings, db)  # this process owns storage
         dicomweb = start_dicomweb(self.settings, db, tracker)  # STOW-RS, when a port is set
@@ -119,6 +128,38 @@ class Supervisor:
             db.dispose()
             log.info("event=receiver_stopped")
 
+    def _start_up(
+        self, db: Database, lease: ReplicaLease, relay: Relay
+    ) -> tuple[StudyTracker, ReconcileReport]:
+        """Wait for the database, then upgrade, join the replicas and recover; each step is
+        retried while the database comes and goes (:mod:`services.core.startup`)."""
+        if not db.wait_until_available(self.stop_event):
+            raise StartCancelled("stopped while waiting for the database")
+        retry_start_step(db.upgrade, self.stop_event, name="schema-upgrade")
+        alone = retry_start_step(lease.join, self.stop_event, name="replica-lease")
+        tracker = make_tracker(self.settings, db, relay, holder=self._holder(SUPERVISOR))
+        report = retry_start_step(
+            lambda: recover(self.settings, tracker, alone=alone), self.stop_event, name="recovery"
+        )
+        return tracker, report
+
+    def _holder(self, process: int) -> Holder | None:
+        number = None if self.lease is None else self.lease.number
+        return None if number is None else Holder(number, process)
+
+    def _forget(self, slot: int) -> None:
+        """A child died alone: its open associations died with it (:mod:`.holds`)."""
+        holder = self._holder(slot)
+        if holder is None or self.db is None:
+            return
+        try:
+            studies = clear_process(self.db, holder)
+        except Exception as exc:  # the database away: the counts wait for the idle timer
+            log.warning("event=child_holds_not_cleared slot=%d error=%s", slot, type(exc).__name__)
+            return
+        if studies:
+            log.info("event=child_holds_cleared slot=%d studies=%d", slot, studies)
+
     def _watch(self, sock: socket.socket) -> None:
         restarts: list[float] = [0.0] * self.count
         while not self.stop_event.wait(0.5):
@@ -129,6 +170,7 @@ class Supervisor:
                 if time.monotonic() - restarts[i] < 2.0:
                     time.sleep(2.0)
                 restarts[i] = time.monotonic()
+                self._forget(i)
                 self.children[i] = self._spawn(sock, i)
 
     def _stop_children(self) -> None:

@@ -16,15 +16,20 @@ it to ``STORAGE_DIR/.quarantine/conflicts/``.
 Only series folders modified since the last successful scan (minus a margin for clock
 skew and coarse timestamps) are read; the time of that scan is kept in
 ``STORAGE_DIR/.reconciled`` (not written while storage holds no series). No watermark,
-or an empty index, means a full scan.
+or an empty index, means a full scan. A watermark that cannot be written (a full volume)
+never stops the start: its temporary file is removed, the report says it is due
+(:attr:`ReconcileReport.watermark_due`) and :func:`write_watermark_later` retries it in the
+background; until then the next start scans everything again (slower, never wrong).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,6 +41,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from sqlalchemy import bindparam, select, text
 
+from services.core.backoff import Backoff
 from services.core.errors import PermanentError
 from services.core.storage import fsync_dir
 from services.core.uids import is_valid_uid
@@ -53,6 +59,8 @@ from services.receiver.store import (
 log = logging.getLogger(__name__)
 
 WATERMARK = ".reconciled"
+#: a partial watermark of another process older than this is a leftover (a write takes ms)
+PARTIAL_MAX_AGE_SECONDS = 60.0
 BATCH = 500
 _UNDEFINED = 0xFFFFFFFF
 _KNOWN = text(
@@ -71,6 +79,8 @@ class ReconcileReport:
     indexed: int = 0
     quarantined: int = 0
     failed: int = 0
+    #: the scan's start time when its watermark could not be written (retry it later)
+    watermark_due: float | None = None
 
 
 class Unusable(PermanentError):
@@ -96,14 +106,69 @@ def read_watermark(root: Path) -> float | None:
 
 
 def write_watermark(root: Path, scanned_at: float) -> None:
-    """Replace the watermark atomically (temporary file, fsync, rename, folder fsync)."""
+    """Replace the watermark atomically (temporary file, fsync, rename, folder fsync); on
+    failure (ENOSPC…) the temporary file is removed and the error raised."""
     temp = root / f"{WATERMARK}.{os.getpid()}.part"
-    with open(temp, "w") as handle:
-        json.dump({"scanned_at": scanned_at}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, root / WATERMARK)
+    try:
+        with open(temp, "w") as handle:
+            json.dump({"scanned_at": scanned_at}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, root / WATERMARK)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     fsync_dir(root)
+
+
+def remove_partial_watermarks(
+    root: Path, *, older_than: float = PARTIAL_MAX_AGE_SECONDS, now: float | None = None
+) -> int:
+    """Remove ``.reconciled.<pid>.part`` files left by killed processes (this process's own
+    at any age, others' once ``older_than`` seconds old); returns how many went."""
+    now = time.time() if now is None else now
+    own = f"{WATERMARK}.{os.getpid()}.part"
+    removed = 0
+    for path in root.glob(f"{WATERMARK}.*.part"):
+        try:
+            if path.name != own and now - path.stat().st_mtime < older_than:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+    return removed
+
+
+def write_watermark_later(
+    root: Path, scanned_at: float, stop: threading.Event, *, first: float = 1.0, cap: float = 60.0
+) -> bool:
+    """Retry :func:`write_watermark` (``core.backoff``) until written or ``stop``; a newer
+    watermark written meanwhile (another receiver's scan) is kept. True once done."""
+    backoff = Backoff(first, cap)
+    while not stop.is_set():
+        current = read_watermark(root)
+        if current is not None and current >= scanned_at:
+            return True
+        try:
+            write_watermark(root, scanned_at)
+        except OSError as exc:
+            delay = backoff.failed()
+            log.warning(
+                "event=watermark_not_written attempt=%d retry_in=%.1fs errno=%s",
+                backoff.failures,
+                delay,
+                errno_name(exc),
+            )
+            stop.wait(delay)
+            continue
+        log.info("event=watermark_written after_attempts=%d", backoff.failures)
+        return True
+    return False
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, exc.__class__.__name__)
 
 
 # --------------------------------------------------------------------------- scanning
@@ -190,6 +255,7 @@ class Reconciler:
 
     def run(self, clock: Callable[[], float] = time.time) -> ReconcileReport:
         started = clock()
+        remove_partial_watermarks(self.root)
         watermark = read_watermark(self.root)
         if watermark is not None and self._index_empty():
             watermark = None  # a new or emptied database: everything on disk is unknown
@@ -199,7 +265,11 @@ class Reconciler:
             report.series_scanned += 1
             self._series(study, series, folder, report)
         if report.failed == 0 and report.series_scanned + report.series_skipped > 0:
-            write_watermark(self.root, started)  # (an empty storage needs none)
+            try:
+                write_watermark(self.root, started)  # (an empty storage needs none)
+            except OSError as exc:  # a full volume must not stop the start
+                report.watermark_due = started
+                log.warning("event=watermark_not_written attempt=0 errno=%s", errno_name(exc))
         level = logging.INFO if report.failed == 0 else logging.ERROR
         log.log(
             level,
@@ -289,12 +359,12 @@ class Reconciler:
 
     def _quarantine(self, path: Path, key: str, reason: str, report: ReconcileReport) -> None:
         target = self.root / QUARANTINE / key
-        target.parent.mkdir(parents=True, exist_ok=True)
         n = 0
         while target.exists():
             n += 1
             target = self.root / QUARANTINE / f"{key}.{n}"
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)  # (ENOSPC on a full volume)
             os.replace(path, target)
             fsync_dir(target.parent)
             fsync_dir(path.parent)

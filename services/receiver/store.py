@@ -34,6 +34,7 @@ from services.core.db import Database, Instance, Series, Study
 from services.core.errors import PermanentError, TransientError
 from services.core.storage import LocalStorage, fsync_dir, instance_key
 from services.receiver.dirsync import DirSyncer
+from services.receiver.holds import OPEN_HOLD, Holder
 from services.receiver.index import InstanceHeader
 from services.receiver.queries import (
     FIND_INSTANCE,
@@ -179,10 +180,18 @@ class InstanceStore:
     version of the same instance.
     """
 
-    def __init__(self, db: Database, storage: LocalStorage, *, min_free_bytes: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        storage: LocalStorage,
+        *,
+        min_free_bytes: int,
+        holder: Holder | None = None,
+    ) -> None:
         self.db = db
         self.storage = storage
         self.min_free_bytes = min_free_bytes
+        self.holder = holder  # who an opened association count is booked under (.holds)
         # Only ids of committed rows are cached (a rolled-back id can be reused by SQLite).
         self._studies: dict[str, int] = {}
         self._series: dict[str, tuple[int, str]] = {}  # uid -> (id, study instance uid)
@@ -518,6 +527,11 @@ class InstanceStore:
                 "replaced": 0 if existing is None else 1,
             },
         )
+        if opens_study and self.holder is not None:
+            conn.execute(
+                OPEN_HOLD,
+                {"id": study_id, "lease": self.holder.lease, "process": self.holder.process},
+            )
         values = {
             "series_id": series_id,
             "sop": header.sop_instance_uid,

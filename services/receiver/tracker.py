@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.core import outbox
 from services.core.backoff import Backoff
 from services.core.db import (
+    AssociationHold,
     Database,
     Instance,
     Job,
@@ -47,6 +48,7 @@ from services.receiver.completion import (
     rule_for,
     stable_reason,
 )
+from services.receiver.holds import Holder, end_holds
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,12 @@ class StudyTracker:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rules: Mapping[str, StabilityRule] | None = None,
         waits: Waits | None = None,
+        holder: Holder | None = None,
     ) -> None:
         self.db = db
+        #: who this process's association counts are booked under (:mod:`.holds`); None:
+        #: on the study row only (SQLite, the in-process receiver)
+        self.holder = holder
         self.idle_seconds = idle_seconds
         self.grace_seconds = grace_seconds
         self.on_complete = on_complete
@@ -110,17 +116,22 @@ class StudyTracker:
         uids = sorted(set(study_uids))
         if not uids:
             return
-        values: dict[str, object] = {
-            "open_associations": func.max(STUDIES.c.open_associations - 1, 0)
-            if self.db.is_sqlite
-            else func.greatest(STUDIES.c.open_associations - 1, 0)
-        }
+        values: dict[str, object] = {}
+        if self.holder is None:
+            values["open_associations"] = (
+                func.max(STUDIES.c.open_associations - 1, 0)
+                if self.db.is_sqlite
+                else func.greatest(STUDIES.c.open_associations - 1, 0)
+            )
         if released:
             values["last_released_at"] = self.clock()
         with self.db.engine.begin() as conn:
-            conn.execute(
-                update(STUDIES).where(STUDIES.c.study_instance_uid.in_(uids)).values(values)
-            )
+            if self.holder is not None:  # only what this process still holds
+                end_holds(conn, self.holder, uids)
+            if values:
+                conn.execute(
+                    update(STUDIES).where(STUDIES.c.study_instance_uid.in_(uids)).values(values)
+                )
         if released:
             self.transfer_completed(uids)
 
@@ -148,6 +159,7 @@ class StudyTracker:
                 .where(STUDIES.c.open_associations != 0)
                 .values(open_associations=0, interrupted_at=self.clock())
             )
+            conn.execute(delete(AssociationHold))
         return int(result.rowcount or 0)
 
     # ------------------------------------------------------------- completion

@@ -42,7 +42,9 @@ def build_service(settings: Settings, db: Database, tracker: StudyTracker) -> St
     tempfiles.clean(folder)  # requests cut by a killed process: never answered, never stored
     return StowService(
         db=db,
-        store=InstanceStore(db, storage, min_free_bytes=settings.min_free_disk_mb << 20),
+        store=InstanceStore(
+            db, storage, min_free_bytes=settings.min_free_disk_mb << 20, holder=tracker.holder
+        ),
         registry=Registry(
             db, tracker, ae_title=settings.ae_title, allowed_aets=list(settings.allowed_aets)
         ),

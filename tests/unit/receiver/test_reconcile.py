@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from services.receiver.reconcile import (
     read_watermark,
     reconcile,
     write_watermark,
+    write_watermark_later,
 )
 from services.receiver.store import InstanceStore
 from tests.factories.dicom import write_ct_series
@@ -165,3 +168,52 @@ def test_other_folders_are_not_scanned(tmp_path: Path, db: Database) -> None:
     report = reconcile(_store(db, root), margin_seconds=0)
     assert report.series_scanned == 0 and report.indexed == 0 and _instances(db) == 0
     assert read_watermark(root) is None  # no series at all: nothing to remember
+
+
+def _no_space(*_args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_volume_never_stops_reconciliation_nor_leaves_a_partial_watermark(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC writing ``.reconciled``: the scan ends anyway, its temporary file is gone and
+    the report says the watermark is due; a later retry writes it once there is room."""
+    study, series, paths = write_ct_series(tmp_path / "ct", 2)
+    root = tmp_path / "storage"
+    for path in paths:
+        _place(root, study, series, path)
+    assert reconcile(_store(db, root), margin_seconds=0).indexed == 2  # while there was room
+    (root / WATERMARK).unlink()
+    stale = root / f"{WATERMARK}.999999.part"  # a killed process's, long ago
+    stale.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", _no_space)
+        report = reconcile(_store(db, root), margin_seconds=0)
+    assert report.failed == 0 and report.watermark_due is not None
+    assert not (root / WATERMARK).exists()
+    assert sorted(p.name for p in root.glob(f"{WATERMARK}*")) == []  # own and stale .part gone
+    assert "event=watermark_not_written" in caplog.text
+
+    stop = threading.Event()
+    calls = []
+
+    def full_twice(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) <= 2:
+            _no_space()
+
+    monkeypatch.setattr(os, "fsync", full_twice)
+    assert write_watermark_later(root, report.watermark_due, stop, first=0.01)
+    assert read_watermark(root) == report.watermark_due
+    assert not list(root.glob(f"{WATERMARK}.*.part"))
+
+
+def test_a_newer_watermark_is_kept_and_stop_ends_the_retry(tmp_path: Path) -> None:
+    write_watermark(tmp_path, 200.0)
+    assert write_watermark_later(tmp_path, 100.0, threading.Event())
+    assert read_watermark(tmp_path) == 200.0
+    stop = threading.Event()
+    stop.set()
+    assert not write_watermark_later(tmp_path, 300.0, stop)
