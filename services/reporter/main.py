@@ -18,6 +18,7 @@ from services.core.db import Database
 from services.core.db.session import wait_for_database
 from services.core.messages import REPORTING_QUEUE
 from services.core.settings import Settings
+from services.core.startup import StartCancelled, retry_start_step
 from services.core.threads import Threaded, ThreadGroup
 from services.reporter.delivery.dispatch import Dispatcher, Sender
 from services.reporter.delivery.senders import default_senders, retry_policy
@@ -108,17 +109,21 @@ def run(settings: Settings) -> None:
     ordered: stop taking messages, finish the current one, stop HTTP, close.
     """
     db = Database(settings.database_url)
-    if not wait_for_database(db):  # stopped while the database was away
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # (the wait below puts its own in meanwhile)
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if not wait_for_database(db):  # stopped while the database was away
+            raise StartCancelled("stopped while waiting for the database")
+        # The database may go away again between the wait and the upgrade: retried.
+        retry_start_step(db.upgrade, stop, name="schema-upgrade")
+    except StartCancelled:
         db.dispose()
         log.info("event=reporter_stopped")
         return
-    db.upgrade()
     broker = make_broker(settings.broker_url, settings.broker_prefix)
     broker.declare()
     reporter = build_reporter(settings, db, broker, serve_http=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     reporter.start()
     try:
         stop.wait()
