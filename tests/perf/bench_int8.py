@@ -10,6 +10,7 @@ int8 / fp32 (the anchor: fp32 in the same run) and the largest probability diffe
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -64,8 +65,10 @@ def main() -> None:
             tile = next(self.left, None)
             return None if tile is None else {"x": tile}
 
-    src = str(args.model_dir / "model.onnx")
+    src = str((args.model_dir / "model.onnx").resolve())
+    here = Path.cwd()
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the quantization tools leave scratch files in the working folder
         pre, int8 = f"{tmp}/pre.onnx", f"{tmp}/int8.onnx"
         quant_pre_process(src, pre, skip_symbolic_shape=True)
         quantize_static(
@@ -91,6 +94,7 @@ def main() -> None:
             t32.append(t1 - t0)
             t8.append(t2 - t1)
             diff = max(diff, float(np.abs(1 / (1 + np.exp(-a)) - 1 / (1 + np.exp(-b))).max()))
+        os.chdir(here)
     s32, s8 = statistics.median(t32), statistics.median(t8)
     print(f"fp32 (anchor): {s32:.2f} s per {TILE}³ tile")
     print(f"int8 {args.format}: {s8:.2f} s per tile, {s8 / s32:.2f}× fp32")
