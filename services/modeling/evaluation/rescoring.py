@@ -179,7 +179,8 @@ def fit_size(scans: Sequence[Candidates]) -> tuple[SizeCalibration, dict[str, fl
     return calibration, metrics
 
 
-_POSTPROCESSING_TAG = re.compile(r"\.r[0-9a-f]{8}$")
+#: ``<base>[.r<8 hex>][.s<8 hex>]``: the rescoring tag, then the second stage's (fpr/fit.py)
+_VERSION_TAGS = re.compile(r"^(?P<base>.*?)(?:\.r[0-9a-f]{8})?(?P<stage2>\.s[0-9a-f]{8})?$")
 
 
 def tagged_version(
@@ -189,11 +190,14 @@ def tagged_version(
 
     A refit changes the reported confidences and diameters without touching the network,
     so the version (which the SR and the FHIR report name) must change with it: the local
-    segment gets ``.r`` and 8 hex digits of the fitted parameters, replacing an earlier tag.
+    segment gets ``.r`` and 8 hex digits of the fitted parameters, replacing an earlier tag;
+    a second stage's ``.s`` tag stays last.
     """
     fitted = {"rescoring": rescoring, "size_calibration": size_calibration}
     digest = hashlib.sha256(json.dumps(fitted, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{_POSTPROCESSING_TAG.sub('', version)}.r{digest}"
+    parts = _VERSION_TAGS.match(version)
+    assert parts is not None  # every string matches
+    return f"{parts['base']}.r{digest}{parts['stage2'] or ''}"
 
 
 def rescore_model(

@@ -92,3 +92,8 @@ def test_refitted_post_processing_gets_its_own_version() -> None:
     refit = tagged_version(first, {**fitted, "bias": 0.3}, None)
     assert refit != first and refit.count(".r") == 1
     assert tagged_version(first, fitted, {"intercept": -0.2, "slope": 1.0}) != first
+    # with a second stage installed, its tag stays last and the rescoring tag is replaced
+    staged = f"{first}.s87d44e2f"
+    resized = tagged_version(staged, fitted, {"intercept": -0.2, "slope": 1.0})
+    assert resized.endswith(".s87d44e2f") and resized.count(".r") == 1
+    assert resized.startswith("1.0.0+20261122.f2050d73.r") and resized != staged
