@@ -16,7 +16,7 @@ settings (idle 10 s, release grace 2 s) and the fastest safe ones (5 s, 0.5 s).
 Anchors: how long other nodes wait before a study counts as complete — MONAI Informatics
 Gateway's 5 s window, mercure's and Orthanc's 60 s — and the 20 s target from the last
 image to the SR in the PACS (300 slices, 2 cores, inference included). ``--small`` is a quick
-check of the script (60 slices, ``serve``, fastest settings).
+check of the script (60 slices, fastest settings, ``serve`` unless ``--forms`` says).
 """
 
 from __future__ import annotations
@@ -107,14 +107,15 @@ def print_run(form: str, completion: str, times: StudyTimes, analysis: dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--forms", default="serve,distributed")
+    parser.add_argument("--forms", default=None, help="default serve,distributed (small: serve)")
     parser.add_argument("--completion", default="default,fastest")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--small", action="store_true", help="60 slices, serve, fastest")
+    parser.add_argument("--small", action="store_true", help="60 slices, fastest completion")
     args = parser.parse_args()
     if args.small:
-        args.slices, args.forms, args.completion = 60, "serve", "fastest"
+        args.slices, args.completion = 60, "fastest"
+    args.forms = args.forms or ("serve" if args.small else "serve,distributed")
     from services.modeling.phantom import write_phantom
 
     rows = []
