@@ -193,7 +193,11 @@ def orthanc(workdir: Path) -> Iterator[Target]:
 
 def send(target: Target, files: list[Path], associations: int) -> float:
     """Seconds from the first storescu start to the last storescu exit."""
-    chunks = [files[i::associations] for i in range(associations)]
+    return send_chunks(target, [files[i::associations] for i in range(associations)])
+
+
+def send_chunks(target: Target, chunks: list[list[Path]]) -> float:
+    """One storescu association per chunk, all at once; seconds until the last exits."""
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
