@@ -64,13 +64,14 @@ def wait_all(node: Node, watcher: Watcher, uids: list[str], timeout: float) -> l
     deadline = time.monotonic() + timeout
     done: dict[str, StudyTimes] = {}
     while len(done) < len(uids):
+        finished = {j.study_uid for j in list(watcher.jobs.values()) if j.state == "done"}
         for uid in uids:
-            if uid not in done and uid in {j.study_uid for j in watcher.jobs.values()}:
+            if uid not in done and uid in finished:
                 try:
                     done[uid] = study_times(node, watcher, uid)
                 except RuntimeError:
                     pass  # not reported yet
-        bad = [j for j in watcher.jobs.values() if j.state in FINAL_BAD]
+        bad = [j for j in list(watcher.jobs.values()) if j.state in FINAL_BAD]
         if bad:
             raise SystemExit(f"job {bad[0].job_id} ended {bad[0].state}")
         if not node.alive():

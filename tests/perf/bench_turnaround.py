@@ -80,12 +80,14 @@ def run_once(
         with node.db.session() as session:
             job = session.query(Job).one()
             analysis = {k: float(v) for k, v in job.timings.items() if isinstance(v, int | float)}
+            model = job.model_identity
+            print(f"\n{form}, {completion}: model {model.version} on {model.provider}")
     return times, analysis
 
 
 def print_run(form: str, completion: str, times: StudyTimes, analysis: dict[str, float]) -> None:
     rules = ", ".join(f"{k.lower()} {v} s" for k, v in COMPLETION[completion].items())
-    print(f"\n{form}, {completion} completion ({rules})")
+    print(f"{form}, {completion} completion ({rules})")
     for name, seconds in stages(times):
         note = ""
         if name == "completion wait":
