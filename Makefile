@@ -40,6 +40,8 @@ bench: $(STAMP) system
 	$(BIN)/python tests/perf/bench_analyze.py
 	$(BIN)/python tests/perf/bench_worker.py
 	$(BIN)/python tests/perf/bench_api.py
+	$(BIN)/python tests/perf/bench_turnaround.py
+	$(BIN)/python tests/perf/bench_burst.py
 
 # The chaos suite (not part of `make test`; about 3 minutes on 2 cores): the distributed form
 # under a seeded storm of kills, broker and database cuts and a full disk (tests/chaos/run.py).
