@@ -15,7 +15,7 @@ means the services around the model cost nothing. Also: that nothing was lost or
 (one done job per study, every instance indexed, one SR per study in Orthanc), the peak RSS
 of every process, each service's RSS growth from study 5 to the last (by report time), and
 the queue depth over time (job states every 0.5 s), written as a PNG. ``--small``: 4
-studies of 60 slices, a quick check of the script.
+studies of 60 slices unless given, a quick check of the script.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -112,18 +113,19 @@ def integrity(node: Node, watcher: Watcher, uids: list[str], slices: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--studies", type=int, default=None, help="20 (small: 4)")
     parser.add_argument("--associations", type=int, default=4)
-    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--slices", type=int, default=None, help="300 (small: 60)")
     parser.add_argument("--form", default="distributed", choices=("distributed", "serve"))
     parser.add_argument("--completion", default="default", choices=("default", "fastest"))
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--png", type=Path, default=ROOT / "tests/perf/out/burst_queue.png")
+    parser.add_argument("--logs", type=Path, default=None, help="copy the services' logs here")
     parser.add_argument("--small", action="store_true", help="4 studies of 60 slices")
     args = parser.parse_args()
-    if args.small:
-        args.studies, args.slices = 4, 60
+    args.studies = args.studies or (4 if args.small else 20)
+    args.slices = args.slices or (60 if args.small else 300)
     from services.analysis.engine import Engine
     from services.modeling.phantom import write_phantom
 
@@ -163,6 +165,10 @@ def main() -> None:
                 sent = time.time() - started
                 times = wait_all(node, watcher, uids, args.timeout)
             checks = integrity(node, watcher, uids, args.slices)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in (work / "node").glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
         report(args, started, sent, anchor, times, watcher, checks)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

@@ -108,15 +108,16 @@ def print_run(form: str, completion: str, times: StudyTimes, analysis: dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--slices", type=int, default=None, help="300 (small: 60)")
     parser.add_argument("--forms", default=None, help="default serve,distributed (small: serve)")
     parser.add_argument("--completion", default="default,fastest")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--small", action="store_true", help="60 slices, fastest completion")
     args = parser.parse_args()
+    args.slices = args.slices or (60 if args.small else 300)
     if args.small:
-        args.slices, args.completion = 60, "fastest"
+        args.completion = "fastest"
     args.forms = args.forms or ("serve" if args.small else "serve,distributed")
     from services.modeling.phantom import write_phantom
 

@@ -30,7 +30,8 @@ def step_chart(
     y_label: str,
     size: tuple[int, int] = (800, 400),
 ) -> Image.Image:
-    """Each series a step line (value held until the next sample); a legend at the top."""
+    """Each series a step line (value held until the next sample), the n-th lifted by 3n
+    pixels so that series with equal values do not hide one another; a legend at the top."""
     points = [p for values in series.values() for p in values]
     if not points:
         raise ValueError("nothing to plot")
@@ -65,8 +66,9 @@ def step_chart(
         draw.line([(legend_x, top + 10 + 14 * n), (legend_x + 20, top + 10 + 14 * n)], colour, 2)
         draw.text((legend_x + 24, top + 4 + 14 * n), name, fill=colour)
         line: list[tuple[float, float]] = []
+        lift = 3 * n  # equal values of several series stay visible side by side
         for (x0, y0), (x1, _) in zip(values, [*values[1:], values[-1]], strict=True):
-            line += [at(x0, y0), at(x1, y0)]
+            line += [(px, py - lift) for px, py in (at(x0, y0), at(x1, y0))]
         if line:
             draw.line(line, fill=colour, width=2)
     return image
