@@ -8,7 +8,6 @@ own SR/SEG (and anything made by noduleflow) must be accepted back but never rou
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -28,8 +27,7 @@ from pydicom.uid import (
 
 from services.modeling.phantom import write_phantom
 from tests.factories.dicom import ct_slice
-from tests.integration.deploy.repo import ORTHANC_DIR
-from tests.orthanc import Orthanc
+from tests.orthanc import Orthanc, running_deploy_orthanc
 from tests.services import free_port, require_tool, wait_port
 
 pytestmark = pytest.mark.integration
@@ -62,12 +60,7 @@ def _ct(path: Path, *, study: str, series: str, index: int, manufacturer: str = 
 
 
 def _storescu(orthanc: Orthanc, calling: str, *files: Path) -> int:
-    exe = require_tool("storescu")
-    args = [exe, "-R", "-aet", calling, "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port)]
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    return subprocess.run(
-        [*args, *map(str, files)], env=env, capture_output=True, timeout=60
-    ).returncode
+    return orthanc.storescu(calling, files, timeout=60).returncode
 
 
 @pytest.fixture
@@ -92,35 +85,11 @@ def receiver_stand_in(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.fixture
-def orthanc(
-    tmp_path: Path, receiver_stand_in: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Orthanc]:
-    config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
-    workdir = tmp_path / "orthanc"
-    workdir.mkdir()
-    dicom_port, http_port = free_port(), free_port()
-    config |= {
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "StorageDirectory": str(workdir / "db"),
-        "IndexDirectory": str(workdir / "db"),
-        "LuaScripts": [str(ORTHANC_DIR / "autoroute.lua")],
-    }
-    config["DicomModalities"]["noduleflow"] |= {"Host": "127.0.0.1", "Port": receiver_stand_in[0]}
-    config["DicomModalities"]["ct-scanner"]["Host"] = "127.0.0.1"
-    monkeypatch.setenv("ORTHANC_ADMIN_PASSWORD", PASSWORD)
-    server = Orthanc(config["DicomAet"], dicom_port, http_port, workdir, config)
-    server.start()
-    try:
+def orthanc(tmp_path: Path, receiver_stand_in: tuple[int, Path]) -> Iterator[Orthanc]:
+    with running_deploy_orthanc(
+        tmp_path / "orthanc", noduleflow_port=receiver_stand_in[0], password=PASSWORD
+    ) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def _count(orthanc: Orthanc) -> int:
-    response = httpx.get(orthanc.url + "/statistics", auth=("admin", PASSWORD), timeout=10)
-    response.raise_for_status()
-    return int(response.json()["CountInstances"])
 
 
 def _received(out: Path, expected: int, timeout: float = 30) -> set[str]:
@@ -143,7 +112,7 @@ def test_ct_is_routed_and_results_come_back_without_looping(
     study, series = generate_uid(), generate_uid()
     stray = _ct(files / "stray.dcm", study=study, series=series, index=9)
     assert _storescu(orthanc, "INTRUDER", stray) != 0
-    assert _count(orthanc) == 0
+    assert orthanc.instance_count() == 0
 
     # noduleflow's results are accepted back, and never routed to noduleflow again.
     sr = _result_object(files / "sr.dcm", COMPREHENSIVE_3D_SR, "SR", "noduleflow")
@@ -168,7 +137,7 @@ def test_ct_is_routed_and_results_come_back_without_looping(
 
     expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in phantom.files}
     assert _received(out, len(expected)) == expected
-    assert _count(orthanc) == 4 + len(expected)
-    log = (orthanc.workdir / "orthanc.log").read_text(errors="replace")
+    assert orthanc.instance_count() == 4 + len(expected)
+    log = orthanc.log()
     assert "reason=from-noduleflow" in log
     assert "reason=noduleflow-manufacturer" in log
