@@ -233,6 +233,8 @@ def report(
     )
     peak = max(c["queued"] for _, c in watcher.depth)
     print(f"queue depth: at most {peak} jobs waiting; plot written to {args.png}")
+    if watcher.errors:
+        print(f"({len(watcher.errors)} polls failed and were retried; last: {watcher.errors[-1]})")
 
 
 if __name__ == "__main__":

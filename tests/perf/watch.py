@@ -40,7 +40,9 @@ class Watcher:
     fhir_readable: dict[str, float] = field(default_factory=dict)  # job id → t
     rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # service → samples
     peak_rss: dict[tuple[str, int], int] = field(default_factory=dict)  # (service, pid) → bytes
+    errors: list[str] = field(default_factory=list)  # polls that failed (and were retried)
     _since: int = 0
+    _seen: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -60,12 +62,15 @@ class Watcher:
             next_memory = 0.0
             while not self._stop.is_set():
                 now = time.time()
-                if now >= next_memory:
-                    self._memory(now)
-                    next_memory = now + 1.0
-                self._jobs(now)
-                self._orthanc(client, now)
-                self._fhir(client)
+                try:
+                    if now >= next_memory:
+                        self._memory(now)
+                        next_memory = now + 1.0
+                    self._jobs(now)
+                    self._orthanc(client, now)
+                    self._fhir(client)
+                except Exception as exc:  # a slow Orthanc or database: try again next round
+                    self.errors.append(f"{time.time() - now:.1f} s: {exc!r}")
                 self._stop.wait(self.interval)
             self._memory(time.time())
 
@@ -97,9 +102,10 @@ class Watcher:
             page.raise_for_status()
             body = page.json()
             for change in body["Changes"]:
-                if change["ChangeType"] == "NewInstance":
+                if change["ChangeType"] == "NewInstance" and change["ID"] not in self._seen:
                     tags = client.get(f"{pacs}/instances/{change['ID']}/simplified-tags").json()
                     self.arrivals.append((now, tags["StudyInstanceUID"], tags["Modality"]))
+                    self._seen.add(change["ID"])  # a page retried after an error counts once
             self._since = int(body["Last"])
             if body["Done"]:
                 return
