@@ -220,7 +220,7 @@ def report(
             f"{100 * change:+.1f} % (target < 10 %)"
         )
     depth = {
-        state: [(t - started, float(c[state])) for t, c in watcher.depth]
+        state: [(t - started, float(c[state])) for t, c in watcher.depth if t >= started]
         for state in ("queued", "inferring", "reporting", "done")
     }
     args.png.parent.mkdir(parents=True, exist_ok=True)
