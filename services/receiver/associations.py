@@ -34,6 +34,10 @@ class AssociationState:
     resent: set[str] = field(default_factory=set)
     #: who the audit trail names, when not the calling AE (a STOW-RS caller's subject)
     actor: str = ""
+    #: studies of instances stored that the analysis never uses (.relevance): audited with
+    #: the transfer, but this association does not carry them (``studies``)
+    kept: set[str] = field(default_factory=set)
+    not_analysed: int = 0  # of ``stored``
 
 
 class Registry:
@@ -92,7 +96,7 @@ class Registry:
         self._record_refusals(state.refused)
         log.info(
             "event=association_closed calling_aet=%s peer=%s released=%s stored=%d "
-            "duplicates=%d failed=%d bytes=%d studies=%d",
+            "duplicates=%d failed=%d bytes=%d studies=%d not_analysed=%d",
             state.calling_aet,
             state.peer,
             released,
@@ -101,6 +105,7 @@ class Registry:
             state.failed,
             state.bytes,
             len(state.studies),
+            state.not_analysed,
         )
         if state.stored or state.failed:
             self._audit(
@@ -109,10 +114,11 @@ class Registry:
                 source=state.peer,
                 action="C",
                 object_type="study",
-                object_id=",".join(sorted(state.studies))[:128],
+                object_id=",".join(sorted(state.studies | state.kept))[:128],
                 outcome="0" if not state.failed else "4",
                 detail=f"stored={state.stored} duplicates={state.duplicates} "
-                f"failed={state.failed} released={released}",
+                f"failed={state.failed} released={released} "
+                f"not_analysed={state.not_analysed}",
             )
 
     def _record_refusals(self, refused: dict[str, tuple[str, float | None]]) -> None:

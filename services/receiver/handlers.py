@@ -191,19 +191,19 @@ def store_file(
             return statuses.DATASET_MISMATCH
         return statuses.CANNOT_UNDERSTAND
     received = Received(path, size, sha, state.calling_aet, header, peer=state.peer)
+    not_analysed = header.not_analysed  # stored, but never carries its study (.relevance)
+    opens = not_analysed is None and header.study_instance_uid not in state.studies
     try:
-        outcome = store.store(received, opens_study=header.study_instance_uid not in state.studies)
+        outcome = store.store(received, opens_study=opens)
     except InstanceConflict as conflict:  # logged, audited and quarantined by the store
         state.failed += 1
         return conflict_status(conflict)
     except NoSpaceError:
-        state.failed += 1
-        state.refused[header.sop_instance_uid] = (header.study_instance_uid, header.slice_position)
+        refused(state, header)
         log.warning("event=instance_refused reason=disk-full calling_aet=%s", state.calling_aet)
         return statuses.OUT_OF_RESOURCES
     except Exception as exc:
-        state.failed += 1
-        state.refused[header.sop_instance_uid] = (header.study_instance_uid, header.slice_position)
+        refused(state, header)
         if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # filled up meanwhile
             log.warning(
                 "event=instance_refused reason=disk-full errno=%s calling_aet=%s",
@@ -218,7 +218,9 @@ def store_file(
             header.sop_instance_uid,
         )
         return statuses.OUT_OF_RESOURCES
-    if outcome is Outcome.DUPLICATE:
+    if not_analysed is not None:
+        note_not_analysed(state, header, outcome, size, not_analysed)
+    elif outcome is Outcome.DUPLICATE:
         state.duplicates += 1
         state.resent.add(header.study_instance_uid)
     else:
@@ -237,3 +239,34 @@ def store_file(
         size,
     )
     return statuses.SUCCESS
+
+
+def refused(state: AssociationState, header: InstanceHeader) -> None:
+    """Book an instance refused for want of resources (0xA700). Its study waits for the
+    resend (:mod:`.completion`), unless the analysis would never use it."""
+    state.failed += 1
+    if header.not_analysed is None:
+        state.refused[header.sop_instance_uid] = (header.study_instance_uid, header.slice_position)
+
+
+def note_not_analysed(
+    state: AssociationState, header: InstanceHeader, outcome: Outcome, size: int, reason: str
+) -> None:
+    """Book an instance the analysis never uses: counted and audited with the transfer, but
+    the association is not counted as carrying its study (no completion, no new job)."""
+    state.kept.add(header.study_instance_uid)
+    if outcome is Outcome.DUPLICATE:
+        state.duplicates += 1
+    else:
+        state.stored += 1
+        state.bytes += size
+        state.not_analysed += 1
+    log.info(
+        "event=instance_not_analysed reason=%s outcome=%s study=%s series=%s sop=%s calling_aet=%s",
+        reason,
+        outcome.value,
+        header.study_instance_uid,
+        header.series_instance_uid,
+        header.sop_instance_uid,
+        state.calling_aet,
+    )

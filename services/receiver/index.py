@@ -20,12 +20,14 @@ from pydicom.tag import Tag
 from services.core.errors import PermanentError
 from services.core.uids import is_valid_uid
 from services.receiver.fast.headparse import read_head
+from services.receiver.relevance import not_analysed_reason
 
 _TAGS = [
     Tag(keyword)
     for keyword in (
         "SOPClassUID",
         "SOPInstanceUID",
+        "Manufacturer",
         "StudyInstanceUID",
         "SeriesInstanceUID",
         "Modality",
@@ -86,6 +88,13 @@ class InstanceHeader:
     referring_physician: str = ""
     #: position along the slice normal, dot(ImagePositionPatient, row × column), in mm
     slice_position: float | None = None
+    manufacturer: str = ""
+
+    @property
+    def not_analysed(self) -> str | None:
+        """Why this instance never starts or changes an analysis (:mod:`.relevance`), or
+        None when it counts for its study's completion."""
+        return not_analysed_reason(self.sop_class_uid, self.manufacturer)
 
 
 Source = Dataset | Mapping[str, Any]
@@ -177,6 +186,7 @@ def header_from_dataset(ds: Source, transfer_syntax_uid: str) -> InstanceHeader:
         study_description=_text(ds, "StudyDescription", 64),
         referring_physician=_text(ds, "ReferringPhysicianName", 324),
         slice_position=slice_position(ds),
+        manufacturer=_text(ds, "Manufacturer", 64),
     )
     return header
 

@@ -9,6 +9,11 @@ never allowed to replace or move the stored one. :meth:`InstanceStore.store` rai
 :class:`InstanceConflict` instead, after moving the incoming bytes to
 ``STORAGE_DIR/.quarantine/conflicts/`` and writing a log line and a Security Alert audit row.
 The same holds for a Series Instance UID stored under another study.
+
+An instance the analysis never uses (:mod:`.relevance`: noduleflow's own results coming back,
+SR, SEG, KOS, Secondary Capture and the other non-image classes) is stored and indexed the
+same way, but leaves its study row as it is: not pending, idle timer, association count and
+revision unchanged, so it starts no job.
 """
 
 from __future__ import annotations
@@ -204,7 +209,8 @@ class InstanceStore:
 
     def store(self, received: Received, *, opens_study: bool) -> Outcome:
         """Make ``received`` durable and indexed; ``opens_study`` counts this association as
-        carrying the study (``Study.open_associations``) unless the instance is a duplicate.
+        carrying the study (``Study.open_associations``) unless the instance is a duplicate
+        or one the analysis never uses (then the study row is not touched at all).
 
         Raises :class:`InstanceConflict` (nothing stored changed, the incoming bytes are in
         quarantine), :class:`NoSpaceError`, or a database/OS error (nothing acknowledged)."""
@@ -518,16 +524,18 @@ class InstanceStore:
             conflict = self._conflict(header, None, (series_id, series_study))
             assert conflict is not None
             raise conflict
-        conn.execute(
-            TOUCH_STUDY,
-            {
-                "id": study_id,
-                "now": now,
-                "opens": 1 if opens_study else 0,
-                "replaced": 0 if existing is None else 1,
-            },
-        )
-        if opens_study and self.holder is not None:
+        analysed = header.not_analysed is None  # else stored, but the study is left as it is
+        if analysed:
+            conn.execute(
+                TOUCH_STUDY,
+                {
+                    "id": study_id,
+                    "now": now,
+                    "opens": 1 if opens_study else 0,
+                    "replaced": 0 if existing is None else 1,
+                },
+            )
+        if analysed and opens_study and self.holder is not None:
             conn.execute(
                 OPEN_HOLD,
                 {"id": study_id, "lease": self.holder.lease, "process": self.holder.process},

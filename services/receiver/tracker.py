@@ -9,7 +9,9 @@ timestamp lives in the ``studies`` row, so a restarted receiver completes what w
 Completion is one transaction: a conditional
 ``UPDATE … WHERE pending_since = :seen AND last_received_at = :seen`` claims the study (so
 several receiver processes complete it once), then the job row and the ``StudyReady``
-outbox row are added.
+outbox row are added. Only instances the analysis may use make a study pending and count in
+its job (:mod:`.relevance`): noduleflow's own results routed back by a PACS, and other SR,
+SEG, KOS or Secondary Capture, are stored but start nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from services.receiver.completion import (
     stable_reason,
 )
 from services.receiver.holds import Holder, end_holds
+from services.receiver.relevance import class_family
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,17 @@ class PendingStudy:
     @property
     def clock(self) -> StudyClock:
         return StudyClock(self.last_received_at, self.open_associations, self.last_released_at)
+
+
+def analysed_counts(rows: Iterable[tuple[str, str, int]]) -> list[tuple[str, int]]:
+    """(series UID, instances) of a study's series the analysis may use, by series UID, from
+    (series UID, SOP Class UID, instances) rows: classes it never uses (:mod:`.relevance`)
+    are left out of the job's count and its ``StudyReady``."""
+    totals: dict[str, int] = {}
+    for series_uid, sop_class_uid, count in rows:
+        if class_family(str(sop_class_uid)) is None:
+            totals[str(series_uid)] = totals.get(str(series_uid), 0) + int(count)
+    return sorted(totals.items())
 
 
 def completion_reason(
@@ -270,13 +284,14 @@ class StudyTracker:
         return job_id
 
     def _create_job(self, session: Session, study: PendingStudy, completeness: Completeness) -> str:
-        counts = session.execute(
-            select(Series.series_instance_uid, func.count(Instance.id))
-            .join(Instance, Instance.series_id == Series.id)
-            .where(Series.study_id == study.id)
-            .group_by(Series.series_instance_uid)
-            .order_by(Series.series_instance_uid)
-        ).all()
+        counts = analysed_counts(
+            session.execute(
+                select(Series.series_instance_uid, Instance.sop_class_uid, func.count(Instance.id))
+                .join(Instance, Instance.series_id == Series.id)
+                .where(Series.study_id == study.id)
+                .group_by(Series.series_instance_uid, Instance.sop_class_uid)
+            ).all()
+        )
         version = session.scalar(
             select(func.coalesce(func.max(Job.version), 0)).where(Job.study_id == study.id)
         )

@@ -268,3 +268,34 @@ def seed_bare_job(db: Database, *, state: str = JobState.DONE.value) -> str:
         session.add_all([study, job])
         session.flush()
         return job.id
+
+
+def write_results(series: NoduleSeries, folder: Path) -> tuple[list[Path], list[Path]]:
+    """The series as CT files under ``folder/ct`` and what the reporter writes for its first
+    job under ``folder/outbox`` (SEG, key images, SR, KOS, in sending order); returns
+    (CT paths, result paths)."""
+    from services.core.settings import Settings
+    from services.reporter.dicom.artefacts import write_artefacts
+    from services.reporter.dicom.inputs import JobInputs
+    from services.reporter.dicom.model import Algorithm, OutputUids
+
+    paths = []
+    for number, ds in enumerate(series.datasets):
+        path = folder / "ct" / f"{number:03d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    headers, findings = build_inputs(series)
+    inputs = JobInputs(
+        job_id="job-1",
+        study_instance_uid=series.study_uid,
+        version=1,
+        algorithm=Algorithm("nodule-seg", "2.1.0"),
+        uids=OutputUids(series.study_uid, 1),
+        headers=headers,
+        paths=paths,
+        findings=findings,
+        supersedes_version=None,
+    )
+    settings = Settings(outbox_dir=folder / "outbox", storage_dir=folder / "storage")
+    return paths, [a.path for a in write_artefacts(settings, inputs)]

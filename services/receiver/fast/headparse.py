@@ -29,6 +29,7 @@ WANTED: dict[int, str] = {
     0x00080030: "StudyTime",
     0x00080050: "AccessionNumber",
     0x00080060: "Modality",
+    0x00080070: "Manufacturer",
     0x00080090: "ReferringPhysicianName",
     0x00081030: "StudyDescription",
     0x0008103E: "SeriesDescription",

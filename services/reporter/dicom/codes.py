@@ -16,9 +16,10 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from services.core.identity import MANUFACTURER as MANUFACTURER  # re-exported
+
 PRIVATE_SCHEME = "99NDLFLW"
 PRIVATE_SCHEME_NAME = "noduleflow codes"
-MANUFACTURER = "noduleflow"
 RADLEX = "RADLEX"
 RADLEX_UID = "2.16.840.1.113883.6.256"
 SCT = "SCT"
