@@ -177,18 +177,24 @@ def running_orthanc(
 
 
 def deploy_config(
-    workdir: Path, *, dicom_port: int, http_port: int, noduleflow_port: int
+    workdir: Path,
+    *,
+    dicom_port: int,
+    http_port: int,
+    noduleflow_port: int,
+    lua: Path = ORTHANC_DIR / "autoroute.lua",
 ) -> dict[str, object]:
     """``deploy/orthanc/orthanc.json`` with what a test must change: free ports, temporary
-    folders, the path of ``autoroute.lua``, and the ``noduleflow`` and ``ct-scanner``
-    modalities on this machine (``noduleflow_port`` is where the receiver listens)."""
+    folders, the path of ``autoroute.lua`` (``lua``: a test's changed copy), and the
+    ``noduleflow`` and ``ct-scanner`` modalities on this machine (``noduleflow_port`` is
+    where the receiver listens)."""
     config: dict[str, object] = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
     config |= {
         "DicomPort": dicom_port,
         "HttpPort": http_port,
         "StorageDirectory": str(workdir / "db"),
         "IndexDirectory": str(workdir / "db"),
-        "LuaScripts": [str(ORTHANC_DIR / "autoroute.lua")],
+        "LuaScripts": [str(lua)],
     }
     modalities = config["DicomModalities"]
     assert isinstance(modalities, dict)
@@ -199,14 +205,18 @@ def deploy_config(
 
 @contextmanager
 def running_deploy_orthanc(
-    workdir: Path, *, noduleflow_port: int, password: str
+    workdir: Path, *, noduleflow_port: int, password: str, lua: Path | None = None
 ) -> Iterator[Orthanc]:
     """The shipped routing Orthanc on free ports (REST API as ``admin``/``password``),
-    stopped on exit."""
+    stopped on exit; ``lua`` replaces ``autoroute.lua``."""
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     config = deploy_config(
-        workdir, dicom_port=dicom_port, http_port=http_port, noduleflow_port=noduleflow_port
+        workdir,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        noduleflow_port=noduleflow_port,
+        lua=lua or ORTHANC_DIR / "autoroute.lua",
     )
     aet = str(config["DicomAet"])
     server = Orthanc(

@@ -15,12 +15,20 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    CTImageStorage,
+    KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    generate_uid,
+)
 from sqlalchemy import func, select
 
 from services.core.db import Delivery, Instance, Job, JobState
 from services.core.settings import Settings, StabilityRule
 from services.modeling.phantom import write_phantom
+from tests.integration.deploy.repo import ORTHANC_DIR
 from tests.orthanc import Orthanc, running_deploy_orthanc
 from tests.services import free_port
 
@@ -180,6 +188,69 @@ def test_phantom_routed_by_the_shipped_orthanc_gets_its_results_back_without_loo
             )
             assert skipped == {"from-noduleflow": results}, skipped
             assert _routed_instances(pacs) == len(files)
+
+
+# Appended to a copy of deploy/orthanc/autoroute.lua: the callback calls this global at run
+# time, so redefining it removes every guard (a PACS that routes everything it stores).
+UNGUARDED = """
+function NoduleflowShouldRoute(tags, origin)
+  return true, 'everything'
+end
+"""
+
+
+def test_results_routed_back_by_a_pacs_that_routes_everything_start_no_second_job(
+    tmp_path: Path,
+) -> None:
+    """The receiver's own loop guard (services/receiver/relevance.py), with the Lua guard
+    removed: the SR, SEG, KOS and key images come back to noduleflow, are stored there, and
+    the study still has one job."""
+    from services.serve import running
+
+    files = _phantom(tmp_path / "ct")
+    lua = tmp_path / "autoroute-everything.lua"
+    lua.write_text((ORTHANC_DIR / "autoroute.lua").read_text() + UNGUARDED)
+    port = free_port()
+    with running_deploy_orthanc(
+        tmp_path / "orthanc", noduleflow_port=port, password=PASSWORD, lua=lua
+    ) as pacs:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'nf.db'}",
+            storage_dir=tmp_path / "storage",
+            outbox_dir=tmp_path / "outbox",
+            dicom_port=port,
+            api_port=free_port(),
+            study_idle_seconds=IDLE,
+            stability_rules={pacs.aet: StabilityRule(stable_age_seconds=IDLE)},
+            pacs=pacs.address,
+        )
+        with running(settings) as node:
+            assert pacs.storescu(SCANNER, files).returncode == 0
+            job, rows = _wait_delivered(node)
+            assert job.state == JobState.DONE, job.reason
+            assert [(r.kind, r.state) for r in rows if r.state != "delivered"] == []
+            results = (job.findings_count or 0) + 3  # key images + SR, SEG, KOS
+            assert pacs.wait_instances(len(files) + results) == len(files) + results
+
+            def stored() -> Counter[str]:
+                with node.db.session() as session:
+                    return Counter(session.scalars(select(Instance.sop_class_uid)))
+
+            deadline = time.monotonic() + 30
+            while sum(stored().values()) < len(files) + results and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(LOOP_WINDOW)  # the idle time of anything the results made pending
+            assert [(j.version, j.state) for j in _jobs(node)] == [(1, JobState.DONE.value)]
+            assert stored() == {
+                CTImageStorage: len(files),
+                Comprehensive3DSRStorage: 1,
+                SegmentationStorage: 1,
+                KeyObjectSelectionDocumentStorage: 1,
+                SecondaryCaptureImageStorage: results - 3,
+            }
+            assert pacs.instance_count() == len(files) + results  # nothing sent twice
+            assert "event=autoroute_skip" not in pacs.log()
+            assert _routed_instances(pacs) == len(files) + results
 
 
 def _routed_instances(pacs: Orthanc) -> int:
