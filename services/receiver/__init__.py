@@ -18,6 +18,10 @@ Policies (what a PACS administrator can rely on):
 * **Duplicates** (same SOP Instance UID, same bytes) answer 0x0000, are stored once and
   start no new job. The same UID with **different bytes replaces** the stored instance,
   bumps ``Study.revision`` and marks the study pending, so it is analysed again.
+* **Results routed back start nothing.** noduleflow's own objects (Manufacturer
+  ``noduleflow``) and every SR, KOS, SEG, Secondary Capture or other non-image instance
+  are answered 0x0000 and stored, but never make a study pending or start a job
+  (:mod:`.relevance`): a PACS that routes everything causes no amendment loop.
 * **Completion.** A study is complete ``STUDY_IDLE_SECONDS`` after its last new instance, or
   ``RELEASE_GRACE_SECONDS`` after the last association carrying it was *released*. An
   aborted or dropped association never shortens the wait: a partial transfer is only

@@ -2,7 +2,9 @@
 into Orthanc configured from ``deploy/orthanc`` (``orthanc.json`` and ``autoroute.lua``);
 Orthanc auto-routes it to a ``serve`` node (the real model), whose SR, SEG, Key Object
 Selection and key images come back into the same study in Orthanc, and nothing loops:
-no result is routed back to noduleflow and no second job starts."""
+no result is routed back to noduleflow and no second job starts. With the Lua guard removed
+(a PACS that routes everything), the results do reach noduleflow, and its receiver's own
+guard keeps the study at one job."""
 
 from __future__ import annotations
 
