@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import ssl
 import time
@@ -14,67 +13,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.core.broker import InProcessBroker
 from services.core.db import Database
+from tests.factories.pki import make_pki
 from tests.integration.receiver.harness import receiver_settings, running_receiver, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _pki(tmp_path: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp_path / f"{stem}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("test-ca"))
-        .issuer_name(name("test-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    write("ca", ca, ca_key)
-    for stem, serial in (("server", 2), ("client", 3)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(stem))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-        )
-        if stem == "server":
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        write(stem, builder.sign(ca_key, hashes.SHA256()), key)
-    return {p.stem + p.suffix: p for p in tmp_path.iterdir()}
 
 
 def _echo(port: int, context: ssl.SSLContext | None) -> bool:
@@ -102,7 +44,7 @@ def _client(pki: dict[str, Path], *, cert: bool, version: ssl.TLSVersion) -> ssl
 
 
 def test_mutual_tls(tmp_path: Path, db: Database, sqlite_url: str) -> None:
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     settings = receiver_settings(
         tmp_path,
         sqlite_url,
@@ -160,7 +102,7 @@ def test_silent_tls_peers_do_not_stall_the_listener(
 ) -> None:
     """A TLS handshake happens in the connection's own thread within the ACSE timeout: peers
     that connect and never send a ClientHello neither block the accepting thread nor stay."""
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     settings = receiver_settings(
         tmp_path,
         sqlite_url,
