@@ -1,12 +1,20 @@
 """Per-association book-keeping: what each association carried, its end, its audit rows.
 
 A STOW-RS request is booked as an association too (:meth:`Registry.end`), so it reaches
-the study tracker and the audit trail the same way."""
+the study tracker and the audit trail the same way.
+
+An association that goes on from one study to another gives up its hold on the first
+(:func:`holds_left`, :meth:`Registry.moved_on`): a router forwarding a backlog sends study
+after study on one association, and without this each study but the last would wait for
+the idle time instead of the release grace. The study still waits for every other
+association carrying it, and comes back into the association's hold if it sends more of
+it. STOW-RS requests are no releases, so they keep their holds to their end."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +25,22 @@ from services.receiver.tracker import StudyTracker
 log = logging.getLogger("services.receiver")
 
 
+def holds_left(held: Set[str], study_uid: str) -> set[str]:
+    """The studies an association stops carrying when it stores an instance of
+    ``study_uid`` that the analysis may use: every other study it holds. A DICOM sender
+    sends a study's instances together; one that goes on to the next study has sent what
+    it had of the previous one (PACS routers and modalities work through their queues
+    study by study). Empty when the association stays on its study."""
+    if not held or (len(held) == 1 and study_uid in held):
+        return set()
+    return set(held) - {study_uid}
+
+
 @dataclass
 class AssociationState:
     calling_aet: str
     peer: str
+    #: studies this association carries (holds an association count on)
     studies: set[str] = field(default_factory=set)
     stored: int = 0
     duplicates: int = 0
@@ -38,6 +58,13 @@ class AssociationState:
     #: the transfer, but this association does not carry them (``studies``)
     kept: set[str] = field(default_factory=set)
     not_analysed: int = 0  # of ``stored``
+    #: a move to another study ends the hold on the previous one (DICOM associations;
+    #: not STOW-RS requests, whose end is no release either)
+    moves_on: bool = False
+    #: studies whose hold ended when the association went on to another (:func:`holds_left`)
+    left: set[str] = field(default_factory=set)
+    #: orders a move-on against the end, so a hold is taken off once
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class Registry:
@@ -59,6 +86,7 @@ class Registry:
         state = AssociationState(
             calling_aet=str(requestor.ae_title).strip(),
             peer=f"{requestor.address}:{requestor.port}",
+            moves_on=True,
         )
         with self._lock:
             self._states[id(assoc)] = state
@@ -83,14 +111,16 @@ class Registry:
     def end(self, state: AssociationState, *, released: bool) -> None:
         """A transfer ended (an association, or a STOW-RS request): tell the tracker, record
         its refusals, log and audit it. Only the first call for a ``state`` counts."""
-        if state.finished:
-            return
-        state.finished = True
-        state.released = released
+        with state.lock:
+            if state.finished:
+                return
+            state.finished = True
+            state.released = released
+            carried = set(state.studies)
         try:
-            self.tracker.association_ended(state.studies, released=released)
+            self.tracker.association_ended(carried, released=released)
             if released:
-                self.tracker.transfer_completed(state.resent - state.studies)
+                self.tracker.transfer_completed((state.resent | state.left) - carried)
         except Exception:
             log.exception("event=association_end_not_recorded calling_aet=%s", state.calling_aet)
         self._record_refusals(state.refused)
@@ -104,7 +134,7 @@ class Registry:
             state.duplicates,
             state.failed,
             state.bytes,
-            len(state.studies),
+            len(state.studies | state.left),
             state.not_analysed,
         )
         if state.stored or state.failed:
@@ -114,12 +144,39 @@ class Registry:
                 source=state.peer,
                 action="C",
                 object_type="study",
-                object_id=",".join(sorted(state.studies | state.kept))[:128],
+                object_id=",".join(sorted(state.studies | state.left | state.kept))[:128],
                 outcome="0" if not state.failed else "4",
                 detail=f"stored={state.stored} duplicates={state.duplicates} "
                 f"failed={state.failed} released={released} "
                 f"not_analysed={state.not_analysed}",
             )
+
+    def moved_on(self, state: AssociationState, study_uid: str) -> None:
+        """``state``'s association stored an instance of ``study_uid`` that the analysis
+        may use: the studies it held before end their hold as at a release
+        (:func:`holds_left`). Kept in the hold if the tracker cannot book it (the next
+        instance tries again; the association's end takes them off in any case)."""
+        if not state.moves_on:
+            return
+        with state.lock:  # the end waits: a hold is taken off by one of the two
+            if state.finished:
+                return
+            left = holds_left(state.studies, study_uid)
+            if not left:
+                return
+            try:
+                self.tracker.association_moved_on(left)
+            except Exception:
+                log.warning("event=association_move_not_recorded calling_aet=%s", state.calling_aet)
+                return
+            state.studies -= left
+            state.left |= left
+        log.info(
+            "event=association_moved_on calling_aet=%s peer=%s studies_left=%d",
+            state.calling_aet,
+            state.peer,
+            len(left),
+        )
 
     def _record_refusals(self, refused: dict[str, tuple[str, float | None]]) -> None:
         """Remember refused instances, so their studies wait for a resend (.completion);

@@ -230,6 +230,8 @@ def store_file(
         state.bytes += size
         if opened and state.finished:  # the connection closed while this one was stored
             registry.tracker.association_ended([header.study_instance_uid], released=False)
+    if not_analysed is None:  # a sender gone on to the next study is done with the last
+        registry.moved_on(state, header.study_instance_uid)
     log.debug(
         "event=instance_%s study=%s series=%s sop=%s bytes=%d",
         outcome.value,

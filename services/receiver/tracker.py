@@ -2,11 +2,12 @@
 
 A study is stable ``STUDY_IDLE_SECONDS`` after its last instance, or sooner,
 ``RELEASE_GRACE_SECONDS`` after the last association carrying it was released normally
-(an aborted association never shortens the wait); ``STABILITY_RULES`` set both per calling
-AE. A stable study with missing slices, or one the receiver knows is incomplete, waits
-longer, bounded (:mod:`.completion`), and its job records how complete it is. Every
-timestamp lives in the ``studies`` row, so a restarted receiver completes what was pending.
-Completion is one transaction: a conditional
+(an aborted association never shortens the wait) or went on to send another study (as a
+router forwarding a backlog does, :func:`~services.receiver.associations.holds_left`);
+``STABILITY_RULES`` set both per calling AE. A stable study with missing slices, or one the
+receiver knows is incomplete, waits longer, bounded (:mod:`.completion`), and its job
+records how complete it is. Every timestamp lives in the ``studies`` row, so a restarted
+receiver completes what was pending. Completion is one transaction: a conditional
 ``UPDATE … WHERE pending_since = :seen AND last_received_at = :seen`` claims the study (so
 several receiver processes complete it once), then the job row and the ``StudyReady``
 outbox row are added. Only instances the analysis may use make a study pending and count in
@@ -130,6 +131,23 @@ class StudyTracker:
         uids = sorted(set(study_uids))
         if not uids:
             return
+        self._end_holds(uids, released=released)
+        if released:
+            self.transfer_completed(uids)
+
+    def association_moved_on(self, study_uids: Iterable[str]) -> None:
+        """An association that carried ``study_uids`` went on to send another study
+        (:func:`~services.receiver.associations.holds_left`): its hold on them ends as at a
+        release, so the release grace applies once no other association carries them. It
+        does not vouch for a transfer a restart cut (``interrupted_at`` stays until the
+        association is released)."""
+        uids = sorted(set(study_uids))
+        if uids:
+            self._end_holds(uids, released=True)
+
+    def _end_holds(self, uids: list[str], *, released: bool) -> None:
+        """One association count off ``uids`` (this process's holds); released: the
+        release time is now."""
         values: dict[str, object] = {}
         if self.holder is None:
             values["open_associations"] = (
@@ -146,8 +164,6 @@ class StudyTracker:
                 conn.execute(
                     update(STUDIES).where(STUDIES.c.study_instance_uid.in_(uids)).values(values)
                 )
-        if released:
-            self.transfer_completed(uids)
 
     def transfer_completed(self, study_uids: Iterable[str]) -> None:
         """An association that carried (or re-sent, duplicates only) these studies was
