@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -144,7 +145,11 @@ def main() -> None:
         engine = Engine.load(
             ROOT / "models" / "nodule-seg", os.environ.get("NODULEFLOW_PROVIDERS", "auto")
         )
+        before = resource.getrusage(resource.RUSAGE_SELF)
         anchor = pipeline_alone(engine, base, repeats=1)["seconds"]
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        # the warm-up and the timed run: CPU of one analysis
+        anchor_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 2
         provider = engine.provider
         del engine
         studies = make_studies(base, args.studies, work / "studies")
@@ -169,7 +174,7 @@ def main() -> None:
             args.logs.mkdir(parents=True, exist_ok=True)
             for log in (work / "node").glob("*.log"):
                 shutil.copy(log, args.logs / log.name)
-        report(args, started, sent, anchor, times, watcher, checks)
+        report(args, started, sent, (anchor, anchor_cpu), times, watcher, checks)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
@@ -177,11 +182,12 @@ def report(
     args: argparse.Namespace,
     started: float,
     sent: float,
-    anchor: float,
+    anchors: tuple[float, float],
     times: list[StudyTimes],
     watcher: Watcher,
     checks: dict[str, int],
 ) -> None:
+    anchor, anchor_cpu = anchors  # seconds and CPU seconds of the pipeline alone
     finished = max(max(t.all_in_pacs, t.fhir_readable) for t in times)
     elapsed = finished - started
     rate = per_hour(len(times), elapsed)
@@ -196,6 +202,11 @@ def report(
     print(
         f"last image -> SR in Orthanc per study: median {statistics.median(turnaround):.1f} s, "
         f"max {max(turnaround):.1f} s"
+    )
+    analyses = sorted(t.analysis_end - t.analysis_start for t in times)
+    print(
+        f"analysis in the worker: median {statistics.median(analyses):.1f} s, "
+        f"{analyses[0]:.1f} to {analyses[-1]:.1f} s (pipeline alone {anchor:.1f} s)"
     )
     lost = sum(
         v for k, v in checks.items() if k.startswith(("studies without", "jobs not", "instances"))
@@ -233,6 +244,14 @@ def report(
     )
     peak = max(c["queued"] for _, c in watcher.depth)
     print(f"queue depth: at most {peak} jobs waiting; plot written to {args.png}")
+    used = watcher.cpu_seconds_by_service()
+    print(
+        "CPU seconds while watched: "
+        + ", ".join(f"{name} {seconds:.0f}" for name, seconds in sorted(used.items()))
+        + f", the benchmark's watcher {watcher.cpu_seconds:.1f}; per study: "
+        + ", ".join(f"{name} {seconds / len(times):.1f}" for name, seconds in sorted(used.items()))
+        + f" (pipeline alone {anchor_cpu:.1f})"
+    )
     if watcher.errors:
         print(f"({len(watcher.errors)} polls failed and were retried; last: {watcher.errors[-1]})")
 

@@ -3,8 +3,9 @@
 A :class:`Watcher` thread polls, every ``interval`` seconds: the job rows (states per study,
 for queue depth), Orthanc's change log (when each result instance arrived, by study and
 modality), the FHIR API (when each job's DiagnosticReport becomes readable) and, every
-second, the resident memory of every node process. :func:`study_times` then joins those
-observations with the rows' own timestamps into a :class:`~tests.perf.timeline.StudyTimes`.
+second, the resident memory and CPU time of every node process (and Orthanc's CPU time).
+:func:`study_times` then joins those observations with the rows' own timestamps into a
+:class:`~tests.perf.timeline.StudyTimes`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 from sqlalchemy import func, select
 
 from services.core.db import Delivery, Instance, Job, OutboxMessage, Series, Study
-from tests.perf.node import Node, process_memory
+from tests.perf.node import Node, process_cpu, process_memory
 from tests.perf.timeline import StudyTimes, claim_times, epoch
 
 
@@ -40,7 +41,10 @@ class Watcher:
     fhir_readable: dict[str, float] = field(default_factory=dict)  # job id → t
     rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # service → samples
     peak_rss: dict[tuple[str, int], int] = field(default_factory=dict)  # (service, pid) → bytes
+    #: CPU seconds of each process (a node service's, or Orthanc's) when first and last seen
+    cpu: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # polls that failed (and were retried)
+    cpu_seconds: float = 0.0  # this thread's own CPU time: what watching costs the node
     _since: int = 0
     _seen: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -58,6 +62,7 @@ class Watcher:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        started = time.thread_time()
         with httpx.Client(timeout=10) as client:
             next_memory = 0.0
             while not self._stop.is_set():
@@ -71,6 +76,7 @@ class Watcher:
                     self._fhir(client)
                 except Exception as exc:  # a slow Orthanc or database: try again next round
                     self.errors.append(f"{time.time() - now:.1f} s: {exc!r}")
+                self.cpu_seconds = time.thread_time() - started
                 self._stop.wait(self.interval)
             self._memory(time.time())
 
@@ -78,11 +84,27 @@ class Watcher:
         for service, pids in self.node.pids().items():
             total = 0
             for pid in pids:
+                self._cpu(service, pid)
                 memory = process_memory(pid)
                 total += memory.get("VmRSS", 0)
                 key = (service, pid)
                 self.peak_rss[key] = max(self.peak_rss.get(key, 0), memory.get("VmHWM", 0))
             self.rss.setdefault(service, []).append((now, float(total)))
+        if self.node.pacs.process is not None:
+            self._cpu("orthanc", self.node.pacs.process.pid)
+
+    def _cpu(self, name: str, pid: int) -> None:
+        used = process_cpu(pid)
+        if used is not None:
+            first = self.cpu.get((name, pid), (used, used))[0]
+            self.cpu[(name, pid)] = (first, used)
+
+    def cpu_seconds_by_service(self) -> dict[str, float]:
+        """CPU each service (its processes together) used while watched."""
+        totals: dict[str, float] = {}
+        for (service, _), (first, last) in self.cpu.items():
+            totals[service] = totals.get(service, 0.0) + last - first
+        return totals
 
     def _jobs(self, now: float) -> None:
         with self.node.db.session() as session:
