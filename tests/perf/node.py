@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -49,19 +49,29 @@ class Node:
     api_url: str
     pacs: Orthanc
     aet: str = "NODULEFLOW"
+    _pids: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
-    def pids(self) -> dict[str, list[int]]:
-        """Each service's process and its descendants (a receiver's SCP processes); one scan
-        of ``/proc`` for all of them (it costs a few ms of the benchmark's CPU each)."""
-        children = child_map()
-        return {
-            s.name: [s.proc.pid, *descendants(s.proc.pid, children)]
-            for s in self.services
-            if s.proc
-        }
+    def pids(self, *, refresh: bool = True) -> dict[str, list[int]]:
+        """Each service's process and its descendants (a receiver's SCP processes). One scan
+        of ``/proc`` for all of them (a few ms of the benchmark's CPU); ``refresh=False``
+        reuses the last scan while every process in it is still there."""
+        known = self._pids
+        if refresh or not known or not all(os.path.exists(f"/proc/{p}") for p in _all(known)):
+            children = child_map()
+            known = {
+                s.name: [s.proc.pid, *descendants(s.proc.pid, children)]
+                for s in self.services
+                if s.proc
+            }
+            self._pids = known
+        return known
 
     def alive(self) -> bool:
         return all(s.alive for s in self.services)
+
+
+def _all(pids: dict[str, list[int]]) -> list[int]:
+    return [pid for group in pids.values() for pid in group]
 
 
 def child_map() -> dict[int, list[int]]:

@@ -22,6 +22,8 @@ from services.core.db import Delivery, Instance, Job, OutboxMessage, Series, Stu
 from tests.perf.node import Node, process_cpu, process_memory
 from tests.perf.timeline import StudyTimes, claim_times, epoch
 
+_JOB_STATES = select(Job.id, Study.study_instance_uid, Job.state, Job.report_id).join(Study)
+
 
 @dataclass
 class JobSeen:
@@ -64,13 +66,14 @@ class Watcher:
     def _run(self) -> None:
         started = time.thread_time()
         with httpx.Client(timeout=10) as client:
-            next_memory = 0.0
+            next_memory, next_scan = 0.0, 0.0
             while not self._stop.is_set():
                 now = time.time()
                 try:
-                    if now >= next_memory:
-                        self._memory(now)
+                    if now >= next_memory:  # the process list is scanned again every 10 s
+                        self._memory(now, refresh=now >= next_scan)
                         next_memory = now + 1.0
+                        next_scan = next_scan if now < next_scan else now + 10.0
                     self._jobs(now)
                     self._orthanc(client, now)
                     self._fhir(client)
@@ -80,8 +83,8 @@ class Watcher:
                 self._stop.wait(self.interval)
             self._memory(time.time())
 
-    def _memory(self, now: float) -> None:
-        for service, pids in self.node.pids().items():
+    def _memory(self, now: float, *, refresh: bool = True) -> None:
+        for service, pids in self.node.pids(refresh=refresh).items():
             total = 0
             for pid in pids:
                 self._cpu(service, pid)
@@ -107,10 +110,8 @@ class Watcher:
         return totals
 
     def _jobs(self, now: float) -> None:
-        with self.node.db.session() as session:
-            rows = session.execute(
-                select(Job.id, Study.study_instance_uid, Job.state, Job.report_id).join(Study)
-            ).all()
+        with self.node.db.engine.connect() as conn:  # a plain read: no ORM session to set up
+            rows = conn.execute(_JOB_STATES).all()
         counts: Counter[str] = Counter()
         for job_id, study_uid, state, report_id in rows:
             self.jobs[job_id] = JobSeen(job_id, study_uid, state, report_id or job_id)
