@@ -33,6 +33,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
 from services.receiver.fast.patching import Patch
+from services.receiver.fast.reactor import deliver
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,9 @@ def release_requested(assoc: Any) -> bool:
 def _read_pdu_data(self: Any) -> None:
     """pynetdicom's ``DULServiceProvider._read_pdu_data`` with a short cut for P-DATA-TF in
     Sta6 (PS3.8 9.2, DT-2: the data goes straight to DIMSE): no PDU objects, no copies, no
-    trip through the event queue. Every other PDU, state or bound PDU/FSM event handler
-    takes pynetdicom's own path."""
+    trip through the event queue, and a request it completes may be served on this thread
+    (:func:`~services.receiver.fast.reactor.deliver`). Every other PDU, state or bound
+    PDU/FSM event handler takes pynetdicom's own path."""
     try:
         header = self.socket.recv(6)
         if len(header) != 6:
@@ -176,7 +178,7 @@ def _read_pdu_data(self: Any) -> None:
             return
         primitive = P_DATA()
         primitive._presentation_data_value_list = items  # type: ignore[assignment]
-        self.assoc.dimse.receive_primitive(primitive)
+        deliver(self.assoc, primitive)  # a complete plain C-STORE may be served right here
         return
     if pdu_type == _A_RELEASE_RQ:
         # Remembered before the reply goes out: the peer may close the connection before

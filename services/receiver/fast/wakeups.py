@@ -5,9 +5,11 @@ whenever it has nothing to do, and the association reactor sleeps 1 ms between c
 a complete DIMSE message. That costs CPU for every open association and up to a
 millisecond of latency at each hand-over, per instance. Here, for *acceptor* associations
 only, those sleeps become waits that end as soon as there is work: socket data or a
-primitive to send (DUL), a decoded message or a peer primitive (reactor). A 50 ms ceiling
-keeps pynetdicom's own timers (ARTIM, idle, kill flags) working unchanged. Installed (and
-undone) only through :func:`services.receiver.fast.install`.
+primitive to send (DUL), a decoded message or a peer primitive (reactor,
+:class:`~services.receiver.fast.reactor.ReactorWaiter`, which also lets the DUL thread serve a
+plain C-STORE itself). A 50 ms ceiling keeps pynetdicom's own timers (ARTIM, idle, kill
+flags) working unchanged. Installed (and undone) only through
+:func:`services.receiver.fast.install`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 from pynetdicom import association, dul
 
 from services.receiver.fast.patching import Patch
+from services.receiver.fast.reactor import MAX_WAIT as MAX_WAIT
+from services.receiver.fast.reactor import ReactorWaiter
 
-MAX_WAIT = 0.05
 _local = threading.local()
 
 
@@ -97,19 +100,6 @@ class _DulWaiter:
                 os.close(fd)
 
 
-class _ReactorWaiter:
-    """Waits until a DIMSE message or a peer primitive arrives for this association."""
-
-    def __init__(self, assoc: Any) -> None:
-        self.event = threading.Event()
-        _wrap_put(assoc.dimse.msg_queue, self.event.set)
-        _wrap_put(assoc.dul.to_user_queue, self.event.set)
-
-    def __call__(self, seconds: float) -> None:
-        self.event.wait(MAX_WAIT)
-        self.event.clear()
-
-
 _original_dul_run = dul.DULServiceProvider.run_reactor
 _original_assoc_run = association.Association._run_reactor
 
@@ -131,11 +121,14 @@ def _assoc_run(self: Any) -> None:
     if not self.is_acceptor:
         _original_assoc_run(self)
         return
-    _local.waiter = _ReactorWaiter(self)
+    waiter = ReactorWaiter(self)
+    waiter.start()
+    _local.waiter = waiter
     try:
         _original_assoc_run(self)
     finally:
         _local.waiter = None
+        waiter.stop()
 
 
 def patches() -> list[Patch]:

@@ -12,27 +12,6 @@ from services.receiver.fast import wakeups
 from services.receiver.fast.fastpath import MAX_PDU_READ, _recv
 
 
-def _fake_assoc() -> SimpleNamespace:
-    return SimpleNamespace(
-        dimse=SimpleNamespace(msg_queue=queue.Queue()),
-        dul=SimpleNamespace(to_user_queue=queue.Queue()),
-    )
-
-
-def test_reactor_waiter_wakes_on_message_and_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    assoc = _fake_assoc()
-    waiter = wakeups._ReactorWaiter(assoc)
-    start = time.monotonic()
-    waiter(0.001)
-    assert time.monotonic() - start >= wakeups.MAX_WAIT * 0.8  # nothing to do: full wait
-    monkeypatch.setattr(wakeups, "MAX_WAIT", 10.0)
-    threading.Timer(0.01, lambda: assoc.dimse.msg_queue.put((1, "msg"))).start()
-    start = time.monotonic()
-    waiter(0.001)
-    assert time.monotonic() - start < 5.0  # woken by the message
-    assert assoc.dimse.msg_queue.get_nowait() == (1, "msg")
-
-
 def test_dul_waiter_wakes_on_socket_data_and_on_send(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wakeups, "MAX_WAIT", 10.0)
     ours, peer = socket.socketpair()
