@@ -6,7 +6,8 @@ on import, only :func:`install` does:
 * :mod:`.fastpath`: file meta header, PDU reads (length-capped), P-DATA-TF short cut,
   presentation-context copies (5 attributes);
 * :mod:`.commands`: C-STORE command sets encoded and decoded without pydicom (2);
-* :mod:`.wakeups`: event-driven waits instead of 1 ms polling in acceptor threads (4);
+* :mod:`.wakeups`: event-driven waits instead of 1 ms polling in acceptor threads (4); the
+  reactor's side (:mod:`.reactor`) also lets the DUL thread serve a plain C-STORE itself;
 * :mod:`.tempfiles`: data sets streamed to hashing, size-capped files in the receiver's
   temporary folder (2).
 
