@@ -203,6 +203,12 @@ def report(
         f"last image -> SR in Orthanc per study: median {statistics.median(turnaround):.1f} s, "
         f"max {max(turnaround):.1f} s"
     )
+    waits = sorted(t.complete - t.last_ack for t in times)
+    first_wait = times[0].complete - times[0].last_ack  # the first study sent
+    print(
+        f"last image -> study complete: median {statistics.median(waits):.1f} s, "
+        f"{waits[0]:.1f} to {waits[-1]:.1f} s (first study {first_wait:.1f} s)"
+    )
     analyses = sorted(t.analysis_end - t.analysis_start for t in times)
     print(
         f"analysis in the worker: median {statistics.median(analyses):.1f} s, "
