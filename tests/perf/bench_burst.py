@@ -10,11 +10,14 @@ or ``serve``) whose PACS is a real Orthanc. The clock runs from the first associ
 the last study's artefacts are all in Orthanc and its FHIR report is readable.
 
 Prints studies per hour and the ratio to the anchor — the analysis pipeline alone
-(``analyze_files`` in this process, warm, same study) times the number of studies: 1.00
-means the services around the model cost nothing. Also: that nothing was lost or doubled
+(``analyze_files`` in this process, warm, same study; the mean of one run before the burst
+and one after, as the machine's load may change meanwhile) times the number of studies:
+1.00 means the services around the model cost nothing. Also: that nothing was lost or doubled
 (one done job per study, every instance indexed, one SR per study in Orthanc), the peak RSS
 of every process, each service's RSS growth from study 5 to the last (by report time), and
-the queue depth over time (job states every 0.5 s), written as a PNG. ``--small``: 4
+the queue depth over time (job states every 0.5 s), written as a PNG, each study's
+completion wait and analysis time, and the CPU seconds each service used against the
+pipeline alone's. ``--small``: 4
 studies of 60 slices unless given, a quick check of the script.
 """
 
@@ -47,6 +50,24 @@ from tests.perf.timeline import StudyTimes, growth, per_hour  # noqa: E402
 from tests.perf.watch import Watcher, study_times  # noqa: E402
 
 FINAL_BAD = (JobState.FAILED.value, JobState.SKIPPED.value)
+
+
+def measure_anchor(files: list[Path]) -> tuple[float, float, str]:
+    """The pipeline alone in this process (warm): seconds and CPU seconds of one analysis,
+    and the provider. The model is loaded for it and let go after."""
+    from services.analysis.engine import Engine
+
+    engine = Engine.load(
+        ROOT / "models" / "nodule-seg", os.environ.get("NODULEFLOW_PROVIDERS", "auto")
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = float(pipeline_alone(engine, files, repeats=1)["seconds"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # the warm-up and the timed run: CPU of one analysis
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 2
+    provider = str(engine.provider)
+    del engine
+    return seconds, cpu, provider
 
 
 def make_studies(base: list[Path], count: int, work: Path) -> list[tuple[str, list[Path]]]:
@@ -127,7 +148,6 @@ def main() -> None:
     args = parser.parse_args()
     args.studies = args.studies or (4 if args.small else 20)
     args.slices = args.slices or (60 if args.small else 300)
-    from services.analysis.engine import Engine
     from services.modeling.phantom import write_phantom
 
     with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp:
@@ -142,16 +162,7 @@ def main() -> None:
             max_diameter_mm=16.0,
         )
         base = sorted(phantom.files)
-        engine = Engine.load(
-            ROOT / "models" / "nodule-seg", os.environ.get("NODULEFLOW_PROVIDERS", "auto")
-        )
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        anchor = pipeline_alone(engine, base, repeats=1)["seconds"]
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        # the warm-up and the timed run: CPU of one analysis
-        anchor_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 2
-        provider = engine.provider
-        del engine
+        first_anchor, anchor_cpu, provider = measure_anchor(base)
         studies = make_studies(base, args.studies, work / "studies")
         uids = [uid for uid, _ in studies]
         chunks: list[list[Path]] = [[] for _ in range(args.associations)]
@@ -174,6 +185,13 @@ def main() -> None:
             args.logs.mkdir(parents=True, exist_ok=True)
             for log in (work / "node").glob("*.log"):
                 shutil.copy(log, args.logs / log.name)
+        # again after the node stopped: the machine's load may have changed meanwhile
+        second_anchor, _, _ = measure_anchor(base)
+        anchor = (first_anchor + second_anchor) / 2
+        print(
+            f"pipeline alone: {first_anchor:.1f} s before the burst, {second_anchor:.1f} s "
+            f"after; the anchor is their mean, {anchor:.1f} s"
+        )
         report(args, started, sent, (anchor, anchor_cpu), times, watcher, checks)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
