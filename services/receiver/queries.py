@@ -1,8 +1,16 @@
-"""SQL of the per-instance hot path: plain statements, compiled once, no ORM overhead."""
+"""SQL of the per-instance hot path: plain statements, compiled once per dialect and run on
+the driver's cursor (:class:`HotPath`), no ORM or execution-context overhead."""
 
 from __future__ import annotations
 
-from sqlalchemy import DateTime, bindparam, text
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from sqlalchemy import Connection, DateTime, bindparam, text
+from sqlalchemy.engine import Dialect
+
+from services.core.db.prepared import Prepared, fetch_one
+from services.receiver.holds import OPEN_HOLD
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 #: The stored instance with this SOP Instance UID, with the study/series/patient it belongs
@@ -38,3 +46,40 @@ UPDATE_INSTANCE = text(
     " sha256 = :sha, calling_aet = :aet, received_at = :now, slice_position = :position"
     " WHERE id = :id AND series_id = :series_id"
 ).bindparams(_NOW)
+
+
+class StoredInstance(NamedTuple):
+    """A :data:`FIND_INSTANCE` row."""
+
+    id: int
+    sha256: str
+    path: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_id: str | None
+
+
+@dataclass(frozen=True)
+class HotPath:
+    """The per-instance statements, compiled for one dialect (:mod:`services.core.db.prepared`)."""
+
+    find_instance: Prepared
+    touch_study: Prepared
+    insert_instance: Prepared
+    update_instance: Prepared
+    open_hold: Prepared
+
+    @classmethod
+    def compile(cls, dialect: Dialect) -> HotPath:
+        return cls(
+            find_instance=Prepared.compile(FIND_INSTANCE, dialect),
+            touch_study=Prepared.compile(TOUCH_STUDY, dialect),
+            insert_instance=Prepared.compile(INSERT_INSTANCE, dialect),
+            update_instance=Prepared.compile(UPDATE_INSTANCE, dialect),
+            open_hold=Prepared.compile(OPEN_HOLD, dialect),
+        )
+
+    def find(self, conn: Connection, sop: str) -> StoredInstance | None:
+        row = fetch_one(conn, self.find_instance, {"sop": sop})
+        return None if row is None else StoredInstance(*row)

@@ -36,18 +36,13 @@ from sqlalchemy.exc import IntegrityError
 
 from services.core import audit
 from services.core.db import Database, Instance, Series, Study
+from services.core.db.prepared import end_read, run
 from services.core.errors import PermanentError, TransientError
 from services.core.storage import LocalStorage, fsync_dir, instance_key
 from services.receiver.dirsync import DirSyncer
-from services.receiver.holds import OPEN_HOLD, Holder
+from services.receiver.holds import Holder
 from services.receiver.index import InstanceHeader
-from services.receiver.queries import (
-    FIND_INSTANCE,
-    FIND_SERIES,
-    INSERT_INSTANCE,
-    TOUCH_STUDY,
-    UPDATE_INSTANCE,
-)
+from services.receiver.queries import FIND_SERIES, HotPath, StoredInstance
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +139,8 @@ class InstanceConflict(PermanentError):
         return list(_CONFLICT_TAGS.get(self.reason, [_SOP_INSTANCE_UID]))
 
 
-def conflict_reason(stored: Any, header: InstanceHeader) -> str | None:
-    """Why ``header`` may not replace ``stored`` (a :data:`FIND_INSTANCE` row), or None when
+def conflict_reason(stored: StoredInstance, header: InstanceHeader) -> str | None:
+    """Why ``header`` may not replace ``stored`` (a ``FIND_INSTANCE`` row), or None when
     it is a new version of the same instance (same study, series, patient and SOP class)."""
     if stored.study_instance_uid != header.study_instance_uid:
         return "other-study"
@@ -203,6 +198,7 @@ class InstanceStore:
         self._folders: set[Path] = set()
         self._dirsync = DirSyncer()
         self._insert: Any = sqlite.insert if db.is_sqlite else postgresql.insert
+        self._sql = HotPath.compile(db.engine.dialect)
 
     def has_room(self) -> bool:
         return self.storage.free_bytes() >= self.min_free_bytes
@@ -227,9 +223,9 @@ class InstanceStore:
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
         with self.db.engine.connect() as conn:
-            existing = conn.execute(FIND_INSTANCE, {"sop": header.sop_instance_uid}).first()
+            existing = self._sql.find(conn, header.sop_instance_uid)
             owner = self._series_owner(conn, header.series_instance_uid)
-            conn.rollback()  # end the read; the write below is its own transaction
+            end_read(conn)  # the write below is its own transaction
             if (
                 existing is not None
                 and existing.sha256 == received.sha256
@@ -255,8 +251,8 @@ class InstanceStore:
                     # Another process inserted the same row first (or a cached id went stale).
                     self._studies.clear()
                     self._series.clear()
-                    row = conn.execute(FIND_INSTANCE, {"sop": header.sop_instance_uid}).first()
-                    conn.rollback()
+                    row = self._sql.find(conn, header.sop_instance_uid)
+                    end_read(conn)
                     if row is not None:
                         existing = row
                         late = self._conflict(header, row, None)
@@ -287,8 +283,8 @@ class InstanceStore:
                 return True
             except _Occupied:
                 pass
-            row = conn.execute(FIND_INSTANCE, {"sop": sop}).first()
-            conn.rollback()
+            row = self._sql.find(conn, sop)
+            end_read(conn)
             if row is not None:
                 return False
             if time.monotonic() >= deadline:
@@ -319,7 +315,7 @@ class InstanceStore:
 
     @staticmethod
     def _conflict(
-        header: InstanceHeader, existing: Any, owner: tuple[int, str] | None
+        header: InstanceHeader, existing: StoredInstance | None, owner: tuple[int, str] | None
     ) -> InstanceConflict | None:
         if existing is not None:
             reason = conflict_reason(existing, header)
@@ -498,7 +494,12 @@ class InstanceStore:
     # ------------------------------------------------------------------ index
 
     def _index_committed(
-        self, conn: Connection, received: Received, key: str, existing: Any, opens_study: bool
+        self,
+        conn: Connection,
+        received: Received,
+        key: str,
+        existing: StoredInstance | None,
+        opens_study: bool,
     ) -> None:
         """:meth:`_index` in its own transaction; the ids it learnt are cached once committed."""
         learned: dict[str, Any] = {}
@@ -512,7 +513,7 @@ class InstanceStore:
         conn: Connection,
         received: Received,
         key: str,
-        existing: Any,
+        existing: StoredInstance | None,
         opens_study: bool,
         learned: dict[str, Any],
     ) -> None:
@@ -526,8 +527,9 @@ class InstanceStore:
             raise conflict
         analysed = header.not_analysed is None  # else stored, but the study is left as it is
         if analysed:
-            conn.execute(
-                TOUCH_STUDY,
+            run(
+                conn,
+                self._sql.touch_study,
                 {
                     "id": study_id,
                     "now": now,
@@ -536,8 +538,9 @@ class InstanceStore:
                 },
             )
         if analysed and opens_study and self.holder is not None:
-            conn.execute(
-                OPEN_HOLD,
+            run(
+                conn,
+                self._sql.open_hold,
                 {"id": study_id, "lease": self.holder.lease, "process": self.holder.process},
             )
         values = {
@@ -554,10 +557,10 @@ class InstanceStore:
             "position": header.slice_position,
         }
         if existing is None:
-            conn.execute(INSERT_INSTANCE, values)
+            run(conn, self._sql.insert_instance, values)
             return
-        updated = conn.execute(UPDATE_INSTANCE, {**values, "id": existing.id})
-        if updated.rowcount != 1:  # the row is in another series: never move it
+        updated = run(conn, self._sql.update_instance, {**values, "id": existing.id})
+        if updated != 1:  # the row is in another series: never move it
             raise InstanceConflict(
                 "other-series",
                 sop=header.sop_instance_uid,

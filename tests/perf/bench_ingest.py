@@ -7,8 +7,9 @@ receiver starts fresh (empty storage and index, in a new folder; all are removed
 receives a small warm-up study (another study) over 4 associations at once (``--cold``
 skips it: then the first association of each process pays one-off costs such as loading
 and compiling what it uses first, some 30 ms per noduleflow process), is left until its
-processes are idle, then receives the whole study, and is checked for every instance; each
-case runs ``--repeat`` times and the median is kept. Prints images/s and MB/s and the
+processes are idle and the machine's dirty pages are written back (``sync``), then
+receives the whole study, and is checked for every instance; each case runs ``--repeat``
+times and the median is kept. Prints images/s and MB/s and the
 ratios to Orthanc and to storescp, and each receiver's CPU time per image (user + system,
 over its whole process tree, from ``/proc``): unlike the rate, that figure barely moves when
 other work shares the machine.
@@ -127,6 +128,14 @@ def wait_idle(
         now = tree_cpu_seconds(pid)
         calm = calm + 1 if now - before < quiet else 0
         before = now
+
+
+def settle_disk() -> None:
+    """Write back every dirty page on the machine (``sync``) before a timed send, so that no
+    receiver's fsyncs queue behind another one's writeback: Orthanc and storescp leave their
+    files in the page cache, and the kernel writes them out some 30 s later, which would be
+    during the next receiver's run (and the generated study's, during the first)."""
+    os.sync()
 
 
 def _echo(port: int, aet: str) -> bool:
@@ -289,6 +298,7 @@ def main() -> None:
                     with servers[name](workdir) as target:
                         if not args.cold:
                             send(target, warm, WARM_UP_ASSOCIATIONS)
+                        settle_disk()
                         wait_idle(target.pid)
                         before = target.count()
                         cpu_before = tree_cpu_seconds(target.pid)

@@ -1,0 +1,106 @@
+"""Prepared hot-path statements behave as ``Connection.execute`` does, on both back ends:
+the same stored values (typed parameters included), the same transactions, the same
+SQLAlchemy exceptions, and a lost connection invalidated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Connection, DateTime, bindparam, create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from services.core.db.prepared import Prepared, end_read, fetch_one, run
+
+_AT = bindparam("at", type_=DateTime(timezone=True))
+INSERT = text("INSERT INTO things (name, at, n) VALUES (:name, :at, :n)").bindparams(_AT)
+# The same parameter twice: a positional style must repeat it in order.
+BUMP = text("UPDATE things SET n = n + :by, at = :at WHERE name = :name OR n = :by").bindparams(
+    _AT
+)
+FIND = text("SELECT name, n FROM things WHERE name = :name")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    url = database_url.replace("postgresql://", "postgresql+psycopg://")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE things (name VARCHAR(20) PRIMARY KEY,"
+                " at TIMESTAMP WITH TIME ZONE, n INTEGER NOT NULL)"
+            )
+        )
+    yield engine
+    engine.dispose()
+
+
+def _prepared(conn: Connection) -> tuple[Prepared, Prepared, Prepared]:
+    return (
+        Prepared.compile(INSERT, conn.dialect),
+        Prepared.compile(BUMP, conn.dialect),
+        Prepared.compile(FIND, conn.dialect),
+    )
+
+
+def test_values_are_stored_as_execute_stores_them(engine: Engine) -> None:
+    at = datetime(2026, 12, 6, 16, 5, 7, 123456, tzinfo=UTC)
+    with engine.connect() as conn:
+        insert, bump, find = _prepared(conn)
+        with conn.begin():
+            run(conn, insert, {"name": "prepared", "at": at, "n": 1})
+            conn.execute(INSERT, {"name": "executed", "at": at, "n": 1})
+        with conn.begin():
+            assert run(conn, bump, {"by": 2, "at": at, "name": "prepared"}) == 1
+        rows = conn.execute(text("SELECT name, at, n FROM things ORDER BY name")).all()
+        end_read(conn)
+        executed, prepared = rows
+        assert prepared.at == executed.at  # the same text (SQLite) or timestamp
+        assert (prepared.n, executed.n) == (3, 1)
+        assert fetch_one(conn, find, {"name": "prepared"}) == ("prepared", 3)
+        assert fetch_one(conn, find, {"name": "absent"}) is None
+        end_read(conn)
+
+
+def test_a_rolled_back_block_keeps_nothing(engine: Engine) -> None:
+    with engine.connect() as conn:
+        insert, _, find = _prepared(conn)
+        with pytest.raises(RuntimeError), conn.begin():
+            run(conn, insert, {"name": "gone", "at": None, "n": 1})
+            raise RuntimeError("abandon")
+        assert fetch_one(conn, find, {"name": "gone"}) is None
+        end_read(conn)
+
+
+def test_driver_errors_are_sqlalchemy_errors(engine: Engine) -> None:
+    with engine.connect() as conn:
+        insert, _, find = _prepared(conn)
+        with conn.begin():
+            run(conn, insert, {"name": "once", "at": None, "n": 1})
+        with pytest.raises(IntegrityError), conn.begin():
+            run(conn, insert, {"name": "once", "at": None, "n": 2})
+        # The connection stays usable after the failed transaction.
+        assert fetch_one(conn, find, {"name": "once"}) == ("once", 1)
+        end_read(conn)
+
+
+def test_a_lost_connection_is_invalidated(postgres_url: str) -> None:
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            find = Prepared.compile(text("SELECT 1 WHERE 1 = :one"), conn.dialect)
+            assert fetch_one(conn, find, {"one": 1}) == (1,)
+            end_read(conn)
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            end_read(conn)
+            with engine.connect() as killer:
+                killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(DBAPIError) as raised:
+                fetch_one(conn, find, {"one": 1})
+            assert raised.value.connection_invalidated
+            assert conn.invalidated
+    finally:
+        engine.dispose()
