@@ -17,9 +17,7 @@ from services.core.db.prepared import Prepared, end_read, fetch_one, run
 _AT = bindparam("at", type_=DateTime(timezone=True))
 INSERT = text("INSERT INTO things (name, at, n) VALUES (:name, :at, :n)").bindparams(_AT)
 # The same parameter twice: a positional style must repeat it in order.
-BUMP = text("UPDATE things SET n = n + :by, at = :at WHERE name = :name OR n = :by").bindparams(
-    _AT
-)
+BUMP = text("UPDATE things SET n = n + :by, at = :at WHERE name = :name OR n = :by").bindparams(_AT)
 FIND = text("SELECT name, n FROM things WHERE name = :name")
 
 
