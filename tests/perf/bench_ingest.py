@@ -247,7 +247,9 @@ def send_chunks(target: Target, chunks: list[list[Path]]) -> float:
     failed = [p for p in procs if p.wait() != 0]
     seconds = time.perf_counter() - start
     if failed:
-        raise RuntimeError(f"storescu failed against {target.name}")
+        output = failed[0].stderr
+        detail = output.read().decode(errors="replace")[-2000:] if output else ""
+        raise RuntimeError(f"storescu failed against {target.name}:\n{detail}")
     return seconds
 
 
