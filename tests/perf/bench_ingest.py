@@ -9,10 +9,11 @@ skips it: then the first association of each process pays one-off costs such as 
 and compiling what it uses first, some 30 ms per noduleflow process), is left until its
 processes are idle and the machine's dirty pages are written back (``sync``), then
 receives the whole study, and is checked for every instance; each case runs ``--repeat``
-times and the median is kept. Prints images/s and MB/s and the
-ratios to Orthanc and to storescp, and each receiver's CPU time per image (user + system,
-over its whole process tree, from ``/proc``): unlike the rate, that figure barely moves when
-other work shares the machine.
+times, interleaved with the other receivers' runs, and the median is kept. Prints images/s
+and MB/s, the ratios to Orthanc and to storescp, and each receiver's CPU time per image
+(user + system, over its whole process tree, from ``/proc``). This machine's speed drifts
+between runs (a whole run at times 1.5x slower in every receiver's CPU per image, storescp
+included), so compare ratios from one run.
 noduleflow runs as ``noduleflow receiver`` (multi-process, SQLite, fsync per instance);
 storescp with ``--fork`` and a 128 KiB PDU (no fsync); Orthanc with its SQLite index.
 Every DCMTK process gets ``TCP_NODELAY=1``.
@@ -291,10 +292,14 @@ def main() -> None:
             + ("cold receivers" if args.cold else f"warm-up: {len(warm)} other slices first")
         )
         results: list[Result] = []
+        names = args.targets.split(",")
         for associations in [int(a) for a in args.associations.split(",")]:
-            for name in args.targets.split(","):
-                times, cpus = [], []
-                for run in range(args.repeat):
+            # Runs are interleaved (each receiver once, then again): on a machine whose speed
+            # drifts, every receiver then meets the same conditions, and the ratios hold.
+            times: dict[str, list[float]] = {name: [] for name in names}
+            cpus: dict[str, list[float]] = {name: [] for name in names}
+            for run in range(args.repeat):
+                for name in names:
                     workdir = root / f"{name}-{associations}-{run}"
                     workdir.mkdir()
                     with servers[name](workdir) as target:
@@ -307,19 +312,20 @@ def main() -> None:
                         seconds = send(target, files, associations)
                         stored = target.count() - before
                         time.sleep(0.5)  # connection close-down and reaped children count too
-                        cpus.append(tree_cpu_seconds(target.pid) - cpu_before)
+                        cpus[name].append(tree_cpu_seconds(target.pid) - cpu_before)
                     if stored != len(files):
                         raise RuntimeError(f"{name} stored {stored} of {len(files)}")
-                    times.append(seconds)
+                    times[name].append(seconds)
                     # Finished runs stay on disk until the end: on ext4 without a journal,
                     # files deleted in the last ~15 s slow down every file creation near
                     # them, so deleting one run right before the next would bill the next
                     # receiver for this cleanup.
-                median = statistics.median(times)
-                cpu = statistics.median(cpus)
+            for name in names:
+                median = statistics.median(times[name])
+                cpu = statistics.median(cpus[name])
                 results.append(Result(name, associations, median, len(files), megabytes, cpu))
-                runs = ", ".join(f"{t:.2f}" for t in times)
-                cpu_runs = ", ".join(f"{1000 * c / len(files):.2f}" for c in cpus)
+                runs = ", ".join(f"{t:.2f}" for t in times[name])
+                cpu_runs = ", ".join(f"{1000 * c / len(files):.2f}" for c in cpus[name])
                 print(
                     f"  {name:<10} {associations} assoc: median {median:6.2f} s ({runs}); "
                     f"CPU ms/image {1000 * cpu / len(files):.2f} ({cpu_runs})",
