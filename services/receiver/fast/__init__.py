@@ -1,6 +1,6 @@
 """The receiver's pynetdicom performance internals, fenced off from its domain code.
 
-Modules that replace pynetdicom (3.0) attributes, 13 in all; none of them patches anything
+Modules that replace pynetdicom (3.0) attributes, 17 in all; none of them patches anything
 on import, only :func:`install` does:
 
 * :mod:`.fastpath`: file meta header, PDU reads (length-capped), P-DATA-TF short cut,
@@ -9,7 +9,8 @@ on import, only :func:`install` does:
 * :mod:`.wakeups`: event-driven waits instead of 1 ms polling in acceptor threads (4); the
   reactor's side (:mod:`.reactor`) also lets the DUL thread serve a plain C-STORE itself;
 * :mod:`.tempfiles`: data sets streamed to hashing, size-capped files in the receiver's
-  temporary folder (2).
+  temporary folder (2);
+* :mod:`.uids`: UID checks that passed remembered, in the four modules that make UIDs (4).
 
 Pure helpers that patch nothing: :mod:`.headparse` (header reader for the index) and
 :mod:`.balance` (connection counts shared by the SCP processes).
@@ -102,9 +103,15 @@ def check_version(version: str | None = None) -> str:
 
 
 def _patches() -> list[Patch]:
-    from services.receiver.fast import commands, fastpath, tempfiles, wakeups
+    from services.receiver.fast import commands, fastpath, tempfiles, uids, wakeups
 
-    return [*fastpath.patches(), *commands.patches(), *wakeups.patches(), *tempfiles.patches()]
+    return [
+        *fastpath.patches(),
+        *commands.patches(),
+        *wakeups.patches(),
+        *tempfiles.patches(),
+        *uids.patches(),
+    ]
 
 
 def install(incoming: Path, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> Installation:

@@ -9,13 +9,24 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import _config, association, dimse, dimse_messages, dul, transport
+from pynetdicom import (
+    _config,
+    association,
+    dimse,
+    dimse_messages,
+    dimse_primitives,
+    dul,
+    pdu_items,
+    pdu_primitives,
+    presentation,
+    transport,
+)
 
 from services.receiver import fast
 from services.receiver.fast import tempfiles
 from services.receiver.fast.patching import Patch, apply
 
-# Listed here, not taken from the implementation: the 13 attributes the fast path replaces.
+# Listed here, not taken from the implementation: the 17 attributes the fast path replaces.
 PATCHED: list[tuple[Any, str]] = [
     (dimse_messages, "create_file_meta"),
     (dimse_messages, "write_file_meta_info"),
@@ -30,6 +41,10 @@ PATCHED: list[tuple[Any, str]] = [
     (association, "time"),
     (association.Association, "_run_reactor"),
     (_config, "STORE_RECV_CHUNKED_DATASET"),
+    (dimse_primitives, "set_uid"),
+    (pdu_items, "set_uid"),
+    (pdu_primitives, "set_uid"),
+    (presentation, "set_uid"),
 ]
 OWNERS = list({id(owner): owner for owner, _ in PATCHED}.values())
 
