@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,7 @@ def execute(conn: Connection, prepared: Prepared, values: Mapping[str, Any]) -> 
     try:
         cursor.execute(prepared.sql, prepared.parameters(values))
     except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, driver, cursor)
-        cursor.close()
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            prepared.sql,
-            dict(values),
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=lost,
-            dialect=dialect,
-        ) from exc
+        raise _wrapped(conn, exc, prepared.sql, dict(values), cursor) from exc
     return cursor
 
 
@@ -112,14 +101,25 @@ def end_read(conn: Connection) -> None:
     try:
         driver.rollback()
     except conn.dialect.loaded_dbapi.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, driver, None)
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            "ROLLBACK",
-            None,
-            exc,
-            conn.dialect.loaded_dbapi.Error,
-            connection_invalidated=lost,
-            dialect=conn.dialect,
-        ) from exc
+        raise _wrapped(conn, exc, "ROLLBACK", None, None) from exc
+
+
+def _wrapped(
+    conn: Connection, exc: Any, sql: str, values: dict[str, Any] | None, cursor: Any
+) -> StatementError:
+    """``exc`` from the driver as SQLAlchemy raises it; a lost connection is invalidated
+    first, as ``Connection.execute`` does (``cursor``, if any, is closed)."""
+    dialect = conn.dialect
+    lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if cursor is not None:
+        cursor.close()
+    if lost:
+        conn.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        values,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
