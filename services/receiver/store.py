@@ -18,6 +18,7 @@ revision unchanged, so it starts no job.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -416,7 +417,8 @@ class InstanceStore:
         """Make ``temp`` durable at ``key``: data and name both fsync'ed before returning.
 
         A new instance is linked first (never over another file: :class:`_Occupied` when one
-        is there), then its data and folder are fsync'ed: one journal commit covers both, and
+        is there), then its data and folder are fsync'ed (the folder's booked first, so a
+        folder fsync run by another thread meanwhile covers it): one journal commit covers both, and
         nothing at that path is trusted before its row is committed (a crash in between
         leaves an unindexed file that start-up reconciliation indexes). An instance that
         replaces an acknowledged one (a new version of the same instance) is fsync'ed
@@ -457,12 +459,20 @@ class InstanceStore:
                     copy.unlink(missing_ok=True)
                 temp.unlink(missing_ok=True)
                 return
-            if new:
-                os.fsync(fd)
-                temp.unlink(missing_ok=True)  # the second name; a leftover is cleaned at start
+            # Booked before the file's own fsync: a folder fsync another thread starts
+            # meanwhile covers the new name, so the two fsyncs overlap.
+            ticket = self._dirsync.enter(folder)
+            try:
+                if new:
+                    os.fsync(fd)
+                    temp.unlink(missing_ok=True)  # the second name; a leftover is cleaned at start
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self._dirsync.wait(ticket)  # every ticket is waited for once
+                raise
         finally:
             os.close(fd)
-        self._dirsync.sync(folder)  # shared with concurrent renames into the same folder
+        self._dirsync.wait(ticket)  # shared with concurrent renames into the same folder
 
     @staticmethod
     def _move(temp: Path, target: Path, *, new: bool) -> None:

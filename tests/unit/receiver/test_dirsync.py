@@ -74,3 +74,43 @@ def test_failed_fsync_is_retried_by_a_waiter(
         syncer.sync(tmp_path)
     syncer.sync(tmp_path)  # not counted as covered by the failed one
     assert len(calls) == 2
+
+
+def test_a_booked_rename_is_covered_by_a_later_fsync_of_another_thread(tmp_path: Path) -> None:
+    """``enter`` right after the rename, ``wait`` after the file's own fsync: a folder fsync
+    that another caller ran in between covers it, and none is run again."""
+    syncer = DirSyncer()
+    booked = syncer.enter(tmp_path)
+    other = threading.Thread(target=syncer.sync, args=(tmp_path,))
+    other.start()
+    other.join(5)
+    assert syncer.fsyncs == 1
+    syncer.wait(booked)
+    assert syncer.fsyncs == 1  # covered: the other caller's fsync started after the booking
+    assert not syncer._folders
+
+
+def test_a_booking_made_while_an_fsync_runs_waits_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = threading.Event()
+    release = threading.Event()
+    calls: list[float] = []
+
+    def slow_fsync(path: Path) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            running.set()
+            release.wait(5)
+
+    monkeypatch.setattr(dirsync, "fsync_dir", slow_fsync)
+    syncer = DirSyncer()
+    first = threading.Thread(target=syncer.sync, args=(tmp_path,))
+    first.start()
+    assert running.wait(5)
+    booked = syncer.enter(tmp_path)  # the running fsync started before this rename
+    release.set()
+    first.join(5)
+    syncer.wait(booked)
+    assert len(calls) == 2
+    assert not syncer._folders
