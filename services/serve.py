@@ -17,6 +17,7 @@ from typing import Any
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
+from services.core.priority import yield_cpu
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,14 @@ def _start_http(node: Node) -> None:
     node.http, node.http_thread = server, thread
 
 
-def start(settings: Settings, *, http: bool = True) -> Node:
-    """Start every service of the node; returns once all are listening."""
+def start(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> Node:
+    """Start every service of the node; returns once all are listening.
+
+    With ``yield_nice`` the calling thread drops to that nice value once the worker is
+    running, so the reporter's and the receiver's threads and SCP processes, and the HTTP
+    thread, inherit it while the worker's keep the caller's (core/priority.py). It stays
+    lowered: ``noduleflow serve`` passes it, a test that embeds a node does not.
+    """
     from services.receiver.main import build_receiver
     from services.reporter.main import build_reporter
     from services.worker.main import build_worker
@@ -71,10 +78,12 @@ def start(settings: Settings, *, http: bool = True) -> Node:
     broker.declare()
     node = Node(settings=settings, db=db, broker=broker)
     try:
-        for build in (build_reporter, build_worker, build_receiver):
+        for build in (build_worker, build_reporter, build_receiver):
             part = build(settings, db, broker)
             part.start()
             node.parts.append(part)
+            if build is build_worker and yield_nice:
+                yield_cpu(yield_nice, whole_process=False)  # the group is shared with the worker
         if http:
             _start_http(node)
     except BaseException:
@@ -92,8 +101,8 @@ def start(settings: Settings, *, http: bool = True) -> Node:
 
 
 @contextmanager
-def running(settings: Settings, *, http: bool = True) -> Iterator[Node]:
-    node = start(settings, http=http)
+def running(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> Iterator[Node]:
+    node = start(settings, http=http, yield_nice=yield_nice)
     try:
         yield node
     finally:
@@ -105,6 +114,6 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with running(settings):
+    with running(settings, yield_nice=settings.services_nice):
         stop.wait()
     log.info("event=serve_stopped")

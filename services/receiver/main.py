@@ -9,6 +9,7 @@ import logging
 from services.core.broker import Broker
 from services.core.db import Database
 from services.core.outbox import Relay
+from services.core.priority import yield_cpu
 from services.core.retention.loop import RetentionLoop, start_retention
 from services.core.settings import Settings
 from services.receiver.assembly import (
@@ -69,4 +70,5 @@ def build_receiver(settings: Settings, db: Database, broker: Broker) -> Receiver
 
 def run(settings: Settings) -> None:
     """``noduleflow receiver``: blocks until SIGTERM/SIGINT."""
+    yield_cpu(settings.services_nice, whole_process=True)  # also the SCP processes it starts
     Supervisor(settings).run()

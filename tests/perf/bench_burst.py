@@ -44,7 +44,7 @@ from services.core.db import Delivery, Instance, Job, JobState, Series, Study  #
 from tests.integration.worker.harness import clone_study  # noqa: E402
 from tests.perf.bench_ingest import Target, _cpu_model, send_chunks  # noqa: E402
 from tests.perf.bench_worker import pipeline_alone  # noqa: E402
-from tests.perf.node import Node, running_node  # noqa: E402
+from tests.perf.node import Node, process_priority, running_node  # noqa: E402
 from tests.perf.pngplot import write_step_chart  # noqa: E402
 from tests.perf.timeline import StudyTimes, growth, per_hour  # noqa: E402
 from tests.perf.watch import Watcher, study_times  # noqa: E402
@@ -175,6 +175,14 @@ def main() -> None:
             f"python {platform.python_version()}; provider {provider}"
         )
         with running_node(work / "node", form=args.form, completion=args.completion) as node:
+            print(
+                "CPU priority: "
+                + "; ".join(
+                    f"{name} {process_priority(pids[0])}"
+                    for name, pids in sorted(node.pids().items())
+                    if pids
+                )
+            )
             with Watcher(node, interval=0.5) as watcher:
                 started = time.time()
                 send_chunks(Target("noduleflow", node.aet, node.dicom_port, lambda: 0, 0), chunks)

@@ -119,6 +119,23 @@ def process_memory(pid: int) -> dict[str, int]:
         return {}
 
 
+def process_priority(pid: int) -> str:
+    """``nice N`` of one process (its main thread) and its autogroup's, as ``ps`` and
+    ``/proc/<pid>/autogroup`` give them; ``?`` for what cannot be read."""
+    from services.core.priority import autogroup_nice
+
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        nice = raw[raw.rindex(")") + 2 :].split()[16]
+    except (OSError, IndexError):
+        nice = "?"
+    try:
+        group = autogroup_nice(Path(f"/proc/{pid}/autogroup").read_text())
+    except OSError:
+        group = None
+    return f"nice {nice}, autogroup {'?' if group is None else group}"
+
+
 def process_cpu(pid: int) -> float | None:
     """User + system CPU seconds one process has used (None once it is gone)."""
     try:
@@ -130,7 +147,12 @@ def process_cpu(pid: int) -> float | None:
 
 
 def base_env(work: Path, completion: str, pacs: Orthanc, model_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NODULEFLOW_")}
+    # NODULEFLOW_SERVICES_NICE passes through, to compare CPU priorities (core/priority.py)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NODULEFLOW_") or k == "NODULEFLOW_SERVICES_NICE"
+    }
     env.update({f"NODULEFLOW_{k}": v for k, v in COMPLETION[completion].items()})
     env.update(
         {
