@@ -61,10 +61,10 @@ def _start_http(node: Node) -> None:
 def start(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> Node:
     """Start every service of the node; returns once all are listening.
 
-    With ``yield_nice`` the calling thread drops to that nice value once the worker is
-    running, so the reporter's and the receiver's threads and SCP processes, and the HTTP
-    thread, inherit it while the worker's keep the caller's (core/priority.py). It stays
-    lowered: ``noduleflow serve`` passes it, a test that embeds a node does not.
+    With ``yield_nice`` the calling thread drops to that nice value once the worker, the
+    reporter and HTTP are running, so the receiver's threads and SCP processes inherit it
+    and theirs keep the caller's (core/priority.py). It stays lowered: ``noduleflow
+    serve`` passes it, a test that embeds a node does not.
     """
     from services.receiver.main import build_receiver
     from services.reporter.main import build_reporter
@@ -78,14 +78,17 @@ def start(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> Node
     broker.declare()
     node = Node(settings=settings, db=db, broker=broker)
     try:
-        for build in (build_worker, build_reporter, build_receiver):
+        for build in (build_worker, build_reporter):
             part = build(settings, db, broker)
             part.start()
             node.parts.append(part)
-            if build is build_worker and yield_nice:
-                yield_cpu(yield_nice, whole_process=False)  # the group is shared with the worker
         if http:
             _start_http(node)
+        if yield_nice:  # one process: only the threads started from here on
+            yield_cpu(yield_nice, whole_process=False)
+        receiver = build_receiver(settings, db, broker)
+        receiver.start()
+        node.parts.append(receiver)
     except BaseException:
         node.stop()
         raise
@@ -114,6 +117,6 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with running(settings, yield_nice=settings.services_nice):
+    with running(settings, yield_nice=settings.receiver_nice):
         stop.wait()
     log.info("event=serve_stopped")

@@ -1,11 +1,14 @@
-"""CPU priority: the receiver and the reporter leave the cores to the analysis first.
+"""CPU priority: the receiver leaves the cores to the analysis first.
 
-On a node where the analysis is the bottleneck, ingest and report building can wait a few
-milliseconds; the model cannot share its cores without losing more than the CPU it gives up
-(its intra-op threads wait on each other when one is preempted). So the receiver and the
-reporter lower their own priority at start (``NODULEFLOW_SERVICES_NICE``, default 10; 0
-leaves it alone); the worker keeps the default. Two kernel mechanisms decide between
-processes, and a service can lower itself in both without privileges:
+On a node where the analysis is the bottleneck, ingest can wait a few milliseconds; the
+model cannot share its cores without losing more than the CPU it gives up (its intra-op
+threads wait on each other when one is preempted). So the receiver lowers its own priority
+at start (``NODULEFLOW_RECEIVER_NICE``, default 10; 0 leaves it alone). The worker and the
+reporter keep theirs: the reporter's FHIR API answers people, and lowered beside a busy
+analysis its p95 latency went from 31 to 318 ms (``docs/performance.md``).
+
+Two kernel mechanisms decide between processes, and a process can lower itself in both
+without privileges:
 
 * the *nice value*, per thread on Linux and inherited by every thread and process created
   afterwards: it ranks threads that share a scheduling group (``noduleflow serve``, where

@@ -216,9 +216,10 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
     job_max_attempts: int = 3
-    # The receiver and the reporter lower their CPU priority to this nice value at start so
-    # the analysis gets the cores first (core/priority.py); 0 = leave it.
-    services_nice: int = Field(default=10, ge=0, le=19)
+    # The receiver lowers its CPU priority to this nice value at start so the analysis gets
+    # the cores first (core/priority.py); 0 = leave it. The reporter keeps its own: its
+    # FHIR API answers people.
+    receiver_nice: int = Field(default=10, ge=0, le=19)
 
     log_level: str = "INFO"
 

@@ -70,5 +70,5 @@ def build_receiver(settings: Settings, db: Database, broker: Broker) -> Receiver
 
 def run(settings: Settings) -> None:
     """``noduleflow receiver``: blocks until SIGTERM/SIGINT."""
-    yield_cpu(settings.services_nice, whole_process=True)  # also the SCP processes it starts
+    yield_cpu(settings.receiver_nice, whole_process=True)  # also the SCP processes it starts
     Supervisor(settings).run()

@@ -17,7 +17,6 @@ from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.db.session import wait_for_database
 from services.core.messages import REPORTING_QUEUE
-from services.core.priority import yield_cpu
 from services.core.settings import Settings
 from services.core.startup import StartCancelled, retry_start_step
 from services.core.threads import Threaded, ThreadGroup
@@ -109,7 +108,6 @@ def run(settings: Settings) -> None:
     Signals are handled here (uvicorn runs in a thread and installs none), so shutdown is
     ordered: stop taking messages, finish the current one, stop HTTP, close.
     """
-    yield_cpu(settings.services_nice, whole_process=True)  # its threads, and those it starts
     db = Database(settings.database_url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # (the wait below puts its own in meanwhile)

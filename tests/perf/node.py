@@ -147,11 +147,11 @@ def process_cpu(pid: int) -> float | None:
 
 
 def base_env(work: Path, completion: str, pacs: Orthanc, model_dir: Path) -> dict[str, str]:
-    # NODULEFLOW_SERVICES_NICE passes through, to compare CPU priorities (core/priority.py)
+    # NODULEFLOW_RECEIVER_NICE passes through, to compare CPU priorities (core/priority.py)
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("NODULEFLOW_") or k == "NODULEFLOW_SERVICES_NICE"
+        if not k.startswith("NODULEFLOW_") or k == "NODULEFLOW_RECEIVER_NICE"
     }
     env.update({f"NODULEFLOW_{k}": v for k, v in COMPLETION[completion].items()})
     env.update(

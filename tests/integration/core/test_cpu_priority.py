@@ -1,6 +1,6 @@
-"""The services lower their own CPU priority as started for real (core/priority.py): the
-receiver with its SCP processes, and ``serve``, where only the worker's threads keep the
-caller's priority."""
+"""The receiver lowers its own CPU priority as started for real (core/priority.py): on its
+own with its SCP processes, and inside ``serve``, where the worker's, the reporter's and
+the HTTP threads keep the caller's priority."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_receiver_process_and_its_scp_processes_yield(tmp_path: Path) -> None:
         "NODULEFLOW_DICOM_PORT": str(port),
         "NODULEFLOW_BROKER_URL": "",
         "NODULEFLOW_RECEIVER_PROCESSES": "2",
-        "NODULEFLOW_SERVICES_NICE": "7",
+        "NODULEFLOW_RECEIVER_NICE": "7",
     }
     with receiver_process(env, tmp_path / "receiver.log") as proc:
         assert wait_for(lambda: echo_ok(port), timeout=60), (tmp_path / "receiver.log").read_text()
@@ -65,9 +65,9 @@ from services.serve import start
 tmp = Path(sys.argv[1])
 settings = Settings(
     database_url=f"sqlite:///{tmp / 'nf.db'}", storage_dir=tmp / "storage",
-    outbox_dir=tmp / "outbox", dicom_port=int(sys.argv[2]), receiver_processes=1,
+    outbox_dir=tmp / "outbox", dicom_port=int(sys.argv[2]), api_port=int(sys.argv[3]),
 )
-node = start(settings, http=False, yield_nice=7)
+node = start(settings, http=True, yield_nice=7)
 nices = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()}
 print(json.dumps(nices), flush=True)
 node.stop()
@@ -75,9 +75,11 @@ node.stop()
 
 
 @pytest.mark.slow
-def test_serve_lowers_the_receiver_and_reporter_threads_not_the_workers(tmp_path: Path) -> None:
+def test_serve_lowers_the_receivers_threads_only(tmp_path: Path) -> None:
+    """The worker's, the reporter's and the HTTP threads keep the caller's priority (the
+    FHIR API answers people); the receiver's, started after, take the lowered one."""
     out = subprocess.run(
-        [sys.executable, "-c", SERVE, str(tmp_path), str(free_port())],
+        [sys.executable, "-c", SERVE, str(tmp_path), str(free_port()), str(free_port())],
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("NODULEFLOW_")},
         capture_output=True,
@@ -87,7 +89,9 @@ def test_serve_lowers_the_receiver_and_reporter_threads_not_the_workers(tmp_path
         start_new_session=True,
     )
     nices: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
-    worker = {name: n for name, n in nices.items() if name.startswith("noduleflow-worker")}
-    assert worker and set(worker.values()) == {0}, nices
-    others = {name: n for name, n in nices.items() if name not in worker}
-    assert len(others) >= 3 and set(others.values()) == {7}, nices
+    kept = ("noduleflow-worker", "reporter-", "noduleflow-http")
+    others = {name: n for name, n in nices.items() if not name.startswith(kept)}
+    assert {n for name, n in nices.items() if name.startswith(kept)} == {0}, nices
+    assert all(any(name.startswith(k) for name in nices) for k in kept), nices
+    assert {"noduleflow-scp", "noduleflow-tracker"} <= set(others), nices
+    assert set(others.values()) == {7}, nices
