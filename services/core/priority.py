@@ -57,7 +57,7 @@ def leads_session() -> bool:
     return os.getsid(0) == os.getpid()
 
 
-def yield_cpu(nice: int, *, whole_process: bool, autogroup: Path = AUTOGROUP) -> Priority:
+def yield_cpu(nice: int, *, whole_process: bool) -> Priority:
     """Lower the calling thread to ``nice``; threads and processes it starts afterwards
     inherit it. With ``whole_process``, also the threads already running (those a library
     started on import) and, when this process leads its session, the session's autogroup.
@@ -68,7 +68,7 @@ def yield_cpu(nice: int, *, whole_process: bool, autogroup: Path = AUTOGROUP) ->
     for tid in [0, *tids]:  # 0: the calling thread
         _lower(tid, nice)
     current = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: this thread's
-    group = _lower_autogroup(nice, autogroup) if whole_process and nice > 0 else None
+    group = _lower_autogroup(nice) if whole_process and nice > 0 else None
     log.info("event=cpu_priority nice=%d autogroup_nice=%s", current, group)
     return Priority(nice=current, autogroup_nice=group)
 
@@ -88,17 +88,17 @@ def _lower(tid: int, nice: int) -> None:
         pass
 
 
-def _lower_autogroup(nice: int, path: Path) -> int | None:
+def _lower_autogroup(nice: int) -> int | None:
     if not leads_session():
         return None  # the group is the session's, shared with whoever started this process
     try:
-        now = autogroup_nice(path.read_text())
+        now = autogroup_nice(AUTOGROUP.read_text())
         if now is None:
             return None
         if now >= nice:
             return now
-        path.write_text(f"{nice}\n")
-        return autogroup_nice(path.read_text())
+        AUTOGROUP.write_text(f"{nice}\n")
+        return autogroup_nice(AUTOGROUP.read_text())
     except OSError as exc:  # no autogroup support, or rate-limited (EAGAIN): not needed
         log.info("event=cpu_priority_autogroup_skipped error=%s", exc.strerror or exc)
         return None

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from services.core.db import Database
+from services.core.priority import autogroup_nice
 from tests.chaos.cluster import Service
 from tests.orthanc import Orthanc, running_orthanc
 from tests.perf.bench_ingest import _wait_echo
@@ -122,12 +123,9 @@ def process_memory(pid: int) -> dict[str, int]:
 def process_priority(pid: int) -> str:
     """``nice N`` of one process (its main thread) and its autogroup's, as ``ps`` and
     ``/proc/<pid>/autogroup`` give them; ``?`` for what cannot be read."""
-    from services.core.priority import autogroup_nice
-
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-        nice = raw[raw.rindex(")") + 2 :].split()[16]
-    except (OSError, IndexError):
+        nice: int | str = os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
         nice = "?"
     try:
         group = autogroup_nice(Path(f"/proc/{pid}/autogroup").read_text())

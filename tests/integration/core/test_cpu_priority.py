@@ -21,11 +21,9 @@ HAS_AUTOGROUP = Path("/proc/self/autogroup").exists()
 
 
 def thread_nices(pid: int) -> set[int]:
-    values = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        raw = (task / "stat").read_text()
-        values.add(int(raw[raw.rindex(")") + 2 :].split()[16]))
-    return values
+    """The nice value of every thread of ``pid`` (on Linux, PRIO_PROCESS takes a thread id)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return {os.getpriority(os.PRIO_PROCESS, int(task.name)) for task in tasks}
 
 
 def children(pid: int) -> list[int]:
