@@ -126,6 +126,7 @@ def main() -> None:
             findings=loaded.findings,
             algorithm=loaded.algorithm,
             uids=loaded.uids,
+            evidence=loaded.evidence,
         ),
     )
     t_write = best(args.repeat, lambda: write_artefacts(settings, loaded))

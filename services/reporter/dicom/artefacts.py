@@ -163,6 +163,7 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
         predecessor=predecessor_header(inputs),
         supersedes_version=inputs.supersedes_version,
         incomplete=inputs.incomplete,
+        evidence=inputs.evidence,
     )
     kos_artefact: Artefact | None = None
     if key_images:

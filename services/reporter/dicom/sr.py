@@ -247,6 +247,7 @@ def build_sr(
     predecessor: Dataset | None = None,
     supersedes_version: int | None = None,
     incomplete: str = "",
+    evidence: Sequence[Dataset] | None = None,
 ) -> Comprehensive3DSR:
     """The TID 1500 report of one job.
 
@@ -263,6 +264,11 @@ def build_sr(
         The SEG of the same job, if one was built.
     predecessor
         Identity of the SR this one supersedes (PredecessorDocumentsSequence).
+    evidence
+        What the evidence sequence cites each source image by, in volume order: its four
+        UIDs are enough, and the first item must carry patient and study
+        (``inputs.load_inputs`` gives the first header and index rows); None cites
+        ``source_images`` themselves.
     """
     if not source_images:
         raise ValueError("an SR needs the source images it reports on")
@@ -301,9 +307,11 @@ def build_sr(
         description += f" (supersedes v{supersedes_version})"
     if incomplete:
         description += " (partial)"
-    evidence = list(source_images) + ([seg.header] if seg is not None else [])
+    cited = list(source_images if evidence is None else evidence)
+    if len(cited) != len(source_images):
+        raise ValueError("the evidence must name each source image once")
     sr = Comprehensive3DSR(
-        evidence=evidence,
+        evidence=cited + ([seg.header] if seg is not None else []),
         content=report,
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_BASE + uids.version,
