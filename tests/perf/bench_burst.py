@@ -10,15 +10,15 @@ or ``serve``) whose PACS is a real Orthanc. The clock runs from the first associ
 the last study's artefacts are all in Orthanc and its FHIR report is readable.
 
 Prints studies per hour and the ratio to the anchor — the analysis pipeline alone
-(``analyze_files`` in this process, warm, same study; the mean of one run before the burst
-and one after, as the machine's load may change meanwhile) times the number of studies:
-1.00 means the services around the model cost nothing. Also: that nothing was lost or doubled
-(one done job per study, every instance indexed, one SR per study in Orthanc), the peak RSS
-of every process, each service's RSS growth from study 5 to the last (by report time), and
-the queue depth over time (job states every 0.5 s), written as a PNG, each study's
-completion wait and analysis time, and the CPU seconds each service used against the
-pipeline alone's. ``--small``: 4
-studies of 60 slices unless given, a quick check of the script.
+(``analyze_files`` in this process, warm, same study; the mean of ``--anchor-runs`` runs
+before the burst and as many after, as the machine's speed may change meanwhile) times the
+number of studies: 1.00 means the services around the model cost nothing. Also: that
+nothing was lost or doubled (one done job per study, every instance indexed, one SR per
+study in Orthanc), the peak RSS of every process, each service's RSS growth from study 5 to
+the last (by report time), and the queue depth over time (job states every 0.5 s), written
+as a PNG, each study's completion wait and analysis time, and the CPU seconds each service
+used against the pipeline alone's. ``--small``: 4 studies of 60 slices unless given, a
+quick check of the script.
 """
 
 from __future__ import annotations
@@ -52,19 +52,21 @@ from tests.perf.watch import Watcher, study_times  # noqa: E402
 FINAL_BAD = (JobState.FAILED.value, JobState.SKIPPED.value)
 
 
-def measure_anchor(files: list[Path]) -> tuple[float, float, str]:
-    """The pipeline alone in this process (warm): seconds and CPU seconds of one analysis,
-    and the provider. The model is loaded for it and let go after."""
+def measure_anchor(files: list[Path], runs: int) -> tuple[list[float], float, str]:
+    """The pipeline alone in this process (warm): the seconds of each of ``runs`` analyses,
+    the CPU seconds of one, and the provider. The model is loaded for it and let go after."""
     from services.analysis.engine import Engine
 
     engine = Engine.load(
         ROOT / "models" / "nodule-seg", os.environ.get("NODULEFLOW_PROVIDERS", "auto")
     )
     before = resource.getrusage(resource.RUSAGE_SELF)
-    seconds = float(pipeline_alone(engine, files, repeats=1)["seconds"])
+    seconds = [float(pipeline_alone(engine, files, repeats=1)["seconds"])]
+    for _ in range(runs - 1):
+        seconds.append(float(pipeline_alone(engine, files, repeats=1, warm_up=False)["seconds"]))
     after = resource.getrusage(resource.RUSAGE_SELF)
-    # the warm-up and the timed run: CPU of one analysis
-    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 2
+    # the warm-up and the timed runs: CPU of one analysis
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (runs + 1)
     provider = str(engine.provider)
     del engine
     return seconds, cpu, provider
@@ -141,6 +143,9 @@ def main() -> None:
     parser.add_argument("--form", default="distributed", choices=("distributed", "serve"))
     parser.add_argument("--completion", default="default", choices=("default", "fastest"))
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument(
+        "--anchor-runs", type=int, default=2, help="pipeline-alone runs before and after"
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--png", type=Path, default=ROOT / "tests/perf/out/burst_queue.png")
     parser.add_argument("--logs", type=Path, default=None, help="copy the services' logs here")
@@ -162,7 +167,7 @@ def main() -> None:
             max_diameter_mm=16.0,
         )
         base = sorted(phantom.files)
-        first_anchor, anchor_cpu, provider = measure_anchor(base)
+        first_anchor, anchor_cpu, provider = measure_anchor(base, args.anchor_runs)
         studies = make_studies(base, args.studies, work / "studies")
         uids = [uid for uid, _ in studies]
         chunks: list[list[Path]] = [[] for _ in range(args.associations)]
@@ -194,11 +199,14 @@ def main() -> None:
             for log in (work / "node").glob("*.log"):
                 shutil.copy(log, args.logs / log.name)
         # again after the node stopped: the machine's load may have changed meanwhile
-        second_anchor, _, _ = measure_anchor(base)
-        anchor = (first_anchor + second_anchor) / 2
+        second_anchor, _, _ = measure_anchor(base, args.anchor_runs)
+        anchor = statistics.mean(first_anchor + second_anchor)
         print(
-            f"pipeline alone: {first_anchor:.1f} s before the burst, {second_anchor:.1f} s "
-            f"after; the anchor is their mean, {anchor:.1f} s"
+            "pipeline alone: "
+            + " / ".join(f"{s:.1f}" for s in first_anchor)
+            + " s before the burst, "
+            + " / ".join(f"{s:.1f}" for s in second_anchor)
+            + f" s after; the anchor is their mean, {anchor:.1f} s"
         )
         report(args, started, sent, (anchor, anchor_cpu), times, watcher, checks)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import config, dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -92,18 +93,24 @@ class SourceHeaders(Sequence[Dataset]):
         return header
 
 
+_EVIDENCE_TAGS = (
+    ("SOPClassUID", 0x00080016),
+    ("SOPInstanceUID", 0x00080018),
+    ("SeriesInstanceUID", 0x0020000E),
+    ("StudyInstanceUID", 0x0020000D),
+)
+
+
 def evidence_item(sop_class: str, sop_instance: str, series: str, study: str) -> Dataset:
     """The identity an SR cites a source image by (its evidence sequence needs no more)."""
     item = Dataset()
-    for keyword, uid in (
-        ("SOPClassUID", sop_class),
-        ("SOPInstanceUID", sop_instance),
-        ("SeriesInstanceUID", series),
-        ("StudyInstanceUID", study),
+    for (keyword, tag), uid in zip(
+        _EVIDENCE_TAGS, (sop_class, sop_instance, series, study), strict=True
     ):
         if not is_valid_uid(uid):
             raise InputError(f"the index holds an invalid {keyword} for a source image")
-        setattr(item, keyword, uid)
+        # checked above, so pydicom's own check is skipped (300 items a study)
+        item.add(DataElement(tag, "UI", uid, validation_mode=config.IGNORE))
     return item
 
 

@@ -110,8 +110,10 @@ def with_inset(rgb: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.ui
 
 
 def png_bytes(rgb: NDArray[np.uint8]) -> bytes:
+    """The key image as PNG for the API. zlib level 1: on a real 512x512 CT slice 19 ms
+    and 256 kB against Pillow's default level 6, 78 ms and 262 kB."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=False)
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()
 
 
