@@ -272,7 +272,7 @@ def seed_bare_job(db: Database, *, state: str = JobState.DONE.value) -> str:
 
 def write_results(series: NoduleSeries, folder: Path) -> tuple[list[Path], list[Path]]:
     """The series as CT files under ``folder/ct`` and what the reporter writes for its first
-    job under ``folder/outbox`` (SEG, key images, SR, KOS, in sending order); returns
+    job under ``folder/outbox`` (SEG, SR, key images, KOS, in sending order); returns
     (CT paths, result paths)."""
     from services.core.settings import Settings
     from services.reporter.dicom.artefacts import write_artefacts

@@ -109,8 +109,9 @@ def predecessor_header(inputs: JobInputs) -> Dataset | None:
 
 def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
     """Build SEG, key images, SR and KOS for one job and write them; SR last, so a folder
-    with ``sr.dcm`` is complete. Returns the artefacts in sending order (the KOS after
-    what it flags)."""
+    with ``sr.dcm`` is complete. Returns the artefacts in sending order: SEG, SR (the
+    report a radiologist opens, right after the SEG it cites), key images, then the KOS
+    (after everything it flags)."""
     folder = artefact_dir(settings, inputs.study_instance_uid, inputs.version)
     written: list[Artefact] = []
     key_slices: list[Dataset] = []
@@ -178,7 +179,8 @@ def write_artefacts(settings: Settings, inputs: JobInputs) -> list[Artefact]:
         atomic_write(folder / "kos.dcm", dataset_bytes(kos))
         kos_artefact = Artefact("kos", folder / "kos.dcm", str(kos.SOPInstanceUID))
     atomic_write(folder / "sr.dcm", dataset_bytes(sr))
-    written.append(Artefact("sr", folder / "sr.dcm", str(sr.SOPInstanceUID)))
+    after_seg = 1 if seg_ref is not None else 0
+    written.insert(after_seg, Artefact("sr", folder / "sr.dcm", str(sr.SOPInstanceUID)))
     if kos_artefact is not None:
         written.append(kos_artefact)
     log.info(

@@ -179,7 +179,7 @@ def test_the_kos_is_written_and_sent_after_what_it_flags(
 ) -> None:
     artefacts, _ = job_files(two_nodules(), tmp_path, settings)
     kinds = [a.kind for a in artefacts]
-    assert kinds == ["seg", "key-image-1", "key-image-2", "sr", "kos"]
+    assert kinds == ["seg", "sr", "key-image-1", "key-image-2", "kos"]
     kos = artefacts[-1]
     assert kos.path.name == "kos.dcm"
     assert dcmread(kos.path).SOPInstanceUID == kos.sop_instance_uid
