@@ -220,8 +220,13 @@ def load_inputs(session: Session, storage: LocalStorage, job: Job) -> JobInputs:
         raise InputError(f"{len(absent)} source files are missing from storage")
     headers = SourceHeaders.read(paths)
     evidence = [
-        evidence_item(r.sop_class_uid, uid, r.series_instance_uid, r.study_instance_uid)
-        for uid, r in ((uid, rows[uid]) for uid in sop_uids)
+        evidence_item(
+            rows[uid].sop_class_uid,
+            uid,
+            rows[uid].series_instance_uid,
+            rows[uid].study_instance_uid,
+        )
+        for uid in sop_uids
     ]
     evidence[0] = headers[0]  # the SR takes patient and study from its first evidence item
     study_uid = job.study.study_instance_uid
