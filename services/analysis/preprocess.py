@@ -12,16 +12,18 @@ native grid with sub-voxel accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
+from scipy import sparse
 
 Spacing = tuple[float, float, float]
 
 #: HU window the model sees; values outside are clipped.
 DEFAULT_WINDOW: tuple[float, float] = (-1000.0, 400.0)
+#: anti-aliasing Gaussians are cut at this many sigma (as ``scipy.ndimage`` does it)
+_TRUNCATE = 2.5
 
 
 def normalize_hu(
@@ -51,29 +53,103 @@ def grid_shape(
     return dims[0], dims[1], dims[2]
 
 
+def axis_operator(
+    size_in: int, size_out: int, step: float, *, start: float = 0.0, sigma: float = 0.0
+) -> sparse.csr_matrix:
+    """The linear map one axis goes through when resampled: ``(size_out, size_in)`` rows.
+
+    Output voxel ``n`` is the linear interpolation of the input at position ``start + step * n``
+    (input voxels; positions outside ``[0, size_in - 1]`` take the edge value). With ``sigma``
+    the input is first smoothed by a Gaussian of ``sigma`` voxels, truncated at 2.5 sigma, its
+    edges held (``scipy.ndimage.gaussian_filter1d(..., mode="nearest", truncate=2.5)``).
+    """
+    if size_in < 1 or size_out < 1:
+        raise ValueError(f"empty axis: {size_in} -> {size_out}")
+    position = np.clip(start + step * np.arange(size_out, dtype=np.float64), 0.0, size_in - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = position - low
+    rows = np.arange(size_out)
+    op = sparse.csr_matrix(
+        (
+            np.concatenate([1.0 - frac, frac]),
+            (np.concatenate([rows, rows]), np.concatenate([low, high])),
+        ),
+        shape=(size_out, size_in),
+    )
+    if sigma > 0.0:
+        radius = int(_TRUNCATE * sigma + 0.5)
+        taps = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (taps / sigma) ** 2)
+        kernel /= kernel.sum()
+        voxels = np.arange(size_in)
+        smooth = sparse.csr_matrix(
+            (
+                np.repeat(kernel, size_in),
+                (
+                    np.tile(voxels, taps.size),
+                    np.clip(voxels[None, :] + taps[:, None], 0, size_in - 1).ravel(),
+                ),
+            ),
+            shape=(size_in, size_in),
+        )
+        op = op @ smooth
+    op.sum_duplicates()
+    return op.astype(np.float32)
+
+
+def apply_separable(
+    data: NDArray[np.floating],
+    operators: Sequence[sparse.csr_matrix],
+    *,
+    prepare: Callable[[NDArray[np.floating]], NDArray[np.float32]] | None = None,
+) -> NDArray[np.float32]:
+    """``data`` mapped by one :func:`axis_operator` per axis (``prepare`` each slice first).
+
+    Slice by slice for the two in-plane axes, then across slices: no whole-volume temporary
+    at the input's size, and each step a sparse product with a few taps per output voxel.
+    """
+    op_k, op_j, op_i = operators
+    n_k = data.shape[0]
+    if (op_k.shape[1], op_j.shape[1], op_i.shape[1]) != data.shape:
+        raise ValueError(f"operators for {[o.shape[1] for o in operators]}, data {data.shape}")
+    inplane = np.empty((n_k, op_j.shape[0], op_i.shape[0]), dtype=np.float32)
+    for k in range(n_k):
+        plane = np.asarray(data[k], dtype=np.float32) if prepare is None else prepare(data[k])
+        inplane[k] = op_j @ (op_i @ plane.T).T
+    out = op_k @ inplane.reshape(n_k, -1)
+    return np.ascontiguousarray(out, dtype=np.float32).reshape(op_k.shape[0], *inplane.shape[1:])
+
+
+def _resample_operators(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float], antialias: bool
+) -> list[sparse.csr_matrix]:
+    out_shape = grid_shape(shape, spacing, target)
+    return [
+        axis_operator(
+            int(n),
+            m,
+            t / s,
+            sigma=0.4 * t / s if antialias and t > s * 1.05 else 0.0,
+        )
+        for n, m, s, t in zip(shape, out_shape, spacing, target, strict=True)
+    ]
+
+
 def resample(
     data: NDArray[np.floating],
     spacing: Sequence[float],
     target: Sequence[float],
     *,
-    order: int = 1,
     antialias: bool = True,
 ) -> NDArray[np.float32]:
     """Resample ``data`` from ``spacing`` to ``target`` spacing on the centre-aligned grid.
 
-    When an axis gets coarser and ``antialias`` is set, a Gaussian with
+    Trilinear, edges held. When an axis gets coarser and ``antialias`` is set, a Gaussian with
     ``sigma = 0.4 * (target / spacing)`` voxels (on that axis only) is applied first.
     """
-    arr = np.asarray(data, dtype=np.float32)
-    if antialias:
-        sigma = [0.4 * t / s if t > s * 1.05 else 0.0 for s, t in zip(spacing, target, strict=True)]
-        if any(sigma):
-            arr = ndimage.gaussian_filter(arr, sigma=sigma, mode="nearest", truncate=2.5)
-    out_shape = grid_shape(arr.shape, spacing, target)
-    scale = [t / s for s, t in zip(spacing, target, strict=True)]
-    return ndimage.affine_transform(
-        arr, scale, output_shape=out_shape, order=order, mode="nearest", prefilter=False
-    ).astype(np.float32, copy=False)
+    arr = np.asarray(data)
+    return apply_separable(arr, _resample_operators(arr.shape, spacing, target, antialias))
 
 
 def to_native(
@@ -90,18 +166,13 @@ def to_native(
     ``offset``/``shape`` select the native sub-box ``[offset, offset + shape)`` to fill (the
     whole ``native_shape`` by default); positions outside the model grid take the edge value.
     """
-    box = tuple(int(v) for v in (shape if shape is not None else native_shape))
-    scale = [s / t for s, t in zip(native_spacing, model_spacing, strict=True)]
-    start = [o * c for o, c in zip(offset, scale, strict=True)]
-    return ndimage.affine_transform(
-        np.asarray(model_map, dtype=np.float32),
-        scale,
-        offset=start,
-        output_shape=box,
-        order=1,
-        mode="nearest",
-        prefilter=False,
-    ).astype(np.float32, copy=False)
+    box = [int(v) for v in (shape if shape is not None else native_shape)]
+    arr = np.asarray(model_map)
+    operators = [
+        axis_operator(int(n), b, s / t, start=o * s / t)
+        for n, b, s, t, o in zip(arr.shape, box, native_spacing, model_spacing, offset, strict=True)
+    ]
+    return apply_separable(arr, operators)
 
 
 def model_box(
@@ -127,7 +198,9 @@ def model_input(
     window: Sequence[float] = DEFAULT_WINDOW,
 ) -> NDArray[np.float32]:
     """The network input for an HU volume: windowed, normalised, resampled to ``target``."""
-    return resample(normalize_hu(hu, window), spacing, target, order=1, antialias=True)
+    arr = np.asarray(hu)
+    operators = _resample_operators(arr.shape, spacing, target, antialias=True)
+    return apply_separable(arr, operators, prepare=lambda plane: normalize_hu(plane, window))
 
 
 def pad_to(data: NDArray[np.float32], shape: Sequence[int]) -> NDArray[np.float32]:

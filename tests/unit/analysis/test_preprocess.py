@@ -55,3 +55,76 @@ def test_model_input_and_pad():
     assert padded[1, 0, 5] == 3.0  # edge mode
     same = np.zeros((2, 2, 2), np.float32)
     assert preprocess.pad_to(same, (1, 1, 1)) is same
+
+
+def _scipy_resample(data, spacing, target, antialias=True):
+    """The reference: a Gaussian over the whole volume, then ``affine_transform``."""
+    from scipy import ndimage
+
+    arr = np.asarray(data, dtype=np.float32)
+    sigma = [0.4 * t / s if antialias and t > s * 1.05 else 0.0 for s, t in zip(spacing, target)]
+    if any(sigma):
+        arr = ndimage.gaussian_filter(arr, sigma=sigma, mode="nearest", truncate=2.5)
+    scale = [t / s for s, t in zip(spacing, target)]
+    shape = preprocess.grid_shape(arr.shape, spacing, target)
+    return ndimage.affine_transform(
+        arr, scale, output_shape=shape, order=1, mode="nearest", prefilter=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("spacing", "target", "antialias"),
+    [
+        ((1.0, 0.689, 0.689), (1.25, 1.0, 1.0), True),  # a thin-slice CT to the model grid
+        ((2.5, 0.7, 0.7), (1.25, 1.0, 1.0), True),  # thick slices: finer along k
+        ((1.0 / 3, 0.23, 0.23), (1.25, 1.0, 1.0), True),  # the mass pass's shrunk world
+        ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), True),  # the same grid
+        ((0.8, 0.5, 1.7), (1.25, 1.0, 1.0), False),
+    ],
+)
+def test_resample_equals_filter_then_affine_transform(spacing, target, antialias):
+    data = np.random.default_rng(3).normal(size=(23, 31, 37)).astype(np.float32)
+    out = preprocess.resample(data, spacing, target, antialias=antialias)
+    want = _scipy_resample(data, spacing, target, antialias)
+    assert out.dtype == np.float32 and out.shape == want.shape
+    np.testing.assert_allclose(out, want, atol=2e-6)
+
+
+def test_model_input_windows_each_slice_as_the_whole_volume():
+    hu = np.random.default_rng(4).normal(-400.0, 700.0, size=(19, 26, 33)).astype(np.float32)
+    spacing, target = (1.0, 0.7, 0.7), (1.25, 1.0, 1.0)
+    want = _scipy_resample(preprocess.normalize_hu(hu), spacing, target)
+    # a strided view, as the pipeline passes its lung crop
+    view = np.pad(hu, 2)[2:-2, 2:-2, 2:-2]
+    np.testing.assert_allclose(preprocess.model_input(view, spacing, target), want, atol=2e-6)
+
+
+def test_to_native_equals_affine_transform_inside_and_outside_the_map():
+    from scipy import ndimage
+
+    on_model = np.random.default_rng(5).uniform(size=(9, 12, 14)).astype(np.float32)
+    model, native = (1.25, 1.0, 1.0), (2.5, 0.7, 0.7)
+    for offset, shape in [
+        ((0, 0, 0), (5, 17, 20)),
+        ((2, 3, 4), (3, 5, 6)),
+        ((4, 14, 18), (3, 6, 6)),
+    ]:
+        scale = [s / t for s, t in zip(native, model)]
+        want = ndimage.affine_transform(
+            on_model,
+            scale,
+            offset=[o * c for o, c in zip(offset, scale)],
+            output_shape=shape,
+            order=1,
+            mode="nearest",
+            prefilter=False,
+        )
+        got = preprocess.to_native(on_model, model, (9, 40, 40), native, offset=offset, shape=shape)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_axis_operator_rows_sum_to_one_and_reject_empty_axes():
+    op = preprocess.axis_operator(10, 7, 1.4, sigma=0.7)
+    np.testing.assert_allclose(np.asarray(op.sum(axis=1)).ravel(), 1.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        preprocess.axis_operator(0, 3, 1.0)
