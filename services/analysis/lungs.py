@@ -125,18 +125,22 @@ def _fill_convex(
     if len(hull) < 3:
         out[rows, cols] = True
         return out
-    lo = np.full(shape[0], np.inf)
-    hi = np.full(shape[0], -np.inf)
+    spans: list[NDArray[np.int64]] = []
+    xs: list[NDArray[np.float64]] = []
     every = np.arange(shape[0])
     for (y0, x0), (y1, x1) in zip(hull, np.roll(hull, -1, axis=0), strict=True):
         span = every[(every >= min(y0, y1)) & (every <= max(y0, y1))]
         if y0 == y1:
-            np.minimum.at(lo, span, min(x0, x1))
-            np.maximum.at(hi, span, max(x0, x1))
+            spans += [span, span]
+            xs += [np.full(len(span), min(x0, x1)), np.full(len(span), max(x0, x1))]
             continue
-        x = x0 + (span - y0) * (x1 - x0) / (y1 - y0)
-        np.minimum.at(lo, span, x)
-        np.maximum.at(hi, span, x)
+        spans.append(span)
+        xs.append(x0 + (span - y0) * (x1 - x0) / (y1 - y0))
+    at, x = np.concatenate(spans), np.concatenate(xs)
+    lo = np.full(shape[0], np.inf)
+    hi = np.full(shape[0], -np.inf)
+    np.minimum.at(lo, at, x)
+    np.maximum.at(hi, at, x)
     columns = np.arange(shape[1])
     return (columns[None, :] >= np.ceil(lo - 1e-6)[:, None]) & (
         columns[None, :] <= np.floor(hi + 1e-6)[:, None]

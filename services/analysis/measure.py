@@ -35,8 +35,11 @@ def convex_hull(points: NDArray[np.float64]) -> NDArray[np.float64]:
     if len(pts) <= 2:
         return pts
 
-    def half(seq: NDArray[np.float64]) -> list[NDArray[np.float64]]:
-        out: list[NDArray[np.float64]] = []
+    # plain floats: the chain visits every point in Python, numpy scalars are far slower
+    rows: list[tuple[float, float]] = [(float(y), float(x)) for y, x in pts.tolist()]
+
+    def half(seq: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        out: list[tuple[float, float]] = []
         for p in seq:
             while len(out) >= 2:
                 a, b = out[-2], out[-1]
@@ -46,8 +49,8 @@ def convex_hull(points: NDArray[np.float64]) -> NDArray[np.float64]:
             out.append(p)
         return out
 
-    lower, upper = half(pts), half(pts[::-1])
-    return np.asarray(lower[:-1] + upper[:-1])
+    lower, upper = half(rows), half(rows[::-1])
+    return np.asarray(lower[:-1] + upper[:-1], dtype=np.float64)
 
 
 def axes_2d(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[float, float]:
