@@ -1,7 +1,7 @@
 """ONNX Runtime inference engine for the nodule segmentation model.
 
 One :class:`Engine` per process: it verifies the model files against ``model.json``, opens a
-single ORT session on the best provider available (TensorRT > CUDA > CPU) and turns an HU
+single ORT session on the best provider available (TensorRT > CUDA > OpenVINO > CPU) and turns an HU
 volume into a voxel-wise nodule probability map on the volume's own grid.
 """
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
@@ -49,9 +50,9 @@ def sha256_of(path: Path) -> str:
 
 
 def choose_providers(requested: str, available: list[str]) -> list[str]:
-    """ORT providers to try, best first: ``auto`` or a comma list of tensorrt/cuda/cpu."""
+    """ORT providers to try, best first: ``auto`` or a comma list of tensorrt/cuda/openvino/cpu."""
     if requested.strip().lower() in ("", "auto"):
-        wanted = [_PROVIDER_NAMES[name] for name in ("tensorrt", "cuda", "cpu")]
+        wanted = list(_PROVIDER_NAMES.values())
     else:
         wanted = []
         for name in requested.lower().split(","):
@@ -98,15 +99,25 @@ def _load_stage2(model_dir: Path, manifest: ModelManifest, providers: list[Any])
     import onnxruntime as ort
 
     path = _verify(model_dir, spec.file)
-    # TensorRT builds an engine per input shape; the small batches of stage two run well on
-    # CUDA or the CPU.
-    plain = [p for p in providers if p != "TensorrtExecutionProvider"] or ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), _session_options(), providers=plain)
+        session = ort.InferenceSession(
+            str(path), _session_options(), providers=stage_two_providers(providers)
+        )
         return Stage2(session, Calibration.from_dict(spec.calibration))
     except Exception as exc:  # ORT raises its own exception types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"cannot load {path}: {first}") from exc
+
+
+def stage_two_providers(providers: list[Any]) -> list[Any]:
+    """Stage one's providers (names or ``(name, options)`` pairs) fit for stage two.
+
+    TensorRT and OpenVINO compile per input shape; the small batches of stage two, a new
+    shape for each candidate count, run well on CUDA or ONNX Runtime's own CPU kernels.
+    """
+    plain = {"CUDAExecutionProvider", "CPUExecutionProvider"}
+    kept = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in plain]
+    return kept or ["CPUExecutionProvider"]
 
 
 def _threads() -> int:
@@ -181,6 +192,10 @@ class Engine:
                             "trt_engine_cache_path": str(cache),
                         },
                     )
+                )
+            elif name == "OpenVINOExecutionProvider":
+                provider_args.append(
+                    (name, {"device_type": "CPU", "num_of_threads": str(_threads())})
                 )
             else:
                 provider_args.append(name)

@@ -5,11 +5,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
 from services.analysis import tiling
-from services.analysis.engine import Engine, ModelError, choose_providers, sha256_of
+from services.analysis.engine import (
+    Engine,
+    ModelError,
+    choose_providers,
+    sha256_of,
+    stage_two_providers,
+)
 
 
 def _pointwise_model(path: Path, gain: float = 4.0, bias: float = 0.0) -> None:
@@ -124,6 +131,34 @@ def test_choose_providers():
         choose_providers("tensorrt", have)
     with pytest.raises(ModelError):
         choose_providers("tpu", have)
+    cpu_only = ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", cpu_only) == cpu_only  # OpenVINO before ORT's own kernels
+    assert choose_providers("openvino", cpu_only) == ["OpenVINOExecutionProvider"]
+
+
+def test_stage_two_runs_on_cuda_or_the_cpu_kernels():
+    trt = ("TensorrtExecutionProvider", {"trt_fp16_enable": True})
+    ov = ("OpenVINOExecutionProvider", {"device_type": "CPU"})
+    assert stage_two_providers([trt, "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert stage_two_providers([ov, "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert stage_two_providers([ov]) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(
+    "OpenVINOExecutionProvider" not in ort.get_available_providers(),
+    reason="this ONNX Runtime build has no OpenVINO execution provider",
+)
+def test_openvino_gives_the_cpu_kernels_map(tmp_path):
+    model_dir = _model_dir(tmp_path)
+    engine = Engine.load(model_dir, "openvino")
+    assert engine.provider == "OpenVINOExecutionProvider"
+    hu = np.random.default_rng(1).uniform(-1000, 400, (37, 45, 29)).astype(np.float32)
+    x = hu / 700.0 - 3.0 / 7.0
+    cpu = Engine.load(model_dir, "cpu")
+    np.testing.assert_allclose(engine.model_probability(x), cpu.model_probability(x), atol=1e-5)
 
 
 def _shift_model(path: Path) -> None:
