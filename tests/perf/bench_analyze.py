@@ -4,8 +4,10 @@ Run: ``.venv/bin/python tests/perf/bench_analyze.py [--workdir DIR] [--slices 30
 
 Writes the phantom once (``write_phantom``; reused when ``--workdir`` already holds it),
 then times ``analyze_files`` (read, assemble, crop, stage-one inference, second stage, mass
-pass, postprocess) with the CPU
-provider and prints the total against the anchor: ≤ 30 s per study on 2 CPU cores. When
+pass, postprocess) with ONNX Runtime's own CPU kernels and prints the total against the
+anchor: ≤ 30 s per study on 2 CPU cores. When ONNX Runtime offers the OpenVINO provider (the
+``onnxruntime-openvino`` build), the study is timed on it too, with its ratio to the CPU
+kernels' run, the CPU seconds each used and whether their findings agree. When
 ONNX Runtime offers CUDA or TensorRT, the same study is timed on each; otherwise GPU
 figures are reported as not measured. Without a model in ``--model-dir`` the inference
 stage is replaced by a stand-in that returns zeros and reported as not measured.
@@ -106,6 +108,42 @@ def matched(result: AnalysisResult, nodules: list[dict[str, Any]]) -> int:
     return hits
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def findings_key(result: AnalysisResult) -> list[tuple[Any, ...]]:
+    return [
+        (f.finding_type, f.kind, round(f.diameter_mm, 2), round(f.confidence, 4), f.bbox)
+        for f in result.findings
+    ]
+
+
+def compare_openvino(files: list[Path], args: argparse.Namespace, cpu: Any, repeat: int) -> None:
+    """The same study on the OpenVINO provider and on the CPU kernels, runs interleaved."""
+    from services.analysis.engine import Engine
+
+    engine = Engine.load(args.model_dir, providers="openvino")
+    run(files, engine)  # warm-up: OpenVINO compiles the network for the first tile shapes
+    for n in range(repeat):
+        figures = {}
+        for name, each in (("CPU kernels", cpu), ("OpenVINO", engine)):
+            before = cpu_seconds()
+            result, total = run(files, each)
+            figures[name] = (result, total, cpu_seconds() - before)
+        result, total, used = figures["OpenVINO"]
+        base, base_total, base_used = figures["CPU kernels"]
+        report(f"OpenVINO run {n + 1}", result, total, True)
+        same = "the same" if findings_key(result) == findings_key(base) else "DIFFERENT"
+        print(
+            f"  vs the CPU kernels in the same round: {total:.2f} s against {base_total:.2f} s "
+            f"({base_total / total:.2f}x faster; stage one {base.timings['inference']:.2f} -> "
+            f"{result.timings['inference']:.2f} s), CPU {used:.1f} s against {base_used:.1f} s; "
+            f"findings {same}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
@@ -146,6 +184,8 @@ def main() -> int:
         report(f"CPU run {n + 1}", result, total, have_model)
         if have_model and nodules:
             print(f"  true nodules matched by a finding: {matched(result, nodules)}/{len(nodules)}")
+    if have_model and "OpenVINOExecutionProvider" in available:
+        compare_openvino(files, args, cpu_engine, args.repeat)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS of this process so far: {peak:.0f} MB")
     gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
