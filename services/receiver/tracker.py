@@ -260,7 +260,10 @@ class StudyTracker:
         now = self.clock()
         jobs = []
         for study in self.pending():
-            rule = rule_for(self._calling_aets(study), self.rules, self.default_rule)
+            # Without per-AE rules every sender has the default: no query of the study's
+            # instances on each tick (4 a second, for every study still arriving).
+            senders = self._calling_aets(study) if self.rules else []
+            rule = rule_for(senders, self.rules, self.default_rule)
             if stable_reason(study.clock, rule, now) is None:
                 continue
             decision = decide(study.clock, rule, self.evidence(study), now, self.waits)

@@ -46,6 +46,8 @@ def test_rule_for_takes_the_strictest_sender() -> None:
     assert rule_for(["ORTHANC "], rules, DEFAULT) == ORTHANC
     both = rule_for(["STORESCU", "ORTHANC"], rules, DEFAULT)
     assert both.stable_age_seconds == 30 and both.release_grace_seconds is None
+    # no per-AE rules: the default whoever sent (the tracker then skips the senders query)
+    assert rule_for(["STORESCU", "ORTHANC"], {}, DEFAULT) == rule_for([], {}, DEFAULT) == DEFAULT
 
 
 def test_stable_reason_per_rule() -> None:
