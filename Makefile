@@ -7,9 +7,12 @@ export TCP_NODELAY := 1
 
 .PHONY: demo test lint typecheck system venv bench chaos train evaluate clean
 
+# onnxruntime and onnxruntime-openvino install the same module: either is removed first, so
+# the build pyproject.toml names for this platform is installed alone.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-openvino 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[dev,train]'
 	touch $(STAMP)
 

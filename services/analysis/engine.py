@@ -1,8 +1,8 @@
 """ONNX Runtime inference engine for the nodule segmentation model.
 
 One :class:`Engine` per process: it verifies the model files against ``model.json``, opens a
-single ORT session on the best provider available (TensorRT > CUDA > OpenVINO > CPU) and turns an HU
-volume into a voxel-wise nodule probability map on the volume's own grid.
+single ORT session on the best provider available (TensorRT > CUDA > OpenVINO > CPU) and
+turns an HU volume into a voxel-wise nodule probability map on the volume's own grid.
 """
 
 from __future__ import annotations
