@@ -94,7 +94,6 @@ def axis_operator(
             shape=(size_in, size_in),
         )
         op = op @ smooth
-    op.sum_duplicates()
     return op.astype(np.float32)
 
 
