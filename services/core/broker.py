@@ -288,8 +288,9 @@ class RabbitBroker:
 
         After a lost connection the handler of the message in flight keeps running (its
         verdict can no longer be settled; the broker redelivers the message). No new
-        connection is opened until it returns, so one process never runs two jobs at once,
-        and this method returns only when no handler is running.
+        connection is opened until it returns, so one call never runs two handlers at once
+        (a worker runs one call per job it may hold), and this method returns only when no
+        handler is running.
         """
         backoff = Backoff(first=0.5, cap=30.0)
         while not stop.is_set():

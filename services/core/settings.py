@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
     job_max_attempts: int = 3
+    # Jobs one worker process runs at once, sharing its model session (worker/consumer.py):
+    # two keep a small machine's cores busy through each other's single-threaded stages.
+    worker_concurrency: int = Field(default=2, ge=1, le=16)
     # The receiver lowers its CPU priority to this nice value at start so the analysis gets
     # the cores first (core/priority.py); 0 = leave it. The reporter keeps its own: its
     # FHIR API answers people.

@@ -1,8 +1,13 @@
-"""The worker's threads: one consuming ``noduleflow.inference``, one relaying results.
+"""The worker's threads: ``concurrency`` consuming ``noduleflow.inference``, one relaying
+results.
 
+Each consumer takes one message at a time (on RabbitMQ its own connection, prefetch 1), so a
+process holds at most ``concurrency`` jobs; they share the handler and its model session.
+Two jobs at once keep both cores of a small machine busy while either is in a single-threaded
+stage (reading, the lung mask, measuring), or the CPU busy while a GPU runs the other.
 The broker owns the pika details (I/O thread, handler thread, acks marshalled back with
 ``add_callback_threadsafe``, reconnects); this module starts and stops them in order:
-stop taking work, let the current job finish and settle, then stop the relay.
+stop taking work, let the jobs in hand finish and settle, then stop the relay.
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ class Worker:
         *,
         stop: threading.Event | None = None,
         queue: str = INFERENCE_QUEUE,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.broker = broker
         self.handler = handler
         self.relay = relay
         self.queue = queue
+        self.concurrency = concurrency
         # Two groups, stopped in order: the consumer first (the job in hand finishes and is
         # settled), then the relay (after one last flush of what the drain committed).
         self._consuming = ThreadGroup(stop)
@@ -45,13 +54,14 @@ class Worker:
         if self._started:
             raise RuntimeError("worker already started")
         self._started = True
-        self._consuming.spawn("noduleflow-worker", self._consume)
+        for number in range(1, self.concurrency + 1):
+            self._consuming.spawn(f"noduleflow-worker-{number}", self._consume)
         if self.relay is not None:
             self._relaying.on_stop(self.relay.wake.set)
             self._relaying.spawn(
                 "noduleflow-worker-relay", self.relay.run, self._relaying.stop_event
             )
-        log.info("event=worker_started queue=%s", self.queue)
+        log.info("event=worker_started queue=%s concurrency=%d", self.queue, self.concurrency)
 
     def _consume(self) -> None:
         try:
@@ -69,7 +79,7 @@ class Worker:
         return self._consuming.join(timeout)
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
-        """Take no new work; with ``wait``, let the current job finish, then stop relaying."""
+        """Take no new work; with ``wait``, let the jobs in hand finish, then stop relaying."""
         if not self.stopping.is_set():
             log.info("event=worker_stopping queue=%s", self.queue)
         self._consuming.stop(wait=False)

@@ -8,6 +8,8 @@
 - ``action``: ``exit`` (default; ``os._exit(137)`` as if SIGKILLed), ``sleep=SECONDS``,
   ``raise=memory`` (MemoryError), ``raise=db`` (database unavailable), ``raise=storage``.
 - ``times=N``: fire at most N times in this process (default: every time).
+- ``job=ID``: fire only in the job whose id is ``ID`` (a study that crashes the worker beside
+  others that do not).
 
 Example: ``NODULEFLOW_FAULT_AT=after_commit`` or ``NODULEFLOW_FAULT_AT=mid_infer:sleep=30``.
 """
@@ -36,6 +38,7 @@ class Rule:
     action: str = "exit"
     argument: str = ""
     times: int | None = None
+    job: str = ""
     fired: int = field(default=0)
 
 
@@ -51,6 +54,8 @@ def parse(spec: str) -> list[Rule]:
             key, _, value = option.partition("=")
             if key == "times":
                 rule.times = int(value)
+            elif key == "job":
+                rule.job = value
             elif key in ("exit", "sleep", "raise"):
                 rule.action, rule.argument = key, value
                 if key == "sleep":
@@ -72,9 +77,9 @@ class Faults:
         if self.rules:
             log.warning("event=fault_injection_enabled rules=%s", spec or os.environ.get(ENV))
 
-    def hit(self, point: str) -> None:
+    def hit(self, point: str, job: str = "") -> None:
         for rule in self.rules:
-            if rule.point != point:
+            if rule.point != point or (rule.job and rule.job != job):
                 continue
             with self._lock:
                 if rule.times is not None and rule.fired >= rule.times:

@@ -1,5 +1,8 @@
 """One StudyReady message → one job attempt: claim, analyse, commit, publish, verdict.
 
+The handler is shared by the worker's consumer threads; its :class:`JobGate` lets a job
+whose earlier attempt did not finish run only alone.
+
 The handler is idempotent by job id: a redelivered message for a job whose results are
 already committed only (re)publishes the committed StudyResult and is acknowledged.
 """
@@ -24,6 +27,7 @@ from services.core.storage import LocalStorage
 from services.worker import results, store
 from services.worker.analyze import Analyze, default_analyze
 from services.worker.faults import Faults
+from services.worker.gate import JobGate
 from services.worker.policy import (
     Action,
     BadMessage,
@@ -67,6 +71,7 @@ class JobHandler:
         analyze: Analyze = default_analyze,
         faults: Faults | None = None,
         progress_interval: float = 0.5,
+        gate: JobGate | None = None,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -78,6 +83,7 @@ class JobHandler:
         self.analyze = analyze
         self.faults = faults or Faults("")
         self.progress_interval = progress_interval
+        self.gate = gate or JobGate()  # one per handler: its consumer threads share it
 
     def __call__(self, delivered: Delivered) -> Verdict:
         try:
@@ -85,6 +91,25 @@ class JobHandler:
         except BadMessage as exc:
             log.error("event=job_rejected message_id=%s reason=%s", delivered.message_id[:64], exc)
             return Verdict.REJECT
+        try:
+            solo = self._must_run_alone(message.job_id, delivered)
+        except Exception as exc:
+            return self._failed(message, delivered, None, exc)
+        with self.gate.slot(solo=solo, stop=self.stop) as entered:
+            if not entered:
+                log.info("event=job_deferred job=%s reason=worker stopping", message.job_id)
+                return Verdict.RETRY
+            if solo:
+                log.info("event=job_alone job=%s note=delivered or tried before", message.job_id)
+            return self._attempt(message, delivered)
+
+    def _must_run_alone(self, job_id: str, delivered: Delivered) -> bool:
+        """A job delivered before, or tried before, runs with no other (``gate.py``)."""
+        if delivered.redelivered or delivered.delivery_count > 0:
+            return True
+        return self._patiently(job_id, lambda: store.attempts(self.db, job_id)) > 0
+
+    def _attempt(self, message: StudyReady, delivered: Delivered) -> Verdict:
         started = time.perf_counter()
         claim: store.Claim | None = None
         try:
@@ -116,7 +141,7 @@ class JobHandler:
                 len(claim.paths),
                 delivered.redelivered,
             )
-            self.faults.hit("after_claim")
+            self.faults.hit("after_claim", claim.job_id)
             self._run(claim, started)
         except store.ClaimLost:
             # A newer attempt owns the job and its own delivery; or a commit whose reply was
@@ -127,7 +152,7 @@ class JobHandler:
         except Exception as exc:
             return self._failed(message, delivered, claim, exc)
         self._publish(message.job_id)
-        self.faults.hit("after_publish")
+        self.faults.hit("after_publish", message.job_id)
         return Verdict.ACK
 
     # ------------------------------------------------------------------ the work
@@ -149,7 +174,7 @@ class JobHandler:
         analysed = time.perf_counter()
         count = len(result.findings)
         details = results.job_details(result, worker=self.worker_id, attempt=claim.attempt)
-        self.faults.hit("before_commit")
+        self.faults.hit("before_commit", claim.job_id)
         timings = results.stage_timings(
             result.timings, load=load, total=time.perf_counter() - started, queued=claim.queued_s
         )
@@ -171,7 +196,7 @@ class JobHandler:
             analysed - started - load,
             time.perf_counter() - started,
         )
-        self.faults.hit("after_commit")
+        self.faults.hit("after_commit", claim.job_id)
 
     def _patiently(self, job_id: str, operation: Callable[[], T]) -> T:
         """Run a database operation, waiting in place while the database is unavailable.

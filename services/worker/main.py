@@ -87,11 +87,17 @@ def build_worker(
         stop=stop,
         faults=Faults(),
     )
-    return Worker(broker, handler, results_relay if relay else None, stop=stop)
+    return Worker(
+        broker,
+        handler,
+        results_relay if relay else None,
+        stop=stop,
+        concurrency=settings.worker_concurrency,
+    )
 
 
 def run(settings: Settings) -> None:
-    """Consume until SIGTERM/SIGINT: the first finishes the current job, a second exits."""
+    """Consume until SIGTERM/SIGINT: the first finishes the jobs in hand, a second exits."""
     if not settings.broker_url:
         raise SystemExit(
             "NODULEFLOW_BROKER_URL is empty: a standalone worker needs RabbitMQ "

@@ -42,7 +42,7 @@ class JobProgress:
     def __call__(self, stage: str, fraction: float) -> None:
         if stage == "inference" and not self.inferring:
             self.inferring = True
-            self.faults.hit("mid_infer")
+            self.faults.hit("mid_infer", self.claim.job_id)
         now = time.monotonic()
         if now - self.last < self.interval:
             return

@@ -82,6 +82,12 @@ def _end(session: Session, job: Job, study_uid: str, state: JobState, reason: st
     enqueue(session, STUDY_RESULT, _result(job, study_uid, state.value, reason))
 
 
+def attempts(db: Database, job_id: str) -> int:
+    """Attempts ``job_id`` has had so far (0 for an unknown job: ``claim`` says why)."""
+    with db.session() as session:
+        return session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
+
+
 def claim(
     db: Database,
     job_id: str,

@@ -1,4 +1,5 @@
-"""R8 (a study that kills the worker every time) and R12 (database away at commit)."""
+"""R8 (a study that kills the worker every time, alone or beside another) and R12 (database
+away at commit)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,46 @@ def test_poison_study_ends_failed_after_max_attempts(
     assert [(r.job_id, r.status) for r in node.results()] == [(seeded.job_id, "failed")]
     assert node.broker.queue_depth(INFERENCE_QUEUE) == 0
     assert survivor.proc.poll() is None, survivor.tail()
+
+
+def test_a_poison_study_beside_another_costs_it_at_most_one_attempt(
+    node: Node, chest_files: list[Path], tmp_path: Path
+) -> None:
+    """Two jobs in one worker: the poison one kills the process, the other dies with it.
+    Redelivered, each runs alone, so the poison one no longer takes the other down."""
+    poison = node.submit(clone_study(chest_files, tmp_path / "poison")).job_id
+    other = node.submit(clone_study(chest_files, tmp_path / "other")).job_id
+    env = {
+        "NODULEFLOW_WORKER_CONCURRENCY": "2",
+        "NODULEFLOW_JOB_MAX_ATTEMPTS": "3",
+        # the other job is still analysing when the poison one kills the worker
+        "NODULEFLOW_FAULT_AT": f"mid_infer:sleep=6:job={other},"
+        f"mid_infer:sleep=3:job={poison},mid_infer:exit:job={poison}",
+    }
+    first = node.worker("together", **env)
+    assert first.wait(timeout=90) == 137, first.tail()
+    assert (node.job(poison).attempts, node.job(other).attempts) == (1, 1)  # both were in hand
+
+    def ended() -> bool:
+        return all(node.job(j).state in ("failed", "reporting") for j in (poison, other))
+
+    for n in range(3):  # a supervisor restarts the worker after each crash
+        worker = node.worker(f"restart{n}", **env)
+        deadline = time.monotonic() + 90
+        while worker.proc.poll() is None and not ended():
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.2)
+        if ended():
+            break
+        assert worker.proc.returncode == 137, worker.tail()
+    assert ended()
+    assert (node.job(poison).state, node.job(poison).attempts) == ("failed", 3)
+    assert node.job(other).state == "reporting"
+    assert node.job(other).attempts == 2  # the first crash, then once alone
+    assert "event=job_alone" in worker.log.read_text()
+    assert sorted((r.job_id, r.status) for r in node.results()) == sorted(
+        [(poison, "failed"), (other, "done")]
+    )
 
 
 def test_database_outage_at_commit_is_waited_out_without_recomputing(

@@ -45,3 +45,12 @@ def test_sleep() -> None:
     started = time.monotonic()
     Faults("after_publish:sleep=0.2").hit("after_publish")
     assert time.monotonic() - started >= 0.2
+
+
+def test_a_rule_for_one_job_fires_only_in_that_job() -> None:
+    faults = Faults("mid_infer:raise=memory:job=poison")
+    assert parse("mid_infer:job=poison")[0].job == "poison"
+    faults.hit("mid_infer", "innocent")  # another job: nothing happens
+    faults.hit("mid_infer")
+    with pytest.raises(MemoryError):
+        faults.hit("mid_infer", "poison")
