@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import func, select  # noqa: E402
 
 from services.core.db import Delivery, Instance, Job, JobState, Series, Study  # noqa: E402
+from services.core.settings import Settings  # noqa: E402
 from tests.integration.worker.harness import clone_study  # noqa: E402
 from tests.perf.bench_ingest import Target, _cpu_model, send_chunks  # noqa: E402
 from tests.perf.bench_worker import pipeline_alone  # noqa: E402
@@ -177,7 +178,8 @@ def main() -> None:
             f"burst: {args.studies} studies x {args.slices} CT slices 512x512 over "
             f"{args.associations} associations, {args.form} form, {args.completion} completion; "
             f"host: {_cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}; "
-            f"python {platform.python_version()}; provider {provider}"
+            f"python {platform.python_version()}; provider {provider}; worker concurrency "
+            f"{Settings().worker_concurrency}"
         )
         with running_node(work / "node", form=args.form, completion=args.completion) as node:
             print(
@@ -243,6 +245,15 @@ def report(
         f"last image -> study complete: median {statistics.median(waits):.1f} s, "
         f"{waits[0]:.1f} to {waits[-1]:.1f} s (first study {first_wait:.1f} s)"
     )
+    opening = min(times, key=lambda t: t.analysis_start)
+    idle_until = opening.analysis_start - started
+    print(
+        f"the first analysis: its last image {opening.last_ack - started:.1f} s after the first "
+        f"association opened, complete {opening.complete - started:.1f} s, analysis from "
+        f"{idle_until:.1f} s (the worker idle until then: {100 * idle_until / elapsed:.0f} % of "
+        f"the burst); the last report {finished - max(t.analysis_end for t in times):.1f} s "
+        "after the last analysis"
+    )
     analyses = sorted(t.analysis_end - t.analysis_start for t in times)
     print(
         f"analysis in the worker: median {statistics.median(analyses):.1f} s, "
@@ -291,6 +302,14 @@ def report(
         + f", the benchmark's watcher {watcher.cpu_seconds:.1f}; per study: "
         + ", ".join(f"{name} {seconds / len(times):.1f}" for name, seconds in sorted(used.items()))
         + f" (pipeline alone {anchor_cpu:.1f})"
+    )
+    busy, total = watcher.machine
+    services = sum(used.values()) + watcher.cpu_seconds
+    print(
+        f"the whole machine while watched: {busy:.0f} of {total:.0f} CPU seconds busy "
+        f"({100 * busy / total:.0f} %); outside the node's services, Orthanc and the watcher "
+        f"(PostgreSQL, RabbitMQ, storescu, the kernel): {busy - services:.0f}, "
+        f"{(busy - services) / len(times):.1f} per study"
     )
     if watcher.errors:
         print(f"({len(watcher.errors)} polls failed and were retried; last: {watcher.errors[-1]})")

@@ -30,6 +30,7 @@ from tests.services import RABBIT_URL, free_port, port_open, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMS = ("serve", "distributed")
+PASSED_THROUGH = ("NODULEFLOW_RECEIVER_NICE", "NODULEFLOW_WORKER_CONCURRENCY")
 # Completion settings: the shipped defaults, and the fastest we call safe — a release grace
 # that still bridges a router re-opening an association, and MONAI Informatics Gateway's
 # 5 s window as the idle time (docs/operations.md §13).
@@ -144,12 +145,23 @@ def process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu(text: str | None = None) -> tuple[float, float]:
+    """The whole machine's busy and total CPU seconds since boot, from ``/proc/stat``."""
+    line = (text if text is not None else Path("/proc/stat").read_text()).splitlines()[0]
+    ticks = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks)
+    busy = total - ticks[3] - ticks[4]
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, total / hz
+
+
 def base_env(work: Path, completion: str, pacs: Orthanc, model_dir: Path) -> dict[str, str]:
-    # NODULEFLOW_RECEIVER_NICE passes through, to compare CPU priorities (core/priority.py)
+    # NODULEFLOW_RECEIVER_NICE and NODULEFLOW_WORKER_CONCURRENCY pass through, to compare
+    # CPU priorities (core/priority.py) and jobs at once (worker/consumer.py)
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("NODULEFLOW_") or k == "NODULEFLOW_RECEIVER_NICE"
+        if not k.startswith("NODULEFLOW_") or k in PASSED_THROUGH
     }
     env.update({f"NODULEFLOW_{k}": v for k, v in COMPLETION[completion].items()})
     env.update(

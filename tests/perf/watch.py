@@ -19,7 +19,7 @@ import httpx
 from sqlalchemy import func, select
 
 from services.core.db import Delivery, Instance, Job, OutboxMessage, Series, Study
-from tests.perf.node import Node, process_cpu, process_memory
+from tests.perf.node import Node, machine_cpu, process_cpu, process_memory
 from tests.perf.timeline import StudyTimes, claim_times, epoch
 
 _JOB_STATES = select(Job.id, Study.study_instance_uid, Job.state, Job.report_id).join(Study)
@@ -47,6 +47,8 @@ class Watcher:
     cpu: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # polls that failed (and were retried)
     cpu_seconds: float = 0.0  # this thread's own CPU time: what watching costs the node
+    #: the whole machine's (busy, total) CPU seconds from start to stop of the watch
+    machine: tuple[float, float] = (0.0, 0.0)
     _since: int = 0
     _seen: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -54,6 +56,7 @@ class Watcher:
 
     def __enter__(self) -> Watcher:
         self._since = int(self.node.pacs.get("/changes?last")["Last"])  # type: ignore[index]
+        self.machine = machine_cpu()
         self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
         self._thread.start()
         return self
@@ -62,6 +65,8 @@ class Watcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        busy, total = machine_cpu()
+        self.machine = (busy - self.machine[0], total - self.machine[1])
 
     def _run(self) -> None:
         started = time.thread_time()

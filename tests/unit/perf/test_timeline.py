@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.perf.node import parse_status
+from tests.perf.node import machine_cpu, parse_status
 from tests.perf.pngplot import nice_step, write_step_chart
 from tests.perf.timeline import (
     STAGES,
@@ -118,3 +119,9 @@ def test_step_chart_is_a_png_with_the_lines_drawn(tmp_path: Path) -> None:
     assert (31, 119, 180) in colours  # the first series' colour
     with pytest.raises(ValueError, match="nothing"):
         write_step_chart(tmp_path / "x.png", {}, title="", x_label="", y_label="")
+
+
+def test_machine_cpu_counts_idle_and_iowait_as_not_busy() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    text = f"cpu  {hz} {hz} {hz} {3 * hz} {hz} 0 {hz} 0 0 0\\ncpu0 1 2 3\\n"
+    assert machine_cpu(text) == (4.0, 8.0)
