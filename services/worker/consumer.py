@@ -43,7 +43,7 @@ class Worker:
         self.relay = relay
         self.queue = queue
         self.concurrency = concurrency
-        # Two groups, stopped in order: the consumer first (the job in hand finishes and is
+        # Two groups, stopped in order: the consumers first (the jobs in hand finish and are
         # settled), then the relay (after one last flush of what the drain committed).
         self._consuming = ThreadGroup(stop)
         self._relaying = ThreadGroup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -63,16 +64,20 @@ def test_killed_after_commit_before_ack_is_not_recomputed(
 def test_first_sigterm_drains_second_exits(
     node: Node, chest_files: list[Path], tmp_path: Path
 ) -> None:
-    one = node.submit(clone_study(chest_files, tmp_path / "one"))
-    two = node.submit(clone_study(chest_files, tmp_path / "two"))
-    worker = node.worker("drain", NODULEFLOW_FAULT_AT="mid_infer:sleep=3")
-    worker.wait_log("fault_injected point=mid_infer")
+    jobs = [node.submit(clone_study(chest_files, tmp_path / f"s{n}")) for n in range(3)]
+    worker = node.worker(
+        "drain", NODULEFLOW_FAULT_AT="mid_infer:sleep=3", NODULEFLOW_WORKER_CONCURRENCY="2"
+    )
+    deadline = time.monotonic() + 60
+    while worker.log.read_text().count("fault_injected point=mid_infer") < 2:  # both in hand
+        assert time.monotonic() < deadline and worker.proc.poll() is None, worker.tail()
+        time.sleep(0.1)
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
-    states = {node.job(j.job_id).state for j in (one, two)}
-    assert states == {"reporting", "queued"}  # the current job finished, no new one taken
+    states = sorted(node.job(j.job_id).state for j in jobs)
+    assert states == ["queued", "reporting", "reporting"]  # the jobs in hand finished, no new
     assert node.broker.queue_depth(INFERENCE_QUEUE) == 1
-    assert len(node.results()) == 1
+    assert len(node.results()) == 2
 
     hasty = node.worker("hasty", NODULEFLOW_FAULT_AT="mid_infer:sleep=60")
     hasty.wait_log("fault_injected point=mid_infer")
