@@ -34,15 +34,16 @@ def _state(db: Database, job_id: str) -> str:
         return job.state
 
 
-def test_stop_finishes_the_current_job_and_takes_no_more(
-    db: Database, tmp_path: Path, inprocess_broker: InProcessBroker
-) -> None:
-    storage = LocalStorage(tmp_path / "storage")
-    first = seed_job(db, storage, tmp_path / "a")
-    second = seed_job(db, storage, tmp_path / "b")
+def _worker(
+    db: Database,
+    storage: LocalStorage,
+    broker: InProcessBroker,
+    analyze: FakeAnalyze,
+    *,
+    concurrency: int = 1,
+) -> tuple[Worker, Relay]:
+    relay = Relay(db, broker, routing_key=STUDY_RESULT)
     stop = threading.Event()
-    analyze = SlowAnalyze()
-    relay = Relay(db, inprocess_broker, routing_key=STUDY_RESULT)
     handler = JobHandler(
         db,
         storage,
@@ -54,7 +55,17 @@ def test_stop_finishes_the_current_job_and_takes_no_more(
         analyze=analyze,
         faults=Faults(""),
     )
-    worker = Worker(inprocess_broker, handler, relay, stop=stop)
+    return Worker(broker, handler, relay, stop=stop, concurrency=concurrency), relay
+
+
+def test_stop_finishes_the_current_job_and_takes_no_more(
+    db: Database, tmp_path: Path, inprocess_broker: InProcessBroker
+) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    first = seed_job(db, storage, tmp_path / "a")
+    second = seed_job(db, storage, tmp_path / "b")
+    analyze = SlowAnalyze()
+    worker, relay = _worker(db, storage, inprocess_broker, analyze)
     for seeded in (first, second):
         inprocess_broker.publish(STUDY_READY, seeded.message.to_json(), seeded.job_id)
     worker.start()
@@ -109,20 +120,7 @@ def _run_jobs(
             assert row is not None
             row.attempts = 1  # as after a crash: claimed once, never finished
     analyze = OverlapAnalyze()
-    relay = Relay(db, broker, routing_key=STUDY_RESULT)
-    stop = threading.Event()
-    handler = JobHandler(
-        db,
-        storage,
-        object(),
-        relay,
-        policy=RetryPolicy(),
-        worker_id="t",
-        stop=stop,
-        analyze=analyze,
-        faults=Faults(""),
-    )
-    worker = Worker(broker, handler, relay, stop=stop, concurrency=concurrency)
+    worker, _ = _worker(db, storage, broker, analyze, concurrency=concurrency)
     for job in seeded:
         broker.publish(STUDY_READY, job.message.to_json(), job.job_id)
     worker.start()
