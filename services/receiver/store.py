@@ -232,7 +232,10 @@ class InstanceStore:
                 and existing.sha256 == received.sha256
                 and self.storage.exists(existing.path)
             ):
-                received.temp.unlink(missing_ok=True)
+                # Start-up reconciliation hands in the stored file itself: a sibling receiver
+                # committed its row after the scan saw the file without one. Never unlink it.
+                if not self._same_file(received.temp, existing.path):
+                    received.temp.unlink(missing_ok=True)
                 return Outcome.DUPLICATE
             conflict = self._conflict(header, existing, owner)
             if conflict is not None:  # decided before any file is touched

@@ -250,6 +250,23 @@ def test_a_sibling_creating_the_series_first_wins(setup: Setup) -> None:
     assert setup.rows()[next(iter(setup.rows()))][0] == STUDY_A
 
 
+def test_the_stored_file_handed_in_again_is_a_duplicate_and_stays(setup: Setup) -> None:
+    """What start-up reconciliation does when a sibling receiver commits the row of a file
+    the scan saw without one (found by the chaos suite): the store is handed the stored file
+    itself. It is a duplicate; the file is not a temporary copy to remove."""
+    sop = generate_uid()
+    assert setup.send(_slice(STUDY_A, SERIES_A, 0, sop)) is Outcome.STORED
+    path = setup.root / setup.rows()[sop][2]
+    data = path.read_bytes()
+    found = Received(path, len(data), _sha(path), "", parse_header(path))
+    assert setup.store.store(found, opens_study=False) is Outcome.DUPLICATE
+    assert path.is_file() and _sha(path) == setup.rows()[sop][3]
+    # a re-sent copy (its own temporary file) is still cleaned up
+    again = _received(setup.storage, _slice(STUDY_A, SERIES_A, 0, sop))
+    assert setup.store.store(again, opens_study=True) is Outcome.DUPLICATE
+    assert not again.temp.exists() and path.is_file()
+
+
 def test_a_new_instance_never_replaces_a_file_at_its_path(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
