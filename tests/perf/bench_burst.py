@@ -16,9 +16,12 @@ number of studies: 1.00 means the services around the model cost nothing. Also: 
 nothing was lost or doubled (one done job per study, every instance indexed, one SR per
 study in Orthanc), the peak RSS of every process, each service's RSS growth from study 5 to
 the last (by report time), and the queue depth over time (job states every 0.5 s), written
-as a PNG, each study's completion wait and analysis time, and the CPU seconds each service
-used against the pipeline alone's. ``--small``: 4 studies of 60 slices unless given, a
-quick check of the script.
+as a PNG, each study's completion wait and analysis time, when the first analysis started
+and how long the last report lagged the last analysis, the CPU seconds each service used
+against the pipeline alone's, and the whole machine's (``/proc/stat``): what PostgreSQL,
+RabbitMQ, ``storescu`` and the kernel took besides. The worker runs
+``NODULEFLOW_WORKER_CONCURRENCY`` jobs at once (passed through; default 2). ``--small``: 4
+studies of 60 slices unless given, a quick check of the script.
 """
 
 from __future__ import annotations
