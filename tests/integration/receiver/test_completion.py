@@ -87,8 +87,11 @@ def test_pause_of_three_idle_periods_makes_one_job(
 def test_four_interleaved_associations_make_one_job(
     tmp_path: Path, db: Database, sqlite_url: str, phantom: list[Path]
 ) -> None:
+    # Twice the usual idle window: the first part alone (every fourth slice, evenly spaced)
+    # looks whole, and on a busy machine the second sender can take over a second to start.
+    idle = 2 * IDLE
     settings = receiver_settings(
-        tmp_path, sqlite_url, study_idle_seconds=IDLE, gap_wait_seconds=20.0
+        tmp_path, sqlite_url, study_idle_seconds=idle, gap_wait_seconds=20.0
     )
     exe = require_tool("storescu")
     with running_receiver(settings, db, InProcessBroker()) as receiver:
@@ -104,7 +107,7 @@ def test_four_interleaved_associations_make_one_job(
                     stderr=subprocess.DEVNULL,
                 )
             )
-            time.sleep(1.5 * IDLE if i == 1 else 0.1)  # stable in between, but gapped
+            time.sleep(1.5 * idle if i == 1 else 0.1)  # stable in between, but gapped
         assert [s.wait(timeout=120) for s in senders] == [0, 0, 0, 0]
         _one_complete_job(db, len(phantom))
 
