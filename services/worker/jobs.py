@@ -91,23 +91,19 @@ class JobHandler:
         except BadMessage as exc:
             log.error("event=job_rejected message_id=%s reason=%s", delivered.message_id[:64], exc)
             return Verdict.REJECT
+        job_id = message.job_id
         try:
-            solo = self._must_run_alone(message.job_id, delivered)
+            # A job claimed before (the claim counts attempts) runs with no other (gate.py).
+            solo = self._patiently(job_id, lambda: store.attempts(self.db, job_id)) > 0
         except Exception as exc:
             return self._failed(message, delivered, None, exc)
         with self.gate.slot(solo=solo, stop=self.stop) as entered:
             if not entered:
-                log.info("event=job_deferred job=%s reason=worker stopping", message.job_id)
+                log.info("event=job_deferred job=%s reason=worker stopping", job_id)
                 return Verdict.RETRY
             if solo:
-                log.info("event=job_alone job=%s note=delivered or tried before", message.job_id)
+                log.info("event=job_alone job=%s note=tried before", job_id)
             return self._attempt(message, delivered)
-
-    def _must_run_alone(self, job_id: str, delivered: Delivered) -> bool:
-        """A job delivered before, or tried before, runs with no other (``gate.py``)."""
-        if delivered.redelivered or delivered.delivery_count > 0:
-            return True
-        return self._patiently(job_id, lambda: store.attempts(self.db, job_id)) > 0
 
     def _attempt(self, message: StudyReady, delivered: Delivered) -> Verdict:
         started = time.perf_counter()
