@@ -17,6 +17,7 @@ from typing import Any
 
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
+from services.core.heap import keep_freed_memory
 from services.core.priority import yield_cpu
 from services.core.settings import Settings
 
@@ -114,6 +115,8 @@ def running(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> It
 
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
+    if settings.worker_keep_memory:  # before any thread of this process starts
+        keep_freed_memory()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

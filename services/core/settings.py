@@ -219,6 +219,9 @@ class Settings(BaseSettings):
     # Jobs one worker process runs at once, sharing its model session (worker/consumer.py):
     # two keep a small machine's cores busy through each other's single-threaded stages.
     worker_concurrency: int = Field(default=2, ge=1, le=16)
+    # The process that analyses keeps freed memory for the next study's arrays instead of
+    # returning it to the kernel (core/heap.py): its resident memory stays at its peak.
+    worker_keep_memory: bool = True
     # The receiver lowers its CPU priority to this nice value at start so the analysis gets
     # the cores first (core/priority.py); 0 = leave it. The reporter keeps its own: its
     # FHIR API answers people.

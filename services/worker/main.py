@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.db.session import wait_for_database
+from services.core.heap import keep_freed_memory
 from services.core.messages import STUDY_RESULT
 from services.core.outbox import Relay
 from services.core.settings import Settings
@@ -105,6 +106,8 @@ def run(settings: Settings) -> None:
         )
     from services.analysis.engine import ModelError
 
+    if settings.worker_keep_memory:  # before any thread of this process starts
+        keep_freed_memory()
     db = Database(settings.database_url)
     if not wait_for_database(db):  # stopped while the database was away
         db.dispose()
