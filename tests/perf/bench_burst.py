@@ -20,7 +20,8 @@ as a PNG, each study's completion wait and analysis time, when the first analysi
 and how long the last report lagged the last analysis, the CPU seconds each service used
 against the pipeline alone's, and the whole machine's (``/proc/stat``): what PostgreSQL,
 RabbitMQ, ``storescu`` and the kernel took besides. The worker runs
-``NODULEFLOW_WORKER_CONCURRENCY`` jobs at once (passed through; default 2). ``--small``: 4
+``NODULEFLOW_WORKER_CONCURRENCY`` jobs at once (passed through; default 2) and keeps freed
+memory unless ``NODULEFLOW_WORKER_KEEP_MEMORY=false`` (passed through). ``--small``: 4
 studies of 60 slices unless given, a quick check of the script.
 """
 
@@ -177,12 +178,13 @@ def main() -> None:
         chunks: list[list[Path]] = [[] for _ in range(args.associations)]
         for n, (_, files) in enumerate(studies):
             chunks[n % args.associations].extend(files)
+        settings = Settings()
         print(
             f"burst: {args.studies} studies x {args.slices} CT slices 512x512 over "
             f"{args.associations} associations, {args.form} form, {args.completion} completion; "
             f"host: {_cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}; "
             f"python {platform.python_version()}; provider {provider}; worker concurrency "
-            f"{Settings().worker_concurrency}"
+            f"{settings.worker_concurrency}, keeps freed memory {settings.worker_keep_memory}"
         )
         with running_node(work / "node", form=args.form, completion=args.completion) as node:
             print(

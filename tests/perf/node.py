@@ -30,7 +30,11 @@ from tests.services import RABBIT_URL, free_port, port_open, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMS = ("serve", "distributed")
-PASSED_THROUGH = ("NODULEFLOW_RECEIVER_NICE", "NODULEFLOW_WORKER_CONCURRENCY")
+PASSED_THROUGH = (
+    "NODULEFLOW_RECEIVER_NICE",
+    "NODULEFLOW_WORKER_CONCURRENCY",
+    "NODULEFLOW_WORKER_KEEP_MEMORY",
+)
 # Completion settings: the shipped defaults, and the fastest we call safe — a release grace
 # that still bridges a router re-opening an association, and MONAI Informatics Gateway's
 # 5 s window as the idle time (docs/operations.md §13).
@@ -156,8 +160,8 @@ def machine_cpu(text: str | None = None) -> tuple[float, float]:
 
 
 def base_env(work: Path, completion: str, pacs: Orthanc, model_dir: Path) -> dict[str, str]:
-    # NODULEFLOW_RECEIVER_NICE and NODULEFLOW_WORKER_CONCURRENCY pass through, to compare
-    # CPU priorities (core/priority.py) and jobs at once (worker/consumer.py)
+    # PASSED_THROUGH, to compare CPU priorities (core/priority.py), jobs at once
+    # (worker/consumer.py) and the worker's kept memory (core/heap.py)
     env = {
         k: v
         for k, v in os.environ.items()

@@ -59,3 +59,29 @@ def test_unusable_model_exits_with_a_clear_error(settings: Settings, tmp_path: P
     with pytest.raises(SystemExit) as exited:
         run(broken)
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_standalone_worker_keeps_freed_memory_unless_told_not_to(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """``run`` asks malloc to keep freed memory first, before the database or any thread."""
+    import services.worker.main as main
+
+    seen: list[str] = []
+
+    def kept() -> bool:
+        seen.append("kept")
+        return True
+
+    def database_away(db: object) -> bool:
+        seen.append("database")
+        return False
+
+    monkeypatch.setattr(main, "keep_freed_memory", kept)
+    monkeypatch.setattr(main, "wait_for_database", database_away)
+    configured = settings.model_copy(
+        update={"broker_url": "amqp://guest:guest@127.0.0.1:1/", "worker_keep_memory": keep}
+    )
+    run(configured)  # the database "never came": run returns before the broker
+    assert seen == (["kept", "database"] if keep else ["database"])
