@@ -52,16 +52,12 @@ def run_child(mode: str) -> dict[str, float]:
 def test_a_freed_volume_stays_in_the_process_for_the_next_study() -> None:
     seen = run_child("keep")
     assert seen["kept"] is True
-    assert seen["after"] - seen["before"] > 150  # the 200 MB block was kept, once
+    growth = seen["after"] - seen["before"]
+    assert growth > 150  # the 200 MB block was kept...
+    assert growth < 300  # ...once: three studies in a row reused it rather than growing
 
 
 @pytest.mark.skipif(not GLIBC, reason="needs Linux's /proc and glibc")
 def test_without_it_the_volume_goes_back_to_the_kernel() -> None:
     seen = run_child("plain")
     assert seen["after"] - seen["before"] < 50
-
-
-@pytest.mark.skipif(not GLIBC, reason="needs Linux's /proc and glibc")
-def test_three_studies_reuse_one_block_rather_than_growing() -> None:
-    seen = run_child("keep")
-    assert seen["after"] - seen["before"] < 300  # 3 × 200 MB freed, one block's worth kept
