@@ -10,8 +10,9 @@ or ``serve``) whose PACS is a real Orthanc. The clock runs from the first associ
 the last study's artefacts are all in Orthanc and its FHIR report is readable.
 
 Prints studies per hour and the ratio to the anchor — the analysis pipeline alone
-(``analyze_files`` in this process, warm, same study; the mean of ``--anchor-runs`` runs
-before the burst and as many after, as the machine's speed may change meanwhile) times the
+(``analyze_files`` in this process, warm, same study, with malloc set as in the worker; the
+mean of ``--anchor-runs`` runs before the burst and as many after, as the machine's speed
+may change meanwhile) times the
 number of studies: 1.00 means the services around the model cost nothing. Also: that
 nothing was lost or doubled (one done job per study, every instance indexed, one SR per
 study in Orthanc), the peak RSS of every process, each service's RSS growth from study 5 to
@@ -48,7 +49,7 @@ from services.core.db import Delivery, Instance, Job, JobState, Series, Study  #
 from services.core.settings import Settings  # noqa: E402
 from tests.integration.worker.harness import clone_study  # noqa: E402
 from tests.perf.bench_ingest import Target, _cpu_model, send_chunks  # noqa: E402
-from tests.perf.bench_worker import pipeline_alone  # noqa: E402
+from tests.perf.bench_worker import heap_as_in_the_worker, pipeline_alone  # noqa: E402
 from tests.perf.node import Node, process_priority, running_node  # noqa: E402
 from tests.perf.pngplot import write_step_chart  # noqa: E402
 from tests.perf.timeline import StudyTimes, growth, per_hour  # noqa: E402
@@ -158,6 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     args.studies = args.studies or (4 if args.small else 20)
     args.slices = args.slices or (60 if args.small else 300)
+    heap_as_in_the_worker()  # the anchor's malloc as the worker's
     from services.modeling.phantom import write_phantom
 
     with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp:

@@ -75,6 +75,16 @@ def timed_engine(engine: Any) -> list[float]:
     return spent
 
 
+def heap_as_in_the_worker() -> bool:
+    """This process's malloc set as the worker's (``NODULEFLOW_WORKER_KEEP_MEMORY``, on by
+    default; ``core/heap.py``), so that the pipeline alone is timed as the worker runs it:
+    kept memory alone makes an analysis some 11 % faster. Call it first, before threads."""
+    from services.core.heap import keep_freed_memory
+    from services.core.settings import Settings
+
+    return Settings().worker_keep_memory and keep_freed_memory()
+
+
 def pipeline_alone(
     engine: Any, files: list[Path], repeats: int = 2, *, warm_up: bool = True
 ) -> dict[str, Any]:
@@ -259,6 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.model_dir / "model.json").is_file():
         raise SystemExit(f"no model at {args.model_dir}")
+    heap_as_in_the_worker()
     if not port_open("127.0.0.1", 5672):
         raise SystemExit("RabbitMQ on 127.0.0.1:5672 is needed")
     import onnxruntime as ort
