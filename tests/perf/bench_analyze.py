@@ -7,7 +7,8 @@ then times ``analyze_files`` (read, assemble, crop, stage-one inference, second 
 pass, postprocess) with ONNX Runtime's own CPU kernels and prints the total against the
 anchor: ≤ 30 s per study on 2 CPU cores. When ONNX Runtime offers the OpenVINO provider (the
 ``onnxruntime-openvino`` build), the study is timed on it too, with its ratio to the CPU
-kernels' run, the CPU seconds each used and whether their findings agree. When
+kernels' run, the CPU seconds each used and whether their findings agree. Malloc is set
+as in the worker (``NODULEFLOW_WORKER_KEEP_MEMORY``, ``core/heap.py``). When
 ONNX Runtime offers CUDA or TensorRT, the same study is timed on each; otherwise GPU
 figures are reported as not measured. Without a model in ``--model-dir`` the inference
 stage is replaced by a stand-in that returns zeros and reported as not measured.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from services.analysis.command import folder_files
 from services.analysis.config import AnalysisConfig
 from services.analysis.pipeline import AnalysisResult, analyze_files
+from tests.perf.bench_worker import heap_as_in_the_worker
 
 ANCHOR_S = 30.0
 STAGES = (
@@ -152,6 +154,7 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=Path("models/nodule-seg"))
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per provider")
     args = parser.parse_args()
+    heap_as_in_the_worker()  # malloc as the worker runs the pipeline
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
