@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.core import heap
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
-from services.core.heap import keep_freed_memory
 from services.core.priority import yield_cpu
 from services.core.settings import Settings
 
@@ -115,8 +115,7 @@ def running(settings: Settings, *, http: bool = True, yield_nice: int = 0) -> It
 
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
-    if settings.worker_keep_memory:  # before any thread of this process starts
-        keep_freed_memory()
+    heap.configure(settings)  # before any thread of this process starts
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

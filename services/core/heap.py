@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +57,10 @@ def keep_freed_memory() -> bool:
         return False
     log.info("event=heap_keeps_freed_memory")
     return True
+
+
+def configure(settings: Settings) -> bool:
+    """:func:`keep_freed_memory` unless ``WORKER_KEEP_MEMORY`` is off: what the worker,
+    ``serve`` and the benchmarks' pipeline alone call first, before any thread starts.
+    Whether freed memory is now kept."""
+    return settings.worker_keep_memory and keep_freed_memory()

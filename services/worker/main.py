@@ -14,10 +14,10 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from services.core import heap
 from services.core.broker import Broker, make_broker
 from services.core.db import Database
 from services.core.db.session import wait_for_database
-from services.core.heap import keep_freed_memory
 from services.core.messages import STUDY_RESULT
 from services.core.outbox import Relay
 from services.core.settings import Settings
@@ -106,8 +106,7 @@ def run(settings: Settings) -> None:
         )
     from services.analysis.engine import ModelError
 
-    if settings.worker_keep_memory:  # before any thread of this process starts
-        keep_freed_memory()
+    heap.configure(settings)  # before any thread of this process starts
     db = Database(settings.database_url)
     if not wait_for_database(db):  # stopped while the database was away
         db.dispose()

@@ -79,10 +79,10 @@ def heap_as_in_the_worker() -> bool:
     """This process's malloc set as the worker's (``NODULEFLOW_WORKER_KEEP_MEMORY``, on by
     default; ``core/heap.py``), so that the pipeline alone is timed as the worker runs it:
     kept memory alone makes an analysis some 11 % faster. Call it first, before threads."""
-    from services.core.heap import keep_freed_memory
+    from services.core import heap
     from services.core.settings import Settings
 
-    return Settings().worker_keep_memory and keep_freed_memory()
+    return heap.configure(Settings())
 
 
 def pipeline_alone(

@@ -66,6 +66,7 @@ def test_the_standalone_worker_keeps_freed_memory_unless_told_not_to(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, keep: bool
 ) -> None:
     """``run`` asks malloc to keep freed memory first, before the database or any thread."""
+    import services.core.heap as heap
     import services.worker.main as main
 
     seen: list[str] = []
@@ -78,7 +79,7 @@ def test_the_standalone_worker_keeps_freed_memory_unless_told_not_to(
         seen.append("database")
         return False
 
-    monkeypatch.setattr(main, "keep_freed_memory", kept)
+    monkeypatch.setattr(heap, "keep_freed_memory", kept)
     monkeypatch.setattr(main, "wait_for_database", database_away)
     configured = settings.model_copy(
         update={"broker_url": "amqp://guest:guest@127.0.0.1:1/", "worker_keep_memory": keep}
