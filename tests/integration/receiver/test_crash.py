@@ -128,6 +128,13 @@ def _unpublished(db: Database) -> int:
         return len(rows.all())
 
 
+def _released(db: Database) -> bool:
+    """The study is known and no association is open on it."""
+    with db.session() as session:
+        study = session.scalars(select(Study)).one_or_none()
+        return study is not None and study.open_associations == 0
+
+
 def test_restart_in_idle_window_completes_once(tmp_path: Path, sqlite_url: str) -> None:
     """R22: the completion timer lives in the database; a receiver killed during the idle
     window still completes the study after restart, once."""
@@ -145,12 +152,16 @@ def test_restart_in_idle_window_completes_once(tmp_path: Path, sqlite_url: str) 
         "NODULEFLOW_BROKER_URL": "",
     }
     log = tmp_path / "receiver.log"
+    db = Database(sqlite_url)
     with receiver_process(env, log) as first:
         assert wait_for(lambda: echo_ok(port), timeout=90), log.read_text()[-3000:]
         assert storescu(port, paths).returncode == 0
+        # storescu exits on the release's reply; the receiver records the release just after.
+        # Killed before that, the transfer counts as cut by a restart (a longer wait), not
+        # as a study in its idle window.
+        assert wait_for(lambda: _released(db), timeout=30), log.read_text()[-3000:]
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
-    db = Database(sqlite_url)
     assert _jobs(db) == 0  # killed inside the idle window
     with receiver_process(env, log):
         assert wait_for(lambda: _jobs(db) == 1, timeout=90), log.read_text()[-3000:]
