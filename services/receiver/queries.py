@@ -38,6 +38,17 @@ INSERT_INSTANCE = text(
     " VALUES (:series_id, :sop, :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now,"
     " :position)"
 ).bindparams(_NOW)
+#: PostgreSQL: the common case, a new instance of a study and series indexed before, in one
+#: statement (one round trip, atomic on its own): the study touched as :data:`TOUCH_STUDY`
+#: does with nothing opened or replaced, and the row inserted.
+TOUCH_AND_INSERT = text(
+    "WITH touched AS (UPDATE studies SET last_received_at = :now,"
+    " pending_since = COALESCE(pending_since, :now) WHERE id = :id)"
+    " INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+    " instance_number, path, size, sha256, calling_aet, received_at, slice_position)"
+    " VALUES (:series_id, :sop, :sop_class, :syntax, :number, :path, :size, :sha, :aet, :now,"
+    " :position)"
+).bindparams(_NOW)
 #: A new version of a stored instance, in place: the row never moves to another series
 #: (``series_id`` is a condition, not a value; no row updated means the caller refuses).
 UPDATE_INSTANCE = text(
@@ -69,6 +80,8 @@ class HotPath:
     insert_instance: Prepared
     update_instance: Prepared
     open_hold: Prepared
+    #: :data:`TOUCH_AND_INSERT` where the dialect takes it (PostgreSQL), else None.
+    touch_and_insert: Prepared | None
 
     @classmethod
     def compile(cls, dialect: Dialect) -> HotPath:
@@ -78,6 +91,11 @@ class HotPath:
             insert_instance=Prepared.compile(INSERT_INSTANCE, dialect),
             update_instance=Prepared.compile(UPDATE_INSTANCE, dialect),
             open_hold=Prepared.compile(OPEN_HOLD, dialect),
+            touch_and_insert=(
+                Prepared.compile(TOUCH_AND_INSERT, dialect)
+                if dialect.name == "postgresql"
+                else None
+            ),
         )
 
     def find(self, conn: Connection, sop: str) -> StoredInstance | None:

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.core import audit
 from services.core.db import Database, Instance, Series, Study
-from services.core.db.prepared import end_read, run
+from services.core.db.prepared import autocommit, end_read, run, transaction
 from services.core.errors import PermanentError, TransientError
 from services.core.storage import LocalStorage, fsync_dir, instance_key
 from services.receiver.dirsync import DirSyncer
@@ -223,7 +223,7 @@ class InstanceStore:
         key = instance_key(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        with self.db.engine.connect() as conn:
+        with self.db.engine.connect() as conn, autocommit(conn):
             existing = self._sql.find(conn, header.sop_instance_uid)
             owner = self._series_owner(conn, header.series_instance_uid)
             end_read(conn)  # the write below is its own transaction
@@ -514,12 +514,57 @@ class InstanceStore:
         existing: StoredInstance | None,
         opens_study: bool,
     ) -> None:
-        """:meth:`_index` in its own transaction; the ids it learnt are cached once committed."""
+        """:meth:`_index` in its own transaction; the ids it learnt are cached once committed.
+        The common case on PostgreSQL is one statement instead (:meth:`_index_at_once`)."""
+        if existing is None and not opens_study and self._index_at_once(conn, received, key):
+            return
         learned: dict[str, Any] = {}
-        with conn.begin():
+        with transaction(conn):
             self._index(conn, received, key, existing, opens_study, learned)
         self._studies.update(learned.get("studies", {}))
         self._series.update(learned.get("series", {}))
+
+    def _index_at_once(self, conn: Connection, received: Received, key: str) -> bool:
+        """Index a new instance of a study and series indexed before in one statement that
+        commits on its own (PostgreSQL; :data:`~.queries.TOUCH_AND_INSERT`): what
+        :meth:`_index` does for it in a transaction of two. False, having done nothing, where
+        that does not apply (SQLite, a study or series not cached, or a series cached under
+        another study, which :meth:`_index` refuses)."""
+        header = received.header
+        study_id = self._studies.get(header.study_instance_uid)
+        series = self._series.get(header.series_instance_uid)
+        statement = self._sql.touch_and_insert
+        if statement is None or study_id is None or series is None:
+            return False
+        if series[1] != header.study_instance_uid:
+            return False
+        now = datetime.now(UTC)
+        values = self._instance_values(received, key, series[0], now)
+        if header.not_analysed is None:
+            run(conn, statement, {**values, "id": study_id})
+        else:  # stored, but the study is left as it is
+            run(conn, self._sql.insert_instance, values)
+        return True
+
+    @staticmethod
+    def _instance_values(
+        received: Received, key: str, series_id: int, now: datetime
+    ) -> dict[str, Any]:
+        """The parameters of an instance row (:data:`~.queries.INSERT_INSTANCE`)."""
+        header = received.header
+        return {
+            "series_id": series_id,
+            "sop": header.sop_instance_uid,
+            "sop_class": header.sop_class_uid,
+            "syntax": header.transfer_syntax_uid[:64],
+            "number": header.instance_number,
+            "path": key,
+            "size": received.size,
+            "sha": received.sha256,
+            "aet": received.calling_aet[:16],
+            "now": now,
+            "position": header.slice_position,
+        }
 
     def _index(
         self,
@@ -556,19 +601,7 @@ class InstanceStore:
                 self._sql.open_hold,
                 {"id": study_id, "lease": self.holder.lease, "process": self.holder.process},
             )
-        values = {
-            "series_id": series_id,
-            "sop": header.sop_instance_uid,
-            "sop_class": header.sop_class_uid,
-            "syntax": header.transfer_syntax_uid[:64],
-            "number": header.instance_number,
-            "path": key,
-            "size": received.size,
-            "sha": received.sha256,
-            "aet": received.calling_aet[:16],
-            "now": now,
-            "position": header.slice_position,
-        }
+        values = self._instance_values(received, key, series_id, now)
         if existing is None:
             run(conn, self._sql.insert_instance, values)
             return

@@ -22,6 +22,7 @@ from services.core.startup import StartCancelled, retry_start_step
 from services.core.threads import Threaded, ThreadGroup
 from services.reporter.delivery.dispatch import Dispatcher, Sender
 from services.reporter.delivery.senders import default_senders, retry_policy
+from services.reporter.dicom import tables
 from services.reporter.results import ResultConsumer
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Reporter(Threaded):
     http_server: Any = None
 
     def start(self) -> None:
+        tables.preload()  # before the first study, not during its report
         self.group.restart()
         self.group.on_stop(self.dispatcher.wake)
         self.group.spawn(

@@ -14,11 +14,17 @@ a lost connection is invalidated as ``Connection.execute`` would do, with
 ``connection_invalidated`` set. Transactions are the connection's: the statements join
 whatever the driver has open (``with conn.begin():`` commits them); :func:`end_read` ends a
 read the driver may have opened (PostgreSQL opens one for a ``SELECT``, SQLite does not).
+
+On PostgreSQL every transaction costs two round trips of its own (``BEGIN``, then ``COMMIT`` or
+``ROLLBACK``): a read and a two-statement write took seven round trips where two statements
+do the work. Inside :func:`autocommit` each statement commits on its own (one round trip), and
+:func:`transaction` opens a real transaction where several statements must hold together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +108,59 @@ def end_read(conn: Connection) -> None:
         driver.rollback()
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, exc, "ROLLBACK", None, None) from exc
+
+
+def _on_its_own(conn: Connection) -> bool:
+    """Whether ``conn``'s driver can commit each statement on its own (PostgreSQL's can;
+    SQLite's opens no transaction for a read and gains nothing)."""
+    return conn.dialect.name == "postgresql"
+
+
+@contextmanager
+def autocommit(conn: Connection) -> Iterator[None]:
+    """Inside, on PostgreSQL, each statement on ``conn`` commits on its own: a read needs no
+    ``BEGIN`` or ``ROLLBACK``, and a single data-changing statement is its own atomic
+    transaction. Use :func:`transaction` for several that must hold together, and for any
+    write on SQLite, where nothing changes (its driver opens no transaction for a read, and
+    one for a write that waits for a commit). The driver is
+    set back before ``conn`` returns to the pool; a connection that cannot be set back is
+    invalidated rather than handed to the next user as it is."""
+    if not _on_its_own(conn):
+        yield
+        return
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    end_read(conn)  # the driver changes mode only outside a transaction
+    driver.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            try:
+                end_read(conn)
+                driver.autocommit = False
+            except Exception as exc:
+                conn.invalidate(exc)
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    """``with conn.begin():`` that is a real transaction inside :func:`autocommit` as well."""
+    driver = conn.connection.dbapi_connection
+    switched = _on_its_own(conn) and driver is not None and bool(driver.autocommit)
+    if switched:
+        assert driver is not None
+        driver.autocommit = False
+    try:
+        with conn.begin():
+            yield
+    finally:
+        if switched and not conn.invalidated:
+            assert driver is not None
+            try:
+                driver.autocommit = True
+            except Exception as exc:
+                conn.invalidate(exc)
 
 
 def _wrapped(

@@ -5,21 +5,17 @@ and an audit row say so. Re-sends into the same study stay as they were."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import func, select
 
-from services.core import audit
-from services.core.db import AuditEvent, Database, Instance, Series, Study
-from services.core.storage import LocalStorage, instance_key
+from services.core.db import Database, Study
+from services.core.storage import instance_key
 from services.receiver import store as store_module
 from services.receiver.index import parse_header
 from services.receiver.reconcile import reconcile
@@ -31,94 +27,17 @@ from services.receiver.store import (
     Outcome,
     Received,
 )
-from tests.factories.dicom import ct_slice
-
-STUDY_A, SERIES_A = "1.2.826.0.1.3680043.10.77.1", "1.2.826.0.1.3680043.10.77.1.1"
-STUDY_B, SERIES_B = "1.2.826.0.1.3680043.10.77.2", "1.2.826.0.1.3680043.10.77.2.1"
-
-
-def _slice(study: str, series: str, index: int, sop: str, **attrs: Any) -> Dataset:
-    ds = ct_slice(study_uid=study, series_uid=series, index=index, sop_uid=sop)
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _received(storage: LocalStorage, ds: Dataset, *, aet: str = "MODALITY") -> Received:
-    temp = storage.temp_path()
-    ds.save_as(temp, enforce_file_format=True)
-    data = temp.read_bytes()
-    return Received(
-        temp,
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        aet,
-        parse_header(temp),
-        peer="10.0.0.9:4242",
-    )
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Setup:
-    def __init__(self, db: Database, root: Path) -> None:
-        self.db = db
-        self.root = root
-        self.storage = LocalStorage(root)
-        self.store = InstanceStore(db, self.storage, min_free_bytes=0)
-
-    def send(self, ds: Dataset, store: InstanceStore | None = None) -> Outcome:
-        return (store or self.store).store(_received(self.storage, ds), opens_study=True)
-
-    def study_a(self, n: int = 4) -> list[str]:
-        sops = [str(generate_uid()) for _ in range(n)]
-        for i, sop in enumerate(sops):
-            assert self.send(_slice(STUDY_A, SERIES_A, i, sop)) is Outcome.STORED
-        return sops
-
-    def rows(self) -> dict[str, tuple[str, str, str, str]]:
-        """sop -> (study, series, path, sha256)."""
-        with self.db.session() as session:
-            result = session.execute(
-                select(
-                    Instance.sop_instance_uid,
-                    Study.study_instance_uid,
-                    Series.series_instance_uid,
-                    Instance.path,
-                    Instance.sha256,
-                )
-                .join(Series, Instance.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id)
-            ).all()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in result}
-
-    def files(self) -> dict[str, str]:
-        """Every stored file (outside quarantine and temporary folders) -> sha256."""
-        return {
-            str(p.relative_to(self.root)): _sha(p)
-            for p in sorted(self.root.rglob("*.dcm"))
-            if not p.relative_to(self.root).parts[0].startswith(".")
-        }
-
-    def quarantined(self) -> list[Path]:
-        return sorted((self.root / QUARANTINE / CONFLICTS).rglob("*.dcm"))
-
-    def study(self, uid: str) -> Study | None:
-        with self.db.session() as session:
-            return session.scalars(select(Study).where(Study.study_instance_uid == uid)).first()
-
-    def alerts(self) -> list[AuditEvent]:
-        with self.db.session() as session:
-            return list(
-                session.scalars(select(AuditEvent).where(AuditEvent.event == audit.SECURITY_ALERT))
-            )
-
-
-@pytest.fixture
-def setup(db: Database, tmp_path: Path) -> Iterator[Setup]:
-    yield Setup(db, tmp_path / "storage")
+from tests.unit.receiver.storesetup import (
+    SERIES_A,
+    SERIES_B,
+    STUDY_A,
+    STUDY_B,
+    Interleaved,
+    Setup,
+    make_slice,
+    received_of,
+    sha_of,
+)
 
 
 def _assert_a_untouched(setup: Setup, rows: dict[str, Any], files: dict[str, str]) -> None:
@@ -135,8 +54,8 @@ def test_other_study_is_refused_and_quarantined(
     rows, files = setup.rows(), setup.files()
     caplog.set_level("INFO")
 
-    intruder = _slice(STUDY_B, SERIES_B, 0, sops[1], PatientID="OTHER-PATIENT-42")
-    received = _received(setup.storage, intruder)
+    intruder = make_slice(STUDY_B, SERIES_B, 0, sops[1], PatientID="OTHER-PATIENT-42")
+    received = received_of(setup.storage, intruder)
     with pytest.raises(InstanceConflict) as info:
         setup.store.store(received, opens_study=True)
 
@@ -151,7 +70,7 @@ def test_other_study_is_refused_and_quarantined(
     [kept] = setup.quarantined()
     assert str(kept.relative_to(setup.root)) == conflict.quarantined
     assert kept.relative_to(setup.root / QUARANTINE / CONFLICTS).parts[:2] == (STUDY_B, SERIES_B)
-    assert _sha(kept) == received.sha256  # what was sent is kept, byte for byte
+    assert sha_of(kept) == received.sha256  # what was sent is kept, byte for byte
 
     [alert] = setup.alerts()
     assert alert.object_id == sops[1] and alert.outcome == "8"
@@ -176,7 +95,7 @@ def test_same_study_but_other_series_patient_or_class_is_refused(
 ) -> None:
     sops = setup.study_a()
     rows, files = setup.rows(), setup.files()
-    ds = _slice(STUDY_A, SERIES_A, 2, sops[2], **attrs)
+    ds = make_slice(STUDY_A, SERIES_A, 2, sops[2], **attrs)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     with pytest.raises(InstanceConflict) as info:
         setup.send(ds)
@@ -187,14 +106,14 @@ def test_same_study_but_other_series_patient_or_class_is_refused(
 
 def test_resend_into_the_same_study_is_unchanged(setup: Setup) -> None:
     sops = setup.study_a()
-    assert setup.send(_slice(STUDY_A, SERIES_A, 0, sops[0])) is Outcome.DUPLICATE
-    changed = _slice(STUDY_A, SERIES_A, 0, sops[0], WindowCenter=40)
+    assert setup.send(make_slice(STUDY_A, SERIES_A, 0, sops[0])) is Outcome.DUPLICATE
+    changed = make_slice(STUDY_A, SERIES_A, 0, sops[0], WindowCenter=40)
     assert setup.send(changed) is Outcome.REPLACED
     study = setup.study(STUDY_A)
     assert study is not None and study.revision == 1
     row = setup.rows()[sops[0]]
     assert row[:3] == (STUDY_A, SERIES_A, instance_key(STUDY_A, SERIES_A, sops[0]))
-    assert _sha(setup.root / row[2]) == row[3]
+    assert sha_of(setup.root / row[2]) == row[3]
     assert len(setup.rows()) == 4 and not setup.quarantined() and not setup.alerts()
 
 
@@ -202,33 +121,21 @@ def test_series_of_another_study_is_refused(setup: Setup) -> None:
     setup.study_a()
     rows, files = setup.rows(), setup.files()
     with pytest.raises(InstanceConflict) as info:
-        setup.send(_slice(STUDY_B, SERIES_A, 9, generate_uid()))
+        setup.send(make_slice(STUDY_B, SERIES_A, 9, generate_uid()))
     assert info.value.reason == "series-in-other-study"
     assert info.value.offending_elements == [0x0020000E, 0x0020000D]
     _assert_a_untouched(setup, rows, files)
     assert setup.study(STUDY_B) is None and len(setup.quarantined()) == 1
 
 
-class _Interleaved(InstanceStore):
-    """Lets ``sibling`` run after this store read the index and before it writes."""
-
-    sibling: Any = None
-
-    def _place_new(self, *args: Any, **kw: Any) -> bool:
-        if self.sibling is not None:
-            sibling, self.sibling = self.sibling, None
-            sibling()
-        return super()._place_new(*args, **kw)
-
-
 def test_a_sibling_committing_the_uid_first_wins(setup: Setup) -> None:
     """The race the pre-check cannot see: both read "no row"; the index transaction's unique
     constraint orders them and the loser refuses, with its own file quarantined."""
     sop = generate_uid()
-    late = _Interleaved(setup.db, setup.storage, min_free_bytes=0)
-    late.sibling = lambda: setup.send(_slice(STUDY_A, SERIES_A, 0, sop))
+    late = Interleaved(setup.db, setup.storage, min_free_bytes=0)
+    late.sibling = lambda: setup.send(make_slice(STUDY_A, SERIES_A, 0, sop))
     with pytest.raises(InstanceConflict) as info:
-        setup.send(_slice(STUDY_B, SERIES_B, 0, sop), store=late)
+        setup.send(make_slice(STUDY_B, SERIES_B, 0, sop), store=late)
     assert info.value.reason == "other-study"
     rows = setup.rows()
     assert list(rows) == [sop] and rows[sop][:2] == (STUDY_A, SERIES_A)
@@ -238,15 +145,17 @@ def test_a_sibling_committing_the_uid_first_wins(setup: Setup) -> None:
 
 
 def test_a_sibling_creating_the_series_first_wins(setup: Setup) -> None:
-    late = _Interleaved(setup.db, setup.storage, min_free_bytes=0)
-    late.sibling = lambda: setup.send(_slice(STUDY_A, SERIES_A, 0, generate_uid()))
+    late = Interleaved(setup.db, setup.storage, min_free_bytes=0)
+    late.sibling = lambda: setup.send(make_slice(STUDY_A, SERIES_A, 0, generate_uid()))
     with pytest.raises(InstanceConflict) as info:
-        setup.send(_slice(STUDY_B, SERIES_A, 1, generate_uid()), store=late)
+        setup.send(make_slice(STUDY_B, SERIES_A, 1, generate_uid()), store=late)
     assert info.value.reason == "series-in-other-study"
     assert len(setup.rows()) == 1 and len(setup.files()) == 1
     assert setup.study(STUDY_B) is None and len(setup.quarantined()) == 1
     # The rolled-back study row's id was not cached: B is stored normally afterwards.
-    assert setup.send(_slice(STUDY_B, SERIES_B, 0, generate_uid()), store=late) is Outcome.STORED
+    assert (
+        setup.send(make_slice(STUDY_B, SERIES_B, 0, generate_uid()), store=late) is Outcome.STORED
+    )
     assert setup.rows()[next(iter(setup.rows()))][0] == STUDY_A
 
 
@@ -255,14 +164,14 @@ def test_the_stored_file_handed_in_again_is_a_duplicate_and_stays(setup: Setup) 
     the scan saw without one (found by the chaos suite): the store is handed the stored file
     itself. It is a duplicate; the file is not a temporary copy to remove."""
     sop = generate_uid()
-    assert setup.send(_slice(STUDY_A, SERIES_A, 0, sop)) is Outcome.STORED
+    assert setup.send(make_slice(STUDY_A, SERIES_A, 0, sop)) is Outcome.STORED
     path = setup.root / setup.rows()[sop][2]
     data = path.read_bytes()
-    found = Received(path, len(data), _sha(path), "", parse_header(path))
+    found = Received(path, len(data), sha_of(path), "", parse_header(path))
     assert setup.store.store(found, opens_study=False) is Outcome.DUPLICATE
-    assert path.is_file() and _sha(path) == setup.rows()[sop][3]
+    assert path.is_file() and sha_of(path) == setup.rows()[sop][3]
     # a re-sent copy (its own temporary file) is still cleaned up
-    again = _received(setup.storage, _slice(STUDY_A, SERIES_A, 0, sop))
+    again = received_of(setup.storage, make_slice(STUDY_A, SERIES_A, 0, sop))
     assert setup.store.store(again, opens_study=True) is Outcome.DUPLICATE
     assert not again.temp.exists() and path.is_file()
 
@@ -278,14 +187,14 @@ def test_a_new_instance_never_replaces_a_file_at_its_path(
     leftover = setup.root / key
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"left by a killed attempt")
-    assert setup.send(_slice(STUDY_A, SERIES_A, 0, sop)) is Outcome.STORED
-    assert setup.rows()[sop][3] == _sha(leftover)
+    assert setup.send(make_slice(STUDY_A, SERIES_A, 0, sop)) is Outcome.STORED
+    assert setup.rows()[sop][3] == sha_of(leftover)
 
     # The sibling's row appears while we wait: decided against it (here: a conflict).
     sop2 = generate_uid()
     sibling_file = setup.root / instance_key(STUDY_A, SERIES_A, sop2)
-    ours = _received(setup.storage, _slice(STUDY_A, SERIES_A, 1, sop2, PatientID="X-2"))
-    first = _received(setup.storage, _slice(STUDY_A, SERIES_A, 1, sop2))
+    ours = received_of(setup.storage, make_slice(STUDY_A, SERIES_A, 1, sop2, PatientID="X-2"))
+    first = received_of(setup.storage, make_slice(STUDY_A, SERIES_A, 1, sop2))
     os.replace(first.temp, sibling_file)  # the sibling's file is in place, its row not yet
     first = dataclasses.replace(first, temp=sibling_file)
     timer = threading.Timer(0.05, lambda: setup.store.store(first, opens_study=True))
@@ -294,7 +203,7 @@ def test_a_new_instance_never_replaces_a_file_at_its_path(
         setup.store.store(ours, opens_study=True)
     timer.join()
     assert info.value.reason == "other-patient"
-    assert _sha(sibling_file) == first.sha256 == setup.rows()[sop2][3]
+    assert sha_of(sibling_file) == first.sha256 == setup.rows()[sop2][3]
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
@@ -316,7 +225,7 @@ def test_concurrent_associations_one_uid_many_studies(
         sop = generate_uid()
         studies = [f"1.2.826.0.1.3680043.10.78.{i}" for i in range(len(stores))]
         received = [
-            _received(setup.storage, _slice(study, f"{study}.1", 0, sop)) for study in studies
+            received_of(setup.storage, make_slice(study, f"{study}.1", 0, sop)) for study in studies
         ]
         barrier = threading.Barrier(len(stores))
         results: list[object] = [None] * len(stores)
@@ -353,11 +262,11 @@ def test_reconcile_never_repoints_a_row(setup: Setup) -> None:
     rows, files = setup.rows(), setup.files()
     stray = setup.root / instance_key(STUDY_B, SERIES_B, sops[0])
     stray.parent.mkdir(parents=True)
-    _slice(STUDY_B, SERIES_B, 0, sops[0]).save_as(stray, enforce_file_format=True)
-    stray_sha = _sha(stray)
+    make_slice(STUDY_B, SERIES_B, 0, sops[0]).save_as(stray, enforce_file_format=True)
+    stray_sha = sha_of(stray)
 
     report = reconcile(setup.store, margin_seconds=0)
     assert report.quarantined == 1 and report.indexed == 0 and report.failed == 0
     _assert_a_untouched(setup, rows, files)
-    assert not stray.exists() and [_sha(p) for p in setup.quarantined()] == [stray_sha]
+    assert not stray.exists() and [sha_of(p) for p in setup.quarantined()] == [stray_sha]
     assert setup.study(STUDY_B) is None and len(setup.alerts()) == 1
