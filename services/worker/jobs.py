@@ -138,7 +138,7 @@ class JobHandler:
                 delivered.redelivered,
             )
             self.faults.hit("after_claim", claim.job_id)
-            self._run(claim, started)
+            self._run(claim, time.perf_counter(), claiming=time.perf_counter() - started)
         except store.ClaimLost:
             # A newer attempt owns the job and its own delivery; or a commit whose reply was
             # lost did go through. Either way what is committed gets published.
@@ -162,7 +162,9 @@ class JobHandler:
             raise StorageUnavailable(f"{missing} of {len(paths)} instance files not readable")
         return paths
 
-    def _run(self, claim: store.Claim, started: float) -> None:
+    def _run(self, claim: store.Claim, started: float, *, claiming: float) -> None:
+        """Analyse, commit. ``started``: when the claim returned (its ``queued_s`` runs up to
+        then); ``claiming``: the seconds the claim took."""
         paths = self._paths(claim)
         load = time.perf_counter() - started
         reporter = JobProgress(self.db, claim, self.faults, interval=self.progress_interval)
@@ -172,7 +174,11 @@ class JobHandler:
         details = results.job_details(result, worker=self.worker_id, attempt=claim.attempt)
         self.faults.hit("before_commit", claim.job_id)
         timings = results.stage_timings(
-            result.timings, load=load, total=time.perf_counter() - started, queued=claim.queued_s
+            result.timings,
+            claim=claiming,
+            load=load,
+            total=time.perf_counter() - started,
+            queued=claim.queued_s,
         )
         self._patiently(
             claim.job_id,
