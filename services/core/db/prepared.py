@@ -122,9 +122,9 @@ def autocommit(conn: Connection) -> Iterator[None]:
     ``BEGIN`` or ``ROLLBACK``, and a single data-changing statement is its own atomic
     transaction. Use :func:`transaction` for several that must hold together, and for any
     write on SQLite, where nothing changes (its driver opens no transaction for a read, and
-    one for a write that waits for a commit). The driver is
-    set back before ``conn`` returns to the pool; a connection that cannot be set back is
-    invalidated rather than handed to the next user as it is."""
+    one for a write that waits for a commit). The driver is set back before ``conn`` returns
+    to the pool; a connection that cannot be set back is invalidated rather than handed to
+    the next user as it is."""
     if not _on_its_own(conn):
         yield
         return

@@ -30,6 +30,6 @@ def preload() -> int:
         if callable(loader):
             loader()
             loaded += 1
-    if loaded < len(LOADERS):
-        log.info("event=dicom_tables_preloaded loaded=%d of=%d", loaded, len(LOADERS))
+    if loaded < len(LOADERS):  # another highdicom: the first report loads what it needs
+        log.info("event=dicom_tables_not_all_preloaded loaded=%d of=%d", loaded, len(LOADERS))
     return loaded
