@@ -20,7 +20,9 @@ the last (by report time), and the queue depth over time (job states every 0.5 s
 as a PNG, each study's completion wait and analysis time, when the first analysis started
 and how long the last report lagged the last analysis, the CPU seconds each service used
 against the pipeline alone's, and the whole machine's (``/proc/stat``): what PostgreSQL,
-RabbitMQ, ``storescu`` and the kernel took besides. The worker runs
+RabbitMQ, ``storescu`` and the kernel took besides, and the ratio taken apart: cores × the
+share of them busy × the anchor's seconds ÷ the machine's CPU seconds per study, of which
+what ran outside the worker's process. The worker runs
 ``NODULEFLOW_WORKER_CONCURRENCY`` jobs at once (passed through; default 2) and keeps freed
 memory unless ``NODULEFLOW_WORKER_KEEP_MEMORY=false`` (passed through). ``--small``: 4
 studies of 60 slices unless given, a quick check of the script.
@@ -52,7 +54,7 @@ from tests.perf.bench_ingest import Target, _cpu_model, send_chunks  # noqa: E40
 from tests.perf.bench_worker import heap_as_in_the_worker, pipeline_alone  # noqa: E402
 from tests.perf.node import Node, process_priority, running_node  # noqa: E402
 from tests.perf.pngplot import write_step_chart  # noqa: E402
-from tests.perf.timeline import StudyTimes, growth, per_hour  # noqa: E402
+from tests.perf.timeline import StudyTimes, cpu_bound_ratio, growth, per_hour  # noqa: E402
 from tests.perf.watch import Watcher, study_times  # noqa: E402
 
 FINAL_BAD = (JobState.FAILED.value, JobState.SKIPPED.value)
@@ -317,6 +319,15 @@ def report(
         f"({100 * busy / total:.0f} %); outside the node's services, Orthanc and the watcher "
         f"(PostgreSQL, RabbitMQ, storescu, the kernel): {busy - services:.0f}, "
         f"{(busy - services) / len(times):.1f} per study"
+    )
+    cores, per_study = os.cpu_count() or 1, busy / len(times)
+    others = per_study - used.get("worker", used.get("serve", 0.0)) / len(times)
+    print(
+        f"what sets the ratio: {cores} cores x {busy / total:.2f} busy x the anchor's "
+        f"{anchor:.1f} s / {per_study:.1f} s of CPU per study = "
+        f"{cpu_bound_ratio(cores, busy / total, anchor, per_study):.2f}; of those "
+        f"{others:.1f} s outside the worker's process ({100 * others / anchor_cpu:.0f} % of "
+        f"the pipeline alone's {anchor_cpu:.1f} s)"
     )
     if watcher.errors:
         print(f"({len(watcher.errors)} polls failed and were retried; last: {watcher.errors[-1]})")

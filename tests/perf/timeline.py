@@ -108,3 +108,14 @@ def per_hour(count: int, seconds: float) -> float:
     if seconds <= 0:
         raise ValueError("elapsed time must be positive")
     return 3600.0 * count / seconds
+
+
+def cpu_bound_ratio(cores: int, busy: float, anchor: float, cpu_per_study: float) -> float:
+    """The burst's ratio to the pipeline alone when the machine is the limit: ``cores`` busy
+    ``busy`` of the time (0–1) deliver one study per ``cpu_per_study`` CPU seconds, against
+    one per ``anchor`` seconds alone. It equals the measured ratio when the watched window is
+    the burst; it shows what moves it: the anchor's wall seconds against everything a study
+    costs the machine."""
+    if cores < 1 or not 0 < busy <= 1 or anchor <= 0 or cpu_per_study <= 0:
+        raise ValueError("cores, busy share, anchor and CPU per study must be positive")
+    return cores * busy * anchor / cpu_per_study

@@ -17,6 +17,7 @@ from tests.perf.timeline import (
     StudyTimes,
     anchor_ratios,
     claim_times,
+    cpu_bound_ratio,
     epoch,
     growth,
     per_hour,
@@ -125,3 +126,17 @@ def test_machine_cpu_counts_idle_and_iowait_as_not_busy() -> None:
     hz = os.sysconf("SC_CLK_TCK")
     text = f"cpu  {hz} {hz} {hz} {3 * hz} {hz} 0 {hz} 0 0 0\\ncpu0 1 2 3\\n"
     assert machine_cpu(text) == (4.0, 8.0)
+
+
+def test_cpu_bound_ratio_is_the_measured_ratio_when_the_machine_is_the_limit() -> None:
+    # 20 studies, the pipeline alone 6.6 s each; the burst keeps 2 cores 96 % busy for
+    # 144 s: 276.5 CPU seconds, 13.8 per study.
+    studies, anchor, cores, busy, elapsed = 20, 6.6, 2, 0.96, 144.0
+    per_study = cores * busy * elapsed / studies
+    measured = anchor * studies / elapsed
+    assert cpu_bound_ratio(cores, busy, anchor, per_study) == pytest.approx(measured)
+    assert cpu_bound_ratio(2, 0.96, 3.8, 8.6) == pytest.approx(0.848, abs=1e-3)
+    # services that cost less leave more of the machine to the analysis
+    assert cpu_bound_ratio(2, 0.96, 3.8, 8.1) > 0.90
+    with pytest.raises(ValueError):
+        cpu_bound_ratio(2, 0.0, 3.8, 8.6)
