@@ -184,3 +184,42 @@ def test_the_pool_gets_its_connection_back_as_it_lent_it(postgres_url: str) -> N
             assert same and not driver.autocommit
     finally:
         engine.dispose()
+
+
+def test_a_connection_lost_inside_autocommit_never_returns_to_the_pool(postgres_url: str) -> None:
+    """The server ends the session mid-block: the statement fails as a lost connection, the
+    block ends without another error, and the pool hands out a fresh connection that is not
+    committing on its own."""
+    engine = _things(
+        create_engine(
+            postgres_url.replace("postgresql://", "postgresql+psycopg://"),
+            pool_size=1,
+            max_overflow=0,
+        )
+    )
+    try:
+        with engine.connect() as conn, autocommit(conn):
+            insert, _, _ = _prepared(conn)
+            lost: Any = conn.connection.dbapi_connection
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            end_read(conn)
+            _terminate(postgres_url, pid)
+            with pytest.raises(DBAPIError) as raised, transaction(conn):
+                run(conn, insert, {"name": "never", "at": None, "n": 1})
+            assert raised.value.connection_invalidated and conn.invalidated
+        with engine.connect() as conn:
+            fresh: Any = conn.connection.dbapi_connection
+            assert fresh is not lost and not fresh.autocommit
+        assert _count(engine) == 0
+    finally:
+        engine.dispose()
+
+
+def _terminate(url: str, pid: int) -> None:
+    admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+    finally:
+        admin.dispose()
