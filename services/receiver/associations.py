@@ -20,6 +20,7 @@ from typing import Any
 
 from services.core import audit
 from services.core.db import Database, RefusedInstance
+from services.core.errors import is_db_unavailable
 from services.receiver.tracker import StudyTracker
 
 log = logging.getLogger("services.receiver")
@@ -121,8 +122,17 @@ class Registry:
             self.tracker.association_ended(carried, released=released)
             if released:
                 self.tracker.transfer_completed((state.resent | state.left) - carried)
-        except Exception:
-            log.exception("event=association_end_not_recorded calling_aet=%s", state.calling_aet)
+        except Exception as exc:
+            if is_db_unavailable(exc):  # an outage: one line, not a dump
+                log.warning(
+                    "event=association_end_not_recorded calling_aet=%s error=%s",
+                    state.calling_aet,
+                    exc.__class__.__name__,
+                )
+            else:
+                log.exception(
+                    "event=association_end_not_recorded calling_aet=%s", state.calling_aet
+                )
         self._record_refusals(state.refused)
         log.info(
             "event=association_closed calling_aet=%s peer=%s released=%s stored=%d "

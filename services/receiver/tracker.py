@@ -39,6 +39,7 @@ from services.core.db import (
     Series,
     Study,
 )
+from services.core.errors import is_db_unavailable
 from services.core.messages import STUDY_READY, SeriesRef, StudyReady
 from services.core.settings import StabilityRule
 from services.receiver.completion import (
@@ -332,14 +333,22 @@ class StudyTracker:
         return job.id
 
     def run(self, stop: threading.Event, interval: float = 0.25) -> None:
-        """Poll until ``stop`` is set; errors (database down) are logged and retried."""
+        """Poll until ``stop`` is set; errors are logged and retried. The database being
+        unreachable is one line per try (an outage is expected, not a bug to dump)."""
         backoff = Backoff(first=2 * interval, cap=10.0)  # after an error: doubling, to 10 s
         while not stop.is_set():
             try:
                 self.complete_due()
                 backoff.reset()
                 delay = interval
-            except Exception:
-                log.exception("event=tracker_error")
+            except Exception as exc:
                 delay = backoff.failed()
+                if is_db_unavailable(exc):
+                    log.warning(
+                        "event=tracker_database_unavailable retry_in=%.1f error=%s",
+                        delay,
+                        exc.__class__.__name__,
+                    )
+                else:
+                    log.exception("event=tracker_error")
             stop.wait(delay)
