@@ -138,7 +138,8 @@ class JobHandler:
                 delivered.redelivered,
             )
             self.faults.hit("after_claim", claim.job_id)
-            self._run(claim, time.perf_counter(), claiming=time.perf_counter() - started)
+            claimed = time.perf_counter()
+            self._run(claim, claimed, claiming=claimed - started)
         except store.ClaimLost:
             # A newer attempt owns the job and its own delivery; or a commit whose reply was
             # lost did go through. Either way what is committed gets published.
