@@ -8,10 +8,12 @@ turns an HU volume into a voxel-wise nodule probability map on the volume's own 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from scipy import ndimage
 
 from services.analysis import preprocess, tiling
 from services.analysis.config import AnalysisConfig, config_from_manifest
+from services.analysis.lanes import Lanes
 from services.analysis.manifest import ModelFile, ModelManifest
 from services.analysis.stage2 import Calibration, Stage2
 from services.core.errors import PermanentError
@@ -34,6 +37,8 @@ _PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+#: providers whose sessions run on the CPU's cores, where jobs side by side get lanes
+_CPU_PROVIDERS = {"OpenVINOExecutionProvider", "CPUExecutionProvider"}
 #: Probabilities below this on the model grid are written as exactly 0 on the native grid.
 FLOOR = 0.02
 
@@ -78,12 +83,12 @@ def _verify(model_dir: Path, entry: ModelFile) -> Path:
     return path
 
 
-def _session_options() -> Any:
+def _session_options(threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _threads()
+    options.intra_op_num_threads = threads or _threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # no busy-waiting worker threads: on a shared CPU spinning steals time from others
@@ -127,6 +132,48 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _provider_args(
+    chosen: list[str], model_dir: Path, precision: str, *, threads: int | None = None
+) -> list[Any]:
+    """ORT's provider list for ``chosen``. ``threads``: a lane's session, on that many of
+    the cores and not pinned to any (OpenVINO pins a session's threads to the first cores,
+    so two lanes of one thread would share one core); None: the whole session."""
+    args: list[Any] = []
+    for name in chosen:
+        if name == "TensorrtExecutionProvider":
+            cache = model_dir / ".trt-cache"
+            args.append(
+                (
+                    name,
+                    {
+                        "trt_fp16_enable": precision == "fp16",
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                    },
+                )
+            )
+        elif name == "OpenVINOExecutionProvider":
+            options = {"device_type": "CPU", "num_of_threads": str(threads or _threads())}
+            if threads is not None:
+                # the plugin's own settings: the thread count given again, as they replace it
+                cpu = {"ENABLE_CPU_PINNING": "NO", "INFERENCE_NUM_THREADS": threads}
+                options["load_config"] = json.dumps({"CPU": cpu})
+            args.append((name, options))
+        else:
+            args.append(name)
+    return args
+
+
+def _open(path: Path, provider_args: list[Any], options: Any) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=provider_args)
+    except Exception as exc:  # ORT raises its own exception types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {first}") from exc
+
+
 class Engine:
     """A loaded, verified model and its ONNX Runtime session."""
 
@@ -137,8 +184,13 @@ class Engine:
         provider: str,
         precision: str,
         stage2: Stage2 | None = None,
+        *,
+        lean: Sequence[Any] = (),
     ):
         self.session = session
+        #: one session per lane, on a share of the cores; empty when jobs run on ``session``
+        self._lean = tuple(lean)
+        self.lanes = Lanes(len(self._lean))
         self.manifest = manifest
         self.provider = provider
         self.precision = precision
@@ -155,10 +207,19 @@ class Engine:
         return self.manifest.version
 
     @classmethod
-    def load(cls, model_dir: Path, providers: str = "auto", *, precision: str = "auto") -> Engine:
+    def load(
+        cls,
+        model_dir: Path,
+        providers: str = "auto",
+        *,
+        precision: str = "auto",
+        lanes: int = 1,
+    ) -> Engine:
         """Verify ``model_dir`` against its manifest and open an ORT session.
 
         ``precision`` is ``fp32``, ``fp16`` or ``auto`` (fp16 on GPU providers, else fp32).
+        ``lanes``: analyses this process runs at once; on a CPU provider each gets a session
+        of its own on its share of the cores for while others run beside it (``lanes.py``).
         """
         import onnxruntime as ort
 
@@ -178,42 +239,27 @@ class Engine:
         if precision not in manifest.files:
             raise ModelError(f"model manifest lists no {precision!r} file")
         path = _verify(model_dir, manifest.files[precision])
-        options = _session_options()
-        provider_args: list[Any] = []
-        for name in chosen:
-            if name == "TensorrtExecutionProvider":
-                cache = model_dir / ".trt-cache"
-                provider_args.append(
-                    (
-                        name,
-                        {
-                            "trt_fp16_enable": precision == "fp16",
-                            "trt_engine_cache_enable": True,
-                            "trt_engine_cache_path": str(cache),
-                        },
-                    )
-                )
-            elif name == "OpenVINOExecutionProvider":
-                provider_args.append(
-                    (name, {"device_type": "CPU", "num_of_threads": str(_threads())})
-                )
-            else:
-                provider_args.append(name)
-        try:
-            session = ort.InferenceSession(str(path), options, providers=provider_args)
-        except Exception as exc:  # ORT raises its own exception types
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"cannot load {path}: {first}") from exc
+        provider_args = _provider_args(chosen, model_dir, precision)
+        session = _open(path, provider_args, _session_options())
         provider = session.get_providers()[0]
+        lean: list[Any] = []
+        lane_threads = max(1, _threads() // max(1, lanes))
+        if lanes > 1 and provider in _CPU_PROVIDERS and lane_threads < _threads():
+            lane_args = _provider_args(chosen, model_dir, precision, threads=lane_threads)
+            options = _session_options(lane_threads)
+            lean = [_open(path, lane_args, options) for _ in range(lanes)]
         stage2 = _load_stage2(model_dir, manifest, provider_args)
         log.info(
-            "event=model_loaded name=%s version=%s provider=%s precision=%s",
+            "event=model_loaded name=%s version=%s provider=%s precision=%s lanes=%d "
+            "lane_threads=%d",
             manifest.name,
             manifest.version,
             provider,
             precision,
+            len(lean),
+            lane_threads if lean else _threads(),
         )
-        return cls(session, manifest, provider, precision, stage2)
+        return cls(session, manifest, provider, precision, stage2, lean=lean)
 
     def _plan(
         self, model_shape: tuple[int, int, int]
@@ -228,8 +274,14 @@ class Engine:
         passes = 1 + len(self.manifest.flip_axes)
         return float(passes * len(corners) * int(np.prod(tile)) * self.manifest.flops_per_voxel)
 
+    def lane(self) -> AbstractContextManager[int | None]:
+        """Hold a lane for one analysis in the calling thread (see ``lanes.py``)."""
+        return self.lanes.held()
+
     def _pass(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:
-        out = self.session.run(None, {self._input: patch[None, None]})[0]
+        lane = self.lanes.current()
+        session = self.session if lane is None else self._lean[lane]
+        out = session.run(None, {self._input: patch[None, None]})[0]
         return np.asarray(out[0, 0], dtype=np.float32)
 
     def _run(self, patch: NDArray[np.float32]) -> NDArray[np.float32]:

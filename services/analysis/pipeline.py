@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +69,11 @@ class ProbabilityModel(Protocol):
         *,
         progress: Callable[[float], None] | None = None,
     ) -> NDArray[np.float32]: ...
+
+    def lane(self) -> AbstractContextManager[int | None]:
+        """Held by one analysis from start to end (``lanes.py``); a model without lanes
+        returns ``contextlib.nullcontext()``."""
+        ...
 
 
 @dataclass
@@ -196,6 +202,13 @@ def analyze_files(
     Raises ``AnalysisError`` for input a person must act on (not CT, no usable series,
     corrupt pixel data, …); ``progress(stage, fraction)`` is called now and then.
     """
+    with engine.lane():
+        return _analyze_files(paths, engine, progress=progress)
+
+
+def _analyze_files(
+    paths: Sequence[Path], engine: ProbabilityModel, *, progress: Progress | None
+) -> AnalysisResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     header_step = None if progress is None else (lambda f: progress("read", 0.2 * f))

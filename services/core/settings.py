@@ -219,6 +219,10 @@ class Settings(BaseSettings):
     # Jobs one worker process runs at once, sharing its model session (worker/consumer.py):
     # two keep a small machine's cores busy through each other's single-threaded stages.
     worker_concurrency: int = Field(default=2, ge=1, le=16)
+    # On a CPU provider, each of those jobs runs the model on its share of the cores in a
+    # session of its own while another job is in hand, alone on all of them
+    # (analysis/lanes.py); costs one more model session per job (about 230 MB each).
+    worker_split_cores: bool = True
     # The process that analyses keeps freed memory for the next study's arrays instead of
     # returning it to the kernel (core/heap.py): its resident memory stays at its peak.
     worker_keep_memory: bool = True

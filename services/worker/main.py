@@ -37,7 +37,8 @@ def load_engine(settings: Settings) -> ProbabilityModel:
     """The process's one model session; logs which provider and model version run."""
     from services.analysis.engine import Engine
 
-    engine = Engine.load(settings.model_dir, settings.providers)
+    lanes = settings.worker_concurrency if settings.worker_split_cores else 1
+    engine = Engine.load(settings.model_dir, settings.providers, lanes=lanes)
     manifest = engine.manifest
     log.info(
         "event=worker_model provider=%s model=%s version=%s precision=%s",

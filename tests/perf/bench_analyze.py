@@ -24,6 +24,7 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ class ZeroModel:
 
     name, version, provider = "none", "-", "none"
     config = AnalysisConfig(threshold=0.5)
+
+    def lane(self) -> AbstractContextManager[int | None]:
+        return nullcontext()
 
     def probability(self, hu: Any, spacing: Any, *, progress: Any = None) -> np.ndarray:
         return np.zeros(hu.shape, dtype=np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class FakeModel:
     def __init__(self, fn: Callable[[NDArray[np.floating]], NDArray[np.float32]] | None = None):
         self.fn = fn
         self.calls: list[tuple[tuple[int, ...], tuple[float, float, float]]] = []
+
+    def lane(self) -> AbstractContextManager[int | None]:
+        return nullcontext()
 
     def probability(
         self,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,84 @@ def test_flip_axes_must_be_distinct_model_axes(tmp_path):
         (tmp_path / str(bad)).mkdir()
         with pytest.raises(ModelError, match="flip_axes"):
             Engine.load(_with_flips(_model_dir(tmp_path / str(bad)), bad), "cpu")
+
+
+class _Recording:
+    """An ORT session that notes which thread ran each pass on it."""
+
+    def __init__(self, session, name: str, log: list[tuple[str, int]]) -> None:
+        self.session, self.name, self.log = session, name, log
+
+    def run(self, *args, **kwargs):
+        self.log.append((self.name, threading.get_ident()))
+        return self.session.run(*args, **kwargs)
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+
+def _recorded(engine: Engine) -> list[tuple[str, int]]:
+    log: list[tuple[str, int]] = []
+    engine.session = _Recording(engine.session, "whole", log)
+    engine._lean = tuple(_Recording(s, f"lane{n}", log) for n, s in enumerate(engine._lean))
+    return log
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "cpu",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(
+                "OpenVINOExecutionProvider" not in ort.get_available_providers(),
+                reason="this ONNX Runtime build has no OpenVINO execution provider",
+            ),
+        ),
+    ],
+)
+def test_side_by_side_analyses_each_run_on_their_own_lane(tmp_path, monkeypatch, provider):
+    monkeypatch.setattr("services.analysis.engine._threads", lambda: 2)
+    engine = Engine.load(_model_dir(tmp_path), provider, lanes=2)
+    assert len(engine._lean) == 2
+    log = _recorded(engine)
+    x = np.random.default_rng(2).uniform(-1.0, 1.0, (37, 45, 29)).astype(np.float32)
+    with engine.lane():
+        alone = engine.model_probability(x)
+    assert {name for name, _ in log} == {"whole"}  # one analysis: the session on every core
+    log.clear()
+
+    both = threading.Barrier(2, timeout=10)
+    maps: dict[int, np.ndarray] = {}
+
+    def analysis() -> None:
+        with engine.lane():
+            both.wait()  # both hold a lane before either runs
+            maps[threading.get_ident()] = engine.model_probability(x)
+            both.wait()
+
+    threads = [threading.Thread(target=analysis) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(maps) == 2
+    lanes_of = {ident: {name for name, who in log if who == ident} for ident in maps}
+    assert sorted(name for names in lanes_of.values() for name in names) == ["lane0", "lane1"]
+    for side in maps.values():
+        np.testing.assert_array_equal(side, alone)
+    assert engine.lanes.in_use == 0
+
+
+def test_lanes_only_where_they_split_the_cores(tmp_path, monkeypatch):
+    model_dir = _model_dir(tmp_path)
+    monkeypatch.setattr("services.analysis.engine._threads", lambda: 2)
+    assert len(Engine.load(model_dir, "cpu")._lean) == 0  # one job at a time
+    monkeypatch.setattr("services.analysis.engine._threads", lambda: 1)
+    engine = Engine.load(model_dir, "cpu", lanes=2)  # one core: nothing to split
+    assert len(engine._lean) == 0
+    log = _recorded(engine)
+    with engine.lane() as lane:
+        assert lane is None
+        engine.model_probability(np.zeros((8, 8, 8), np.float32))
+    assert {name for name, _ in log} == {"whole"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ class TruthModel:
 
     def __init__(self, labels: np.ndarray, box: tuple[slice, ...]) -> None:
         self.labels, self.box = labels, box
+
+    def lane(self) -> AbstractContextManager[int | None]:
+        return nullcontext()
 
     def probability(self, hu: Any, spacing: Any, *, progress: Any = None) -> np.ndarray:
         assert hu.shape == self.labels[self.box].shape

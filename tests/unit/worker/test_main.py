@@ -86,3 +86,24 @@ def test_the_standalone_worker_keeps_freed_memory_unless_told_not_to(
     )
     run(configured)  # the database "never came": run returns before the broker
     assert seen == (["kept", "database"] if keep else ["database"])
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "split", "lanes"), [(2, True, 2), (2, False, 0), (1, True, 0)]
+)
+def test_the_worker_gives_each_job_at_once_a_lane_unless_told_not_to(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, concurrency: int, split: bool, lanes: int
+) -> None:
+    """Two jobs at once on the CPU: a model session each on a share of the cores."""
+    from services.worker.main import load_engine
+
+    monkeypatch.setattr("services.analysis.engine._threads", lambda: 2)
+    configured = settings.model_copy(
+        update={
+            "worker_concurrency": concurrency,
+            "worker_split_cores": split,
+            "providers": "cpu",
+        }
+    )
+    engine = load_engine(configured)
+    assert engine.lanes.count == lanes  # type: ignore[attr-defined]
