@@ -174,6 +174,16 @@ def _open(path: Path, provider_args: list[Any], options: Any) -> Any:
         raise ModelError(f"cannot load {path}: {first}") from exc
 
 
+def _warm(session: Any, patch_size: Sequence[int], path: Path) -> None:
+    """One pass of a full-size tile of zeros."""
+    tile = np.zeros((1, 1, *patch_size), dtype=np.float32)
+    try:
+        session.run(None, {session.get_inputs()[0].name: tile})
+    except Exception as exc:  # ORT raises its own exception types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot run {path} on a {tuple(patch_size)} tile: {first}") from exc
+
+
 class Engine:
     """A loaded, verified model and its ONNX Runtime session."""
 
@@ -246,8 +256,18 @@ class Engine:
         lane_threads = max(1, _threads() // max(1, lanes))
         if lanes > 1 and provider in _CPU_PROVIDERS and lane_threads < _threads():
             lane_args = _provider_args(chosen, model_dir, precision, threads=lane_threads)
-            options = _session_options(lane_threads)
-            lean = [_open(path, lane_args, options) for _ in range(lanes)]
+            try:
+                lean = [
+                    _open(path, lane_args, _session_options(lane_threads)) for _ in range(lanes)
+                ]
+            except ModelError as exc:  # the lanes are for speed: the jobs share the session
+                log.warning("event=model_lanes_unavailable lanes=%d error=%s", lanes, exc)
+                lean = []
+            # A session takes its working memory (some 230 MB) at its first full-size tile.
+            # Taken now, the worker's memory is flat from the first study on, not grown on
+            # the day a lane or the whole session first runs.
+            for warmed in [session, *lean]:
+                _warm(warmed, manifest.patch_size, path)
         stage2 = _load_stage2(model_dir, manifest, provider_args)
         log.info(
             "event=model_loaded name=%s version=%s provider=%s precision=%s lanes=%d "

@@ -24,7 +24,9 @@ RabbitMQ, ``storescu`` and the kernel took besides, and the ratio taken apart: c
 share of them busy × the anchor's seconds ÷ the machine's CPU seconds per study, of which
 what ran outside the worker's process. The worker runs
 ``NODULEFLOW_WORKER_CONCURRENCY`` jobs at once (passed through; default 2) and keeps freed
-memory unless ``NODULEFLOW_WORKER_KEEP_MEMORY=false`` (passed through). ``--small``: 4
+memory unless ``NODULEFLOW_WORKER_KEEP_MEMORY=false``, and gives each job at once a model
+session on its share of the cores unless ``NODULEFLOW_WORKER_SPLIT_CORES=false`` (both
+passed through; the anchor runs on the whole session either way). ``--small``: 4
 studies of 60 slices unless given, a quick check of the script.
 """
 
@@ -188,7 +190,8 @@ def main() -> None:
             f"{args.associations} associations, {args.form} form, {args.completion} completion; "
             f"host: {_cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}; "
             f"python {platform.python_version()}; provider {provider}; worker concurrency "
-            f"{settings.worker_concurrency}, keeps freed memory {settings.worker_keep_memory}"
+            f"{settings.worker_concurrency}, keeps freed memory {settings.worker_keep_memory}, "
+            f"splits the cores between jobs {settings.worker_split_cores}"
         )
         with running_node(work / "node", form=args.form, completion=args.completion) as node:
             print(

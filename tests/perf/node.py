@@ -34,6 +34,7 @@ PASSED_THROUGH = (
     "NODULEFLOW_RECEIVER_NICE",
     "NODULEFLOW_WORKER_CONCURRENCY",
     "NODULEFLOW_WORKER_KEEP_MEMORY",
+    "NODULEFLOW_WORKER_SPLIT_CORES",
 )
 # Completion settings: the shipped defaults, and the fastest we call safe — a release grace
 # that still bridges a router re-opening an association, and MONAI Informatics Gateway's

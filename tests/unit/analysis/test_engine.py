@@ -216,13 +216,18 @@ class _Recording:
 
     def __init__(self, session, name: str, log: list[tuple[str, int]]) -> None:
         self.session, self.name, self.log = session, name, log
+        self.shapes: list[tuple[int, ...]] = []
 
-    def run(self, *args, **kwargs):
+    def run(self, outputs, feeds):
         self.log.append((self.name, threading.get_ident()))
-        return self.session.run(*args, **kwargs)
+        self.shapes.extend(tuple(value.shape) for value in feeds.values())
+        return self.session.run(outputs, feeds)
 
     def get_inputs(self):
         return self.session.get_inputs()
+
+    def get_providers(self):
+        return self.session.get_providers()
 
 
 def _recorded(engine: Engine) -> list[tuple[str, int]]:
@@ -290,3 +295,42 @@ def test_lanes_only_where_they_split_the_cores(tmp_path, monkeypatch):
         assert lane is None
         engine.model_probability(np.zeros((8, 8, 8), np.float32))
     assert {name for name, _ in log} == {"whole"}
+
+
+def test_lanes_that_cannot_open_leave_the_jobs_the_one_session(tmp_path, monkeypatch, caplog):
+    import services.analysis.engine as engine_module
+
+    opened = engine_module._open
+
+    def refuse_lanes(path, provider_args, options):
+        if options.intra_op_num_threads == 1:
+            raise ModelError(f"cannot load {path}: no such option")
+        return opened(path, provider_args, options)
+
+    monkeypatch.setattr(engine_module, "_threads", lambda: 2)
+    monkeypatch.setattr(engine_module, "_open", refuse_lanes)
+    engine = Engine.load(_model_dir(tmp_path), "cpu", lanes=2)
+    assert len(engine._lean) == 0 and engine.lanes.count == 0
+    assert "event=model_lanes_unavailable lanes=2" in caplog.text
+    x = np.zeros((8, 8, 8), np.float32)
+    with engine.lane():
+        assert engine.model_probability(x).shape == x.shape
+
+
+def test_with_lanes_every_session_takes_its_memory_at_load(tmp_path, monkeypatch):
+    """One full-size tile on each session as the engine loads, none later by surprise."""
+    import services.analysis.engine as engine_module
+
+    opened = engine_module._open
+    log: list[tuple[str, int]] = []
+    sessions: list[_Recording] = []
+
+    def recording(path, provider_args, options):
+        sessions.append(_Recording(opened(path, provider_args, options), str(len(sessions)), log))
+        return sessions[-1]
+
+    monkeypatch.setattr(engine_module, "_threads", lambda: 2)
+    monkeypatch.setattr(engine_module, "_open", recording)
+    Engine.load(_model_dir(tmp_path, patch=(16, 12, 8)), "cpu", lanes=2)
+    assert sorted(name for name, _ in log) == ["0", "1", "2"]  # the whole session, two lanes
+    assert all(s.shapes == [(1, 1, 16, 12, 8)] for s in sessions)
