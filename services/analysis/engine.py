@@ -1,8 +1,9 @@
 """ONNX Runtime inference engine for the nodule segmentation model.
 
-One :class:`Engine` per process: it verifies the model files against ``model.json``, opens a
-single ORT session on the best provider available (TensorRT > CUDA > OpenVINO > CPU) and
-turns an HU volume into a voxel-wise nodule probability map on the volume's own grid.
+One :class:`Engine` per process: it verifies the model files against ``model.json``, opens an
+ORT session on the best provider available (TensorRT > CUDA > OpenVINO > CPU), on a CPU
+provider also one per analysis the process runs at once (``lanes.py``), and turns an HU
+volume into a voxel-wise nodule probability map on the volume's own grid.
 """
 
 from __future__ import annotations
@@ -255,19 +256,18 @@ class Engine:
         lean: list[Any] = []
         lane_threads = max(1, _threads() // max(1, lanes))
         if lanes > 1 and provider in _CPU_PROVIDERS and lane_threads < _threads():
+            # A session takes its working memory (some 230 MB) at its first full-size tile.
+            # Each takes it now, so the worker's memory is flat from the first study on, not
+            # grown on the day a lane or the whole session first runs.
+            _warm(session, manifest.patch_size, path)
             lane_args = _provider_args(chosen, model_dir, precision, threads=lane_threads)
             try:
-                lean = [
-                    _open(path, lane_args, _session_options(lane_threads)) for _ in range(lanes)
-                ]
+                for _ in range(lanes):
+                    lean.append(_open(path, lane_args, _session_options(lane_threads)))
+                    _warm(lean[-1], manifest.patch_size, path)
             except ModelError as exc:  # the lanes are for speed: the jobs share the session
                 log.warning("event=model_lanes_unavailable lanes=%d error=%s", lanes, exc)
                 lean = []
-            # A session takes its working memory (some 230 MB) at its first full-size tile.
-            # Taken now, the worker's memory is flat from the first study on, not grown on
-            # the day a lane or the whole session first runs.
-            for warmed in [session, *lean]:
-                _warm(warmed, manifest.patch_size, path)
         stage2 = _load_stage2(model_dir, manifest, provider_args)
         log.info(
             "event=model_loaded name=%s version=%s provider=%s precision=%s lanes=%d "

@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: default_model_dir())
     providers: str = "auto"
     job_max_attempts: int = 3
-    # Jobs one worker process runs at once, sharing its model session (worker/consumer.py):
+    # Jobs one worker process runs at once, sharing its model (worker/consumer.py):
     # two keep a small machine's cores busy through each other's single-threaded stages.
     worker_concurrency: int = Field(default=2, ge=1, le=16)
     # On a CPU provider, each of those jobs runs the model on its share of the cores in a

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(settings: Settings) -> ProbabilityModel:
-    """The process's one model session; logs which provider and model version run."""
+    """The process's model, with a lane for each job at once unless told not to (on a CPU
+    provider: ``analysis/lanes.py``); logs which provider and model version run."""
     from services.analysis.engine import Engine
 
     lanes = settings.worker_concurrency if settings.worker_split_cores else 1

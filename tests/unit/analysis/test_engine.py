@@ -334,3 +334,21 @@ def test_with_lanes_every_session_takes_its_memory_at_load(tmp_path, monkeypatch
     Engine.load(_model_dir(tmp_path, patch=(16, 12, 8)), "cpu", lanes=2)
     assert sorted(name for name, _ in log) == ["0", "1", "2"]  # the whole session, two lanes
     assert all(s.shapes == [(1, 1, 16, 12, 8)] for s in sessions)
+
+
+def test_a_lane_that_cannot_run_a_tile_leaves_the_jobs_the_one_session(tmp_path, monkeypatch):
+    import services.analysis.engine as engine_module
+
+    warm = engine_module._warm
+    calls: list[int] = []
+
+    def second_fails(session, patch_size, path):
+        calls.append(1)
+        if len(calls) == 2:  # the whole session's tile ran; the first lane's does not
+            raise ModelError(f"cannot run {path}: out of memory")
+        warm(session, patch_size, path)
+
+    monkeypatch.setattr(engine_module, "_threads", lambda: 2)
+    monkeypatch.setattr(engine_module, "_warm", second_fails)
+    engine = Engine.load(_model_dir(tmp_path), "cpu", lanes=2)
+    assert engine.lanes.count == 0 and len(calls) == 2
