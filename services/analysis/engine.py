@@ -102,17 +102,10 @@ def _load_stage2(model_dir: Path, manifest: ModelManifest, providers: list[Any])
     spec = manifest.stage2
     if spec is None:
         return None
-    import onnxruntime as ort
-
     path = _verify(model_dir, spec.file)
-    try:
-        session = ort.InferenceSession(
-            str(path), _session_options(), providers=stage_two_providers(providers)
-        )
-        return Stage2(session, Calibration.from_dict(spec.calibration))
-    except Exception as exc:  # ORT raises its own exception types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot load {path}: {first}") from exc
+    session = _open(path, stage_two_providers(providers), _session_options())
+    # the manifest's calibration was checked when it was read (manifest.py)
+    return Stage2(session, Calibration.from_dict(spec.calibration))
 
 
 def stage_two_providers(providers: list[Any]) -> list[Any]:
@@ -171,8 +164,12 @@ def _open(path: Path, provider_args: list[Any], options: Any) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=provider_args)
     except Exception as exc:  # ORT raises its own exception types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot load {path}: {first}") from exc
+        raise ModelError(f"cannot load {path}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """ORT's messages run to many lines; a model error is one."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _warm(session: Any, patch_size: Sequence[int], path: Path) -> None:
@@ -181,8 +178,8 @@ def _warm(session: Any, patch_size: Sequence[int], path: Path) -> None:
     try:
         session.run(None, {session.get_inputs()[0].name: tile})
     except Exception as exc:  # ORT raises its own exception types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot run {path} on a {tuple(patch_size)} tile: {first}") from exc
+        tile_shape = tuple(patch_size)
+        raise ModelError(f"cannot run {path} on a {tile_shape} tile: {_first_line(exc)}") from exc
 
 
 class Engine:
